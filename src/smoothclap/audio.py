@@ -1,0 +1,83 @@
+"""Audio reading and validation: any format soundfile reads, any rate, any channel count.
+
+Every clip becomes mono float32 at the requested rate. Bad clips raise
+:class:`~smoothclap.errors.BadInputError` naming the file and the reason.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from .errors import BadInputError
+
+SAMPLE_RATE = 16000
+MIN_SECONDS = 0.25  # shorter clips carry no usable prosody (and break eGeMAPS functionals)
+SILENCE_DBFS = -70.0  # peak below this counts as silent
+
+
+def read_audio(
+    path: str | Path,
+    sample_rate: int = SAMPLE_RATE,
+    min_seconds: float = MIN_SECONDS,
+    silence_dbfs: float = SILENCE_DBFS,
+    start: float | None = None,
+    end: float | None = None,
+) -> np.ndarray:
+    """Read ``path`` as mono float32 at ``sample_rate``.
+
+    Returns: array of shape ``[num_samples]``.
+    Raises BadInputError for missing, unreadable, empty, non-finite, silent or too-short audio.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise BadInputError(path, "file not found")
+    if path.stat().st_size == 0:
+        raise BadInputError(path, "empty file (0 bytes)")
+    try:
+        info = sf.info(str(path))
+        sr = info.samplerate
+        a = int(round(start * sr)) if start else 0
+        b = int(round(end * sr)) if end else -1
+        data, sr = sf.read(str(path), start=a, stop=None if b < 0 else b, dtype="float32", always_2d=True)
+    except Exception as e:  # soundfile raises LibsndfileError / RuntimeError
+        raise BadInputError(path, f"unreadable audio ({e.__class__.__name__}: {e})") from None
+    if data.size == 0:
+        raise BadInputError(path, "no audio samples")
+    wav = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    if not np.all(np.isfinite(wav)):
+        raise BadInputError(path, "audio contains NaN or infinite samples")
+    if sr != sample_rate:
+        import soxr
+
+        wav = soxr.resample(wav, sr, sample_rate).astype(np.float32)
+    dur = len(wav) / sample_rate
+    if dur < min_seconds:
+        raise BadInputError(path, f"too short ({dur:.3f} s < {min_seconds} s)")
+    peak = float(np.max(np.abs(wav)))
+    if peak <= 0 or 20 * np.log10(peak) < silence_dbfs:
+        raise BadInputError(path, f"silent (peak below {silence_dbfs} dBFS)")
+    return np.ascontiguousarray(wav, dtype=np.float32)
+
+
+def file_hash(path: str | Path, chunk: int = 1 << 20) -> str:
+    """sha1 of the file's bytes: the content key of every cache."""
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def duration_seconds(path: str | Path) -> float:
+    """Duration from the header (no decoding). Raises BadInputError when unreadable."""
+    try:
+        info = sf.info(str(path))
+    except Exception as e:
+        raise BadInputError(path, f"unreadable audio ({e.__class__.__name__}: {e})") from None
+    return info.frames / info.samplerate

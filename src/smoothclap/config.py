@@ -1,0 +1,206 @@
+"""Typed run configuration: nested dataclasses loaded from YAML and dumped beside every run.
+
+Unknown keys are errors (a typo must not silently fall back to a default).
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .paraling import CaptionConfig
+
+# Named loss presets (DESIGN.md section 2). "smoothclap" holds the reconstructed defaults;
+# "paper-main" the setting of the paper's reported main run; "clap" the hard-target baseline.
+LOSS_PRESETS: dict[str, dict[str, float]] = {
+    "clap": {"beta": 0.0},
+    "smoothclap": {"beta": 0.1, "gamma": 0.5, "tau_a": 0.07, "tau_t": 0.07},
+    "paper-main": {"beta": 0.5, "gamma": 0.1, "tau_a": 0.07, "tau_t": 0.07},
+}
+
+
+@dataclass
+class TowersConfig:
+    """Frozen encoders, by spec string (see ``smoothclap.towers.build_tower``)."""
+
+    audio: str = "whisper-tiny-en"
+    text: str = "minilm-l6"
+    # Frozen "local feature" encoder for q_a2a; None = same as the audio tower (the paper's default).
+    local: str | None = None
+    batch_size: int = 16
+    device: str = "auto"
+
+
+@dataclass
+class ModelConfig:
+    """Projection heads and scale (ParaCLAP head, DESIGN.md section 2)."""
+
+    embed_dim: int = 768
+    dropout: float = 0.5
+    init_scale: float = 1.0 / 0.07
+    max_scale: float = 100.0
+    # Standardise tower embeddings with training mean / std before the heads (stored in the model).
+    standardize_audio: bool = True
+
+
+@dataclass
+class LossConfig:
+    """SmoothCLAP soft targets. ``preset`` fills the fields it names unless they are set explicitly."""
+
+    preset: str | None = None
+    beta: float = 0.1
+    gamma: float = 0.5
+    tau_a: float = 0.07
+    tau_t: float = 0.07
+    # Text used for q_t2t: "description" (binned eGeMAPS phrases, no emotion word),
+    # "description+label" (with the emotion word) or "caption" (the training caption itself).
+    text_target: str = "description"
+
+    def __post_init__(self) -> None:
+        if self.text_target not in ("description", "description+label", "caption"):
+            raise ValueError(f"loss.text_target must be description, description+label or caption, "
+                             f"got {self.text_target!r}")
+
+
+@dataclass
+class DataConfig:
+    """Training data: a manifest (CSV/TSV/JSONL) or a named corpus with its root."""
+
+    manifest: str | None = None
+    corpus: str | None = None
+    root: str | None = None
+    split: str | None = "train"  # rows whose ``split`` equals this train; None = all rows
+    labels: list[str] | None = None  # allowed labels; None = whatever the table has
+    skip_bad: bool = False
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    seed: int = 0
+    device: str = "auto"
+    num_workers: int = 2
+
+
+@dataclass
+class RunConfig:
+    towers: TowersConfig = field(default_factory=TowersConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    captions: CaptionConfig = field(default_factory=CaptionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    cache_dir: str = "~/.cache/smoothclap"
+    out_dir: str = "runs/smoothclap"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def dump(self, path: str | Path) -> None:
+        from .io import atomic_write_text
+
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return from_dict(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _convert(a, value, where)
+            except (ValueError, TypeError) as e:
+                errors.append(str(e))
+        raise ValueError(f"{where}: {value!r} does not match {tp}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
+        (a,) = typing.get_args(tp)
+        return [_convert(a, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type, data: dict, where: str = "config") -> Any:
+    """Build dataclass ``cls`` from a nested dict, checking keys and types."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(names)}")
+    kwargs = {k: _convert(hints[k], v, f"{where}.{k}") for k, v in data.items()}
+    if cls is LossConfig:
+        kwargs = _apply_preset(kwargs, set(data))
+    return cls(**kwargs)
+
+
+def _apply_preset(kwargs: dict, explicit: set[str]) -> dict:
+    preset = kwargs.get("preset")
+    if preset is None:
+        return kwargs
+    if preset not in LOSS_PRESETS:
+        raise ValueError(f"loss.preset: unknown preset {preset!r}; known: {sorted(LOSS_PRESETS)}")
+    out = dict(kwargs)
+    for k, v in LOSS_PRESETS[preset].items():
+        if k not in explicit:
+            out[k] = v
+    return out
+
+
+def loss_preset(name: str, **overrides) -> LossConfig:
+    """LossConfig from a named preset, e.g. ``loss_preset("clap")``."""
+    return from_dict(LossConfig, {"preset": name, **overrides}, "loss")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a RunConfig from YAML (or defaults) and apply ``key.sub=value`` overrides (YAML values)."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise FileNotFoundError(f"config file not found: {p}")
+        data = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{p}: top level must be a mapping")
+    for ov in overrides or []:
+        if "=" not in ov:
+            raise ValueError(f"override {ov!r} must look like section.key=value")
+        key, val = ov.split("=", 1)
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(val)
+    return from_dict(RunConfig, data)

@@ -1,0 +1,127 @@
+"""TESS (Toronto Emotional Speech Set), English, two female speakers (OAF older, YAF younger).
+
+Official layout: ``<root>/<SPK>_<emotion>/<SPK>_<word>_<emotion>.wav`` (``.flac`` accepted). Folder
+names vary between copies (``OAF_Fear``, ``OAF_Pleasant_surprise``, ``YAF_pleasant_surprised``); the
+folders may sit one level down (e.g. ``TESS Toronto emotional speech set data/``). The speaker comes
+from the folder: the release's file ``OAF_neutral/OA_bite_neutral`` carries the prefix typo ``OA_``.
+The label comes from the file name's last token and must agree with the folder's emotion.
+Extra columns: ``word``, ``emotion_code`` (the file name's token, e.g. ``ps``).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from ..errors import BadInputError, SkipLog
+from ._common import check_root, dedupe_stems, finish, list_audio, merge_map, missing, subdirs
+
+CORPUS = "tess"
+LANGUAGE = "en"
+
+#: Emotion token (last token of the file name) -> label. Configurable via ``label_map``.
+LABELS = {
+    "angry": "angry",
+    "disgust": "disgust",
+    "fear": "fear",
+    "happy": "happy",
+    "neutral": "neutral",
+    "ps": "pleasant surprise",
+    "sad": "sad",
+}
+SPEAKERS = ("OAF", "YAF")
+
+#: Folder spellings seen in copies -> emotion token.
+_FOLDER_EMOTION = {
+    "pleasant_surprise": "ps",
+    "pleasant_surprised": "ps",
+    "pleasant surprise": "ps",
+    "pleasantsurprise": "ps",
+    "surprise": "ps",
+    "surprised": "ps",
+}
+_DIR = re.compile(r"^(OAF|YAF)[_ ](.+)$", re.IGNORECASE)
+
+
+def folder_info(name: str) -> tuple[str, str] | None:
+    """``OAF_Pleasant_surprise`` -> ("OAF", "ps"); None if not a TESS emotion folder."""
+    m = _DIR.match(name)
+    if not m:
+        return None
+    emo = m.group(2).strip().lower()
+    emo = _FOLDER_EMOTION.get(emo, emo)
+    if emo not in LABELS:
+        return None
+    return m.group(1).upper(), emo
+
+
+def parse_name(stem: str, folder_speaker: str) -> dict:
+    parts = stem.split("_")
+    if len(parts) < 3 or not all(parts):
+        raise ValueError("malformed TESS file name (expected <SPK>_<word>_<emotion>)")
+    prefix, emo = parts[0].upper(), parts[-1].lower()
+    if not folder_speaker.startswith(prefix) or len(prefix) < 2:
+        raise ValueError(f"speaker prefix {parts[0]!r} does not match folder speaker {folder_speaker}")
+    if emo not in LABELS:
+        raise ValueError(f"unknown emotion {parts[-1]!r} (expected one of {', '.join(LABELS)})")
+    return {"word": "_".join(parts[1:-1]).lower(), "emotion_code": emo}
+
+
+def _emotion_dirs(root: Path) -> list[tuple[Path, str, str]]:
+    def find(d: Path):
+        return [(x, *fi) for x in subdirs(d) if (fi := folder_info(x.name))]
+
+    found = find(root)
+    if not found:
+        for d in subdirs(root):
+            found.extend(find(d))
+    return found
+
+
+def load(
+    root,
+    *,
+    with_duration: bool = True,
+    skip_bad: bool = False,
+    label_map: dict | None = None,
+) -> pd.DataFrame:
+    """TESS table (2800 files: 2 speakers x 7 labels x 200 words in the official release).
+
+    ``label_map`` overrides entries of :data:`LABELS` (e.g. ``{"ps": "surprised"}``).
+    """
+    root = check_root(root, CORPUS)
+    dirs = _emotion_dirs(root)
+    if not dirs:
+        raise missing(root, "'<OAF|YAF>_<emotion>' folders", CORPUS)
+    seen: dict[tuple[str, str], Path] = {}
+    for d, spk, emo in dirs:
+        if (spk, emo) in seen:
+            raise BadInputError(d, f"second folder for {spk} {emo} (first: {seen[spk, emo]}); "
+                                "point root at one copy of TESS")
+        seen[spk, emo] = d
+    labels = merge_map(LABELS, label_map)
+    skips = SkipLog(skip=skip_bad)
+    rows = []
+    for d, spk, emo in dirs:
+        for f in dedupe_stems(list_audio(d), skips):
+            try:
+                info = parse_name(f.stem, spk)
+                if info["emotion_code"] != emo:
+                    raise ValueError(f"file emotion {info['emotion_code']!r} disagrees with folder {d.name}")
+            except ValueError as e:
+                skips.handle(BadInputError(f, str(e)))
+                continue
+            rows.append(
+                {
+                    "file": f,
+                    "label": labels[info["emotion_code"]],
+                    "speaker": spk,
+                    "gender": "female",
+                    "split": None,
+                    **info,
+                }
+            )
+    if not rows and not skips.count:
+        raise BadInputError(root, "TESS folders hold no .wav or .flac files")
+    return finish(rows, CORPUS, LANGUAGE, skips, with_duration)

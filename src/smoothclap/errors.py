@@ -1,0 +1,44 @@
+"""Errors for bad input and a counted, logged skip list (``--skip-bad``)."""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+
+log = logging.getLogger("smoothclap")
+
+
+class BadInputError(ValueError):
+    """Input that cannot be used. Always names the offending file (or table) and the reason."""
+
+    def __init__(self, path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+@dataclass
+class SkipLog:
+    """Collects skipped inputs when the user asked to skip bad files.
+
+    With ``skip=False`` (the default) :meth:`handle` re-raises, so errors stay loud.
+    """
+
+    skip: bool = False
+    items: list[tuple[str, str]] = field(default_factory=list)
+
+    def handle(self, err: BadInputError) -> None:
+        if not self.skip:
+            raise err
+        log.warning("skipping %s", err)
+        self.items.append((err.path, err.reason))
+
+    @property
+    def count(self) -> int:
+        return len(self.items)
+
+    def by_reason(self) -> dict[str, int]:
+        return dict(Counter(reason.split(" (")[0] for _, reason in self.items))
+
+    def merge(self, other: "SkipLog") -> None:
+        self.items.extend(other.items)

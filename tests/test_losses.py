@@ -1,0 +1,115 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from smoothclap.losses import ClipLoss, SmoothClapLoss, soft_targets, target_diagnostics
+
+
+def _batch(b=6, d=8, k=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    za = F.normalize(torch.randn(b, d, generator=g), dim=-1)
+    zt = F.normalize(torch.randn(b, d, generator=g), dim=-1)
+    la = torch.randn(b, k, generator=g)
+    et = torch.randn(b, k + 1, generator=g)
+    return za, zt, la, et
+
+
+def test_beta_zero_equals_clip_loss():
+    za, zt, la, et = _batch()
+    scale = torch.tensor(14.3)
+    ref = ClipLoss()(za, zt, scale)["loss"]
+    for gamma in (0.0, 0.5, 1.0):
+        out = SmoothClapLoss(beta=0.0, gamma=gamma)(za, zt, scale, la, et)
+        assert abs(float(out["loss"]) - float(ref)) < 1e-6
+        # with one-hot targets the KL equals the CE (target entropy 0)
+        assert abs(float(out["kl"]) - float(ref)) < 1e-6
+
+
+def test_hand_computed_3x3():
+    # Orthonormal-ish setup with simple numbers, every step done by hand with numpy.
+    za = torch.tensor([[1.0, 0.0], [0.0, 1.0], [math.sqrt(0.5), math.sqrt(0.5)]])
+    zt = torch.tensor([[1.0, 0.0], [math.sqrt(0.5), math.sqrt(0.5)], [0.0, 1.0]])
+    la = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    et = torch.tensor([[0.0, 1.0], [1.0, 0.0], [1.0, 0.0]])
+    beta, gamma, tau_a, tau_t, s = 0.4, 0.25, 0.5, 1.0, 2.0
+    out = SmoothClapLoss(beta, gamma, tau_a, tau_t)(za, zt, torch.tensor(s), la, et)
+
+    A, T = za.numpy().astype(np.float64), zt.numpy().astype(np.float64)
+    S = s * A @ T.T
+    def softmax(x):
+        e = np.exp(x - x.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+    L = la.numpy() / np.linalg.norm(la.numpy(), axis=1, keepdims=True)
+    E = et.numpy() / np.linalg.norm(et.numpy(), axis=1, keepdims=True)
+    qa, qt = softmax(L @ L.T / tau_a), softmax(E @ E.T / tau_t)
+    y = (1 - beta) * np.eye(3) + beta * ((1 - gamma) * qa + gamma * qt)
+    ce1 = -(y * np.log(softmax(S))).sum(1).mean()
+    ce2 = -(y.T * np.log(softmax(S.T))).sum(1).mean()
+    expected = 0.5 * (ce1 + ce2)
+    assert abs(float(out["loss"]) - expected) < 1e-5
+    np.testing.assert_allclose(out["targets"].y.numpy(), y, atol=1e-6)
+    # KL = CE - H(y): check against the direct definition
+    def kl(t, p):
+        return (t * (np.log(np.where(t > 0, t, 1)) - np.log(p))).sum(1).mean()
+    assert abs(float(out["kl"]) - 0.5 * (kl(y, softmax(S)) + kl(y.T, softmax(S.T)))) < 1e-5
+
+
+@pytest.mark.parametrize("beta,gamma", [(0.1, 0.5), (0.5, 0.1), (1.0, 0.0), (1.0, 1.0), (0.3, 1.0)])
+def test_targets_are_distributions(beta, gamma):
+    za, zt, la, et = _batch(b=9)
+    t = soft_targets(la, et, beta, gamma, 0.07, 0.2)
+    for m in (t.y, t.q):
+        assert torch.all(m >= 0)
+        torch.testing.assert_close(m.sum(1), torch.ones(9))
+    # diagonal carries at least the hard part
+    assert torch.all(t.y.diagonal() >= 1 - beta - 1e-6)
+
+
+def test_no_gradient_into_targets():
+    za, zt, la, et = _batch()
+    la.requires_grad_(True)
+    et.requires_grad_(True)
+    za.requires_grad_(True)
+    out = SmoothClapLoss(0.5, 0.5)(za, zt, torch.tensor(10.0), la, et)
+    assert not out["targets"].y.requires_grad
+    out["loss"].backward()
+    assert la.grad is None and et.grad is None
+    assert za.grad is not None and torch.any(za.grad != 0)
+
+
+def test_gradient_matches_soft_target_closed_form():
+    # dL/dS for the a2t term is (p - y)/B: check autograd agrees (targets constant).
+    za, zt, la, et = _batch(b=4)
+    S = (za @ zt.T * 5.0).requires_grad_(True)
+    loss_fn = SmoothClapLoss(0.3, 0.5)
+    t = loss_fn.targets(la, et, 4, "cpu")
+    out = loss_fn.loss_from_logits(S, t)
+    out["loss"].backward()
+    p1 = torch.softmax(S.detach(), 1)
+    p2 = torch.softmax(S.detach().T, 1)
+    expected = 0.5 * ((p1 - t.y) / 4 + ((p2 - t.y.T) / 4).T)
+    torch.testing.assert_close(S.grad, expected, atol=1e-6, rtol=1e-5)
+
+
+def test_missing_sources_raise():
+    za, zt, la, et = _batch()
+    with pytest.raises(ValueError, match="local-feature"):
+        SmoothClapLoss(0.1, 0.5)(za, zt, torch.tensor(1.0), None, et)
+    with pytest.raises(ValueError, match="description"):
+        SmoothClapLoss(0.1, 0.5)(za, zt, torch.tensor(1.0), la, None)
+    with pytest.raises(ValueError, match="beta"):
+        soft_targets(la, et, 1.5, 0.5)
+
+
+def test_diagnostics_precision():
+    # two label groups; embeddings identical within a group -> all off-diagonal mass within group
+    la = torch.tensor([[1.0, 0], [1.0, 0], [0, 1.0], [0, 1.0]])
+    t = soft_targets(la, None, beta=0.5, gamma=0.0, tau_a=0.05)
+    d = target_diagnostics(t, torch.tensor([0, 0, 1, 1]))
+    assert d["q_precision"] > 0.99
+    assert abs(d["q_precision_chance"] - 1 / 3) < 1e-6
+    assert 0.45 < d["q_diag"] < 0.55  # two identical neighbours share the mass
+    assert abs(d["y_diag"] - (0.5 + 0.5 * d["q_diag"])) < 1e-6

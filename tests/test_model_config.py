@@ -1,0 +1,64 @@
+import pytest
+import torch
+
+from smoothclap.config import LOSS_PRESETS, RunConfig, load_config, loss_preset
+from smoothclap.model import ProjectionHead, SmoothClapConfig, SmoothClapModel
+
+
+def test_save_load_roundtrip_exact(tmp_path):
+    torch.manual_seed(0)
+    m = SmoothClapModel(SmoothClapConfig(audio_dim=12, text_dim=10, embed_dim=16, trained_on=["x"]))
+    m.fit_audio_standardizer(torch.randn(50, 12) * 3 + 1)
+    with torch.no_grad():
+        m.logit_scale.fill_(2.5)
+    m.save_pretrained(tmp_path / "m")
+    m2 = SmoothClapModel.from_pretrained(tmp_path / "m")
+    for (k, a), (k2, b) in zip(m.state_dict().items(), m2.state_dict().items()):
+        assert k == k2 and torch.equal(a, b)
+    x = torch.randn(3, 12)
+    m.eval()
+    assert torch.equal(m.encode_audio_features(x), m2.encode_audio_features(x))
+    assert m2.config.trained_on == ["x"]
+
+
+def test_from_pretrained_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        SmoothClapModel.from_pretrained(tmp_path)
+
+
+def test_head_structure_and_scale_clamp():
+    h = ProjectionHead(5, 7, dropout=0.0)
+    assert h.linear1.bias is None and h.linear2.bias is None
+    x = torch.randn(4, 5)
+    e1 = h.linear1(x)
+    ref = torch.nn.functional.layer_norm(e1 + h.linear2(torch.nn.functional.gelu(e1)), (7,),
+                                         h.layer_norm.weight, h.layer_norm.bias)
+    torch.testing.assert_close(h(x), ref)
+    m = SmoothClapModel(SmoothClapConfig(audio_dim=5, text_dim=5, embed_dim=8))
+    assert abs(float(m.scale) - 1 / 0.07) < 1e-3
+    with torch.no_grad():
+        m.logit_scale.fill_(10.0)
+    assert float(m.scale) == 100.0
+
+
+def test_config_yaml_presets_and_errors(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("loss:\n  preset: paper-main\ntrain:\n  epochs: 3\n")
+    cfg = load_config(p, ["loss.tau_a=0.2", "model.embed_dim=64"])
+    assert cfg.loss.beta == LOSS_PRESETS["paper-main"]["beta"] and cfg.loss.gamma == 0.1
+    assert cfg.loss.tau_a == 0.2 and cfg.train.epochs == 3 and cfg.model.embed_dim == 64
+    # explicit values win over the preset
+    assert loss_preset("smoothclap", beta=0.3).beta == 0.3
+    assert loss_preset("clap").beta == 0.0
+    cfg.dump(tmp_path / "dump.yaml")
+    again = load_config(tmp_path / "dump.yaml")
+    assert again == cfg
+    p.write_text("train:\n  epohcs: 3\n")
+    with pytest.raises(ValueError, match="epohcs"):
+        load_config(p)
+    p.write_text("train:\n  epochs: three\n")
+    with pytest.raises(ValueError, match="train.epochs"):
+        load_config(p)
+    with pytest.raises(ValueError, match="unknown preset"):
+        loss_preset("nope")
+    assert isinstance(RunConfig().train.epochs, int)

@@ -1,0 +1,151 @@
+"""End to end on CPU: synthetic corpus -> eGeMAPS captions -> cached towers -> training -> zero-shot.
+
+Uses the real bundled towers (Whisper tiny.en rebuild, MiniLM) and openSMILE, on a tiny espeak-ng
+corpus, the way open_clip tests training on synthetic data.
+"""
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+pytest.importorskip("opensmile")
+if shutil.which("espeak-ng") is None or shutil.which("sox") is None:
+    pytest.skip("espeak-ng and sox are needed (apt-get install espeak-ng sox)", allow_module_level=True)
+
+from smoothclap.config import RunConfig, loss_preset  # noqa: E402
+from smoothclap.errors import BadInputError, SkipLog  # noqa: E402
+from smoothclap.evaluate import zero_shot_evaluate  # noqa: E402
+from smoothclap.model import SmoothClapModel  # noqa: E402
+from smoothclap.prepare import prepare  # noqa: E402
+from smoothclap.train import train  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    from smoothclap.corpora import read_manifest
+    from smoothclap.synth import synthesize_corpus
+
+    root = tmp_path_factory.mktemp("synth")
+    synthesize_corpus(root, languages=("en",), voices_per_language={"en": ["en+f3", "en-us+m3", "en-gb+f2", "en+m8"]}
+                      if False else 4, sentences_per_voice=2, seed=3, progress=False)
+    df = read_manifest(root / "manifest.csv")
+    df["corpus"] = "synthetic"
+    return df
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+def _cfg(cache, **loss):
+    cfg = RunConfig()
+    cfg.train.epochs = 4
+    cfg.train.batch_size = 8
+    cfg.model.embed_dim = 32
+    cfg.cache_dir = str(cache)
+    cfg.loss = loss_preset("smoothclap", **loss)
+    return cfg
+
+
+def test_prepare_train_evaluate(corpus, cache, tmp_path, monkeypatch):
+    cfg = _cfg(cache)
+    prep = prepare(cfg, corpus, cache_dir=cache, progress=False)
+    n = len(corpus)
+    assert prep.audio.shape == (n, 384) and prep.caption_emb.shape[1] == 384
+    assert prep.desc_emb.shape == (n, 384) and prep.local.shape == (n, 384)
+    assert len(prep.caption_index) == cfg.train.epochs and all(len(ix) == n for ix in prep.caption_index)
+    # captions name the emotion and paralinguistic phrases; descriptions do not name the emotion
+    caps = [prep.caption_texts[i] for i in prep.caption_index[0]]
+    assert all(lab in c for lab, c in zip(prep.table["label"], caps))
+    assert not any(lab in d.split(", ") for lab, d in zip(prep.table["label"], prep.desc_texts))
+    assert any("pitch" in d for d in prep.desc_texts)
+
+    # second preparation: every tower output comes from the cache (towers must not run)
+    from smoothclap.towers import build_tower
+
+    def boom(*a, **k):
+        raise AssertionError("tower ran although everything is cached")
+
+    monkeypatch.setattr(type(build_tower("whisper-tiny-en")), "forward_waves", boom)
+    monkeypatch.setattr(type(build_tower("minilm-l6")), "forward_texts", boom)
+    import smoothclap.paraling as paraling
+
+    monkeypatch.setattr(paraling, "_extract_one", boom)
+    prep2 = prepare(cfg, corpus, cache_dir=cache, progress=False)
+    np.testing.assert_array_equal(prep.audio, prep2.audio)
+    np.testing.assert_array_equal(prep.caption_emb, prep2.caption_emb)
+    monkeypatch.undo()
+
+    res = train(cfg, prep, run_dir=tmp_path / "run", progress=False)
+    assert len(res.history) == 4
+    assert res.history[-1]["loss"] < res.history[0]["loss"]
+    assert 0 < res.history[0]["q_diag"] < 1 and res.history[0]["y_diag"] > 0.9 - 1e-6
+    for f in ("config.yaml", "checkpoint.pt", "history.json", "model/config.json", "model/model.safetensors"):
+        assert (tmp_path / "run" / f).exists(), f
+    m2 = SmoothClapModel.from_pretrained(tmp_path / "run" / "model")
+    assert m2.config.trained_on == ["synthetic"]
+    ev = zero_shot_evaluate(m2, corpus, cache_dir=cache, progress=False)
+    assert ev.metrics["n"] == n and 0.0 <= ev.metrics["uar"] <= 1.0
+    assert np.asarray(ev.metrics["confusion"]).sum() == n
+    probs = ev.predictions.filter(like="p_").to_numpy()
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+
+
+def test_deterministic_and_resume(corpus, cache, tmp_path):
+    cfg = _cfg(cache)
+    prep = prepare(cfg, corpus, cache_dir=cache, progress=False)
+    a = train(cfg, prep, run_dir=None, progress=False)
+    b = train(cfg, prep, run_dir=None, progress=False)
+    for (k, x), (_, y) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert torch.equal(x, y), k
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(epoch, rec, model):
+        if epoch == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(cfg, prep, run_dir=tmp_path / "r", progress=False, callback=interrupt)
+    resumed = train(cfg, prep, run_dir=tmp_path / "r", progress=False)
+    assert resumed.resumed_from_epoch == 2
+    for (k, x), (_, y) in zip(a.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(x, y), k
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in a.history]
+
+
+def test_clap_and_smoothclap_differ_only_in_targets(corpus, cache):
+    cfg = _cfg(cache)
+    prep = prepare(cfg, corpus, cache_dir=cache, progress=False)
+    clap = train(replace(cfg, loss=loss_preset("clap")), prep, progress=False)
+    smooth = train(cfg, prep, progress=False)
+    assert all(h["y_diag"] == 1.0 for h in clap.history)
+    assert all(h["y_diag"] < 1.0 for h in smooth.history)
+    assert not torch.equal(clap.model.audio_head.linear1.weight, smooth.model.audio_head.linear1.weight)
+
+
+def test_bad_files_skipped_and_counted(corpus, cache, tmp_path):
+    import soundfile as sf
+
+    silent = tmp_path / "silent.wav"
+    sf.write(silent, np.zeros(16000, dtype=np.float32), 16000)
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    bad = pd.DataFrame({"file": [str(silent), str(empty), str(tmp_path / "missing.wav")],
+                        "label": ["sad", "sad", "sad"]})
+    table = pd.concat([corpus, bad], ignore_index=True)
+    cfg = _cfg(cache)
+    with pytest.raises(BadInputError, match="silent"):
+        prepare(cfg, table, cache_dir=cache, progress=False)
+    skip = SkipLog(skip=True)
+    prep = prepare(cfg, table, cache_dir=cache, progress=False, skip=skip)
+    assert len(prep.table) == len(corpus)
+    assert skip.count >= 3
+    assert {str(silent), str(empty)} <= {p for p, _ in skip.items}
