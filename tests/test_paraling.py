@@ -217,6 +217,19 @@ def test_extract_nan_features_are_bad_input(clips, monkeypatch, tmp_path):
     assert skip.count == 1
 
 
+@needs_opensmile
+def test_extract_opensmile_failure_names_file(clips, monkeypatch):
+    import opensmile
+
+    def boom(self, *a, **k):
+        raise RuntimeError("smile crashed")
+
+    monkeypatch.setattr(opensmile.Smile, "process_signal", boom)
+    with pytest.raises(BadInputError, match="feature extraction failed.*smile crashed") as e:
+        extract_egemaps([clips["mid"]], num_workers=1, progress=False)
+    assert e.value.path == clips["mid"]
+
+
 def test_missing_opensmile_gives_install_hint(monkeypatch, clips):
     monkeypatch.setitem(sys.modules, "opensmile", None)  # makes `import opensmile` fail
     monkeypatch.setattr(paraling, "_SMILES", {})

@@ -31,8 +31,8 @@ def corpus(tmp_path_factory):
     from smoothclap.synth import synthesize_corpus
 
     root = tmp_path_factory.mktemp("synth")
-    synthesize_corpus(root, languages=("en",), voices_per_language={"en": ["en+f3", "en-us+m3", "en-gb+f2", "en+m8"]}
-                      if False else 4, sentences_per_voice=2, seed=3, progress=False)
+    synthesize_corpus(root, languages=("en",), voices_per_language=4, sentences_per_voice=2, seed=3,
+                      progress=False)
     df = read_manifest(root / "manifest.csv")
     df["corpus"] = "synthetic"
     return df
@@ -142,7 +142,11 @@ def test_bad_files_skipped_and_counted(corpus, cache, tmp_path):
                         "label": ["sad", "sad", "sad"]})
     table = pd.concat([corpus, bad], ignore_index=True)
     cfg = _cfg(cache)
-    with pytest.raises(BadInputError, match="silent"):
+    with pytest.raises(BadInputError, match="silent.wav: silent"):
+        prepare(cfg, pd.concat([corpus, bad.iloc[:1]], ignore_index=True), cache_dir=cache, progress=False)
+    with pytest.raises(BadInputError, match="empty.wav: empty"):
+        prepare(cfg, pd.concat([corpus, bad.iloc[1:2]], ignore_index=True), cache_dir=cache, progress=False)
+    with pytest.raises(BadInputError, match="missing.wav: file not found"):
         prepare(cfg, table, cache_dir=cache, progress=False)
     skip = SkipLog(skip=True)
     prep = prepare(cfg, table, cache_dir=cache, progress=False, skip=skip)

@@ -132,6 +132,10 @@ def _extract_one(path: str, cache_file: str | None, feature_set: str):
         out = np.append(values, len(wav) / SAMPLE_RATE)
     except BadInputError as e:
         return ("bad", path, e.reason, None)
+    except ImportError:
+        raise
+    except Exception as e:  # openSMILE / decoder failure on this one file: report it as bad input
+        return ("bad", path, f"feature extraction failed ({e.__class__.__name__}: {e})", None)
     if cache_file is not None:
         _save_npy(Path(cache_file), out)
     return ("ok", path, out, names)
@@ -274,7 +278,7 @@ def extract_egemaps(
 
     kept = [p for p in paths if p in results]
     if names is None:  # nothing extracted and no columns.json: only possible when all were bad
-        names = egemaps_feature_names(feature_set) if kept else _names_or_empty(feature_set)
+        names = _names_or_empty(feature_set)
     cols = list(names) + [DURATION_COLUMN]
     mat = np.stack([results[p] for p in kept]) if kept else np.zeros((0, len(cols)))
     df = pd.DataFrame(mat, index=pd.Index(kept, name="file", dtype=object), columns=cols)

@@ -71,6 +71,10 @@ __all__ = [
 ]
 
 SAMPLE_RATE = 16000
+#: sox effects applied to every clip after the emotion's effects: a high-shelf cut that tames
+#: espeak-ng's bright fricatives, which otherwise fool F0 trackers (openSMILE jumps to about 1 kHz on
+#: long /s/ sounds of the male variants and the pitch-variation functionals explode).
+MASTER_EFFECTS: tuple[str, ...] = ("treble", "-12", "2500")
 SYNTH_VERSION = 1  # bump when the recipe changes: it is part of every clip's file-name hash
 
 # --------------------------------------------------------------------------------------------------
@@ -82,8 +86,9 @@ SYNTH_VERSION = 1  # bump when the recipe changes: it is part of every clip's fi
 class Voice:
     """One synthetic speaker: an espeak-ng language voice plus a variant (``en-us+m3``).
 
-    ``level_db`` is a calibration gain that brings the voice's RMS at default settings to about
-    -23 dBFS (active speech, neutral settings), so loudness differences in the corpus come from the emotion presets, not the variant.
+    ``level_db`` is a calibration gain that brings the voice's active-speech RMS at neutral
+    settings (after :data:`MASTER_EFFECTS`) to about -24 dBFS, so loudness differences in the
+    corpus come from the emotion presets, not from the variant.
     """
 
     id: str
@@ -98,26 +103,26 @@ class Voice:
 # DEFAULT_HOLDOUT_VOICES). Note: ``en-gb+<variant>`` silently ignores the variant in espeak-ng 1.51,
 # hence ``en+...`` (British English) below.
 _EN_VOICES = (
-    Voice("en-us+m3", "en", "male", "US", 0.5),
+    Voice("en-us+m7", "en", "male", "US", -1.0),
     Voice("en+f3", "en", "female", "GB", 0.0),
-    Voice("en-us+f1", "en", "female", "US", -0.5),
-    Voice("en-gb-x-rp+m1", "en", "male", "GB-RP", 1.0),
-    Voice("en+m6", "en", "male", "GB", 0.0),
-    Voice("en-gb-x-rp+f4", "en", "female", "GB-RP", -1.0),
+    Voice("en-us+f1", "en", "female", "US", 0.0),
+    Voice("en-gb-x-rp+m1", "en", "male", "GB-RP", 1.5),
+    Voice("en-029+max", "en", "male", "Caribbean", 1.5),
+    Voice("en-gb-x-rp+f4", "en", "female", "GB-RP", -0.5),
     Voice("en-us-nyc+m2", "en", "male", "US-NYC", 2.5),
     Voice("en-029+f5", "en", "female", "Caribbean", 0.0),
-    Voice("en-gb-scotland+m7", "en", "male", "GB-Scotland", -2.0),
-    Voice("en-us+f2", "en", "female", "US", -1.0),
-    Voice("en+m8", "en", "male", "GB", 4.5),
+    Voice("en-gb-scotland+robert", "en", "male", "GB-Scotland", 0.5),
+    Voice("en-us+f2", "en", "female", "US", -0.5),
+    Voice("en+m8", "en", "male", "GB", 4.0),
     Voice("en-us+belinda", "en", "female", "US", -1.5),
 )
 _DE_VOICES = (
-    Voice("de+m1", "de", "male", "DE", 2.0),
+    Voice("de+m2", "de", "male", "DE", 3.0),
     Voice("de+f4", "de", "female", "DE", 0.5),
-    Voice("de+m3", "de", "male", "DE", 1.0),
-    Voice("de+f2", "de", "female", "DE", -1.0),
-    Voice("de+m6", "de", "male", "DE", 1.0),
-    Voice("de+f1", "de", "female", "DE", -0.5),
+    Voice("de+m7", "de", "male", "DE", -1.5),
+    Voice("de+f2", "de", "female", "DE", -0.5),
+    Voice("de+max", "de", "male", "DE", 2.0),
+    Voice("de+f5", "de", "female", "DE", 1.5),
 )
 VOICES: dict[str, tuple[Voice, ...]] = {"en": _EN_VOICES, "de": _DE_VOICES}
 _VOICE_BY_ID = {v.id: v for vs in VOICES.values() for v in vs}
@@ -293,7 +298,7 @@ EMOTION_PRESETS: dict[str, EmotionPreset] = {
         EmotionPreset(
             "sad",
             pitch=Param(32, 5, 22, 45),
-            range=Param(28, 8, 10, 45),
+            range=Param(20, 7, 5, 38),
             speed=Param(130, 10, 105, 155),
             amplitude=Param(48, 6, 32, 65),
             word_gap=Param(3, 1.5, 0, 6),
@@ -386,7 +391,7 @@ class ClipSpec:
 
     def key(self) -> str:
         payload = json.dumps(
-            [SYNTH_VERSION, self.voice.id, self.voice.level_db, self.text, self.label, self.take,
+            [SYNTH_VERSION, list(MASTER_EFFECTS), self.voice.id, self.voice.level_db, self.text, self.label, self.take,
              self.pitch, self.range, self.speed, self.amplitude, self.word_gap, self.gain_db,
              list(self.effects)],
             ensure_ascii=True,
@@ -567,7 +572,7 @@ def synthesize_clip(spec: ClipSpec, path: str | Path) -> float:
                 words = _fit_bends(words, sf.info(raw).duration)
             effects.extend(words)
         total_gain = spec.gain_db + spec.voice.level_db
-        effects += ["gain", "-l", f"{total_gain:.2f}", "rate", "-h", str(SAMPLE_RATE)]
+        effects += [*MASTER_EFFECTS, "gain", "-l", f"{total_gain:.2f}", "rate", "-h", str(SAMPLE_RATE)]
         _run(
             ["sox", "-R", "-D", "-V1", raw, "-t", "wav", "-e", "signed-integer", "-b", "16", "-c", "1",
              tmp, *effects],

@@ -131,7 +131,7 @@ def train(cfg: RunConfig, prepared, run_dir: str | Path | None = None, progress:
             opt.zero_grad(set_to_none=True)
             out["loss"].backward()
             opt.step()
-            stats = {"loss": float(out["loss"]), "kl": float(out["kl"])}
+            stats = {"loss": float(out["loss"].detach()), "kl": float(out["kl"])}
             stats.update(target_diagnostics(out["targets"], labels[idx].to(device)))
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v
@@ -141,7 +141,7 @@ def train(cfg: RunConfig, prepared, run_dir: str | Path | None = None, progress:
                 example = {"y": t.y.cpu().numpy(), "q": None if t.q is None else t.q.cpu().numpy(),
                            "labels": [prepared.label_names[i] for i in labels[idx].tolist()]}
         rec = {"epoch": epoch + 1, **{k: v / max(count, 1) for k, v in sums.items()},
-               "scale": float(model.scale)}
+               "scale": float(model.scale.detach())}
         history.append(rec)
         bar.set_postfix(loss=f"{rec.get('loss', float('nan')):.3f}", scale=f"{rec['scale']:.1f}")
         if ckpt_path is not None:

@@ -24,7 +24,9 @@ from ._common import (
 )
 from ._tables import discover_tables, find_column, read_table, split_from_text, table_columns
 
-FILE_COLS = ("file", "filename", "file_name", "name", "id", "file_id", "fileid", "instance", "instance_name", "wav", "path")
+FILE_COLS = (
+    "file", "filename", "file_name", "name", "id", "file_id", "fileid", "instance", "instance_name", "wav", "path",
+)
 PART_COLS = ("partition", "split", "set", "subset")
 SPEAKER_COLS = ("speaker", "speaker_id", "speakerid", "spk", "spkid", "spkrid")
 GENDER_COLS = ("gender", "sex")
@@ -77,7 +79,7 @@ def load_challenge(
             rel = f.parent.relative_to(wav_dir).parts
             part = next((norm_split(p) for p in rel if norm_split(p) in ("train", "dev", "test")), None)
         if f.stem in audio:
-            skips.handle(BadInputError(f, f"duplicate recording of {audio[f.stem][0]}"))
+            skips.handle(BadInputError(f, f"duplicate recording (of {audio[f.stem][0]})"))
             continue
         audio[f.stem] = (f, part)
     if not audio:
@@ -104,13 +106,14 @@ def load_challenge(
             )
     lab = merge_map(codes, label_map)
 
-    rows, seen, n_unlabelled = [], {}, 0
+    rows, seen = [], {}
     for t in tables:
         cols = table_columns(t)
         fcol, pcol = find_column(cols, FILE_COLS), find_column(cols, PART_COLS)
         scol, gcol = find_column(cols, SPEAKER_COLS), find_column(cols, GENDER_COLS)
         if t.suffix.lower() == ".arff":  # feature files: keep only what we need
-            keep = list(dict.fromkeys(c for c in (fcol, pcol, scol, gcol, *[find_column(cols, (c,)) for c in class_cols]) if c))
+            wanted = (fcol, pcol, scol, gcol, *[find_column(cols, (c,)) for c in class_cols])
+            keep = list(dict.fromkeys(c for c in wanted if c))
             df = read_table(t, keep)
         else:
             df = read_table(t)
@@ -118,18 +121,18 @@ def load_challenge(
         table_split = split_from_text(t.stem)
         skip_cols = {fcol, ccol, pcol, scol, gcol}
         extras = [c for c in df.columns if c not in skip_cols and t.suffix.lower() != ".arff"]
-        for i, r in enumerate(df.to_dict("records"), 2):
+        for i, r in enumerate(df.to_dict("records"), 1):
             fid = str(r[fcol]).strip()
             raw = str(r[ccol]).strip()
             if not fid:
                 skips.handle(BadInputError(t, f"empty file id (row {i})"))
                 continue
             if raw.lower() in UNLABELLED:
-                n_unlabelled += 1
-                continue
+                continue  # an unreleased label (e.g. the test partition): left out, not bad
             code = raw.upper()
             if code not in lab:
-                skips.handle(BadInputError(t, f"unknown class (row {i}: {raw!r} for {fid}; expected {', '.join(codes)})"))
+                why = f"unknown class (row {i}: {raw!r} for {fid}; expected {', '.join(codes)})"
+                skips.handle(BadInputError(t, why))
                 continue
             stem = _stem(fid)
             if stem in seen:
@@ -159,9 +162,9 @@ def load_challenge(
                 if c not in row:
                     row[c] = r[c]
             rows.append(row)
-    n_unlisted = len(set(audio) - set(seen))
-    if n_unlisted:
-        log.info("%s: %d audio file(s) have no label row (left out)", corpus, n_unlisted)
+    n_unlabelled = len(set(audio) - set(seen))
+    if n_unlabelled:
+        log.info("%s: %d audio file(s) have no label (left out)", corpus, n_unlabelled)
     df = finish(rows, corpus, language, skips, with_duration)
-    df.attrs["unlabelled"] = n_unlabelled + n_unlisted
+    df.attrs["unlabelled"] = n_unlabelled
     return df

@@ -104,7 +104,7 @@ def dedupe_stems(files: Iterable[Path], skips: SkipLog) -> list[Path]:
     for f in sorted(files, key=lambda p: (p.parent, p.stem, p.suffix.lower() != ".wav")):
         key = (f.parent, f.stem)
         if key in seen:
-            skips.handle(BadInputError(f, f"duplicate recording of {seen[key].name}"))
+            skips.handle(BadInputError(f, f"duplicate recording (of {seen[key].name})"))
             continue
         seen[key] = f
     return sorted(seen.values())

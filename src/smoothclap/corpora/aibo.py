@@ -75,7 +75,8 @@ def read_labels(path: Path, codes: dict, skips: SkipLog) -> list[tuple[str, str,
             continue
         code = parts[1].upper()
         if code not in codes:
-            skips.handle(BadInputError(path, f"unknown class code (line {n}: {parts[1]!r}; expected {', '.join(codes)})"))
+            why = f"unknown class code (line {n}: {parts[1]!r}; expected {', '.join(codes)})"
+            skips.handle(BadInputError(path, why))
             continue
         out.append((parts[0], code, conf))
     return out

@@ -53,11 +53,11 @@ def parse_name(stem: str) -> dict:
         raise ValueError("malformed CREMA-D file name (expected SSSS_TTT_EMO_LV, e.g. 1001_DFA_ANG_XX)")
     actor, sent, emo, lvl = m.group(1), m.group(2).upper(), m.group(3).upper(), m.group(4).upper()
     if emo not in LABELS:
-        raise ValueError(f"unknown emotion code {m.group(3)!r} (expected one of {', '.join(LABELS)})")
+        raise ValueError(f"unknown emotion code (got {m.group(3)!r}; expected one of {', '.join(LABELS)})")
     if lvl not in LEVELS:
-        raise ValueError(f"unknown level {m.group(4)!r} (expected LO, MD, HI or XX)")
+        raise ValueError(f"unknown level (got {m.group(4)!r}; expected LO, MD, HI or XX)")
     if sent not in SENTENCES:
-        raise ValueError(f"unknown sentence code {m.group(2)!r}")
+        raise ValueError(f"unknown sentence code (got {m.group(2)!r})")
     return {"speaker": actor, "sentence": sent, "emotion_code": emo, "level": LEVELS[lvl]}
 
 
@@ -70,7 +70,8 @@ def read_demographics(path: Path) -> dict[str, str | None]:
     cols = {c.strip().lower(): c for c in df.columns}
     miss = [c for c in ("actorid", "sex") if c not in cols]
     if miss:
-        raise BadInputError(path, f"missing column(s): {', '.join({'actorid': 'ActorID', 'sex': 'Sex'}[c] for c in miss)}")
+        names = {"actorid": "ActorID", "sex": "Sex"}
+        raise BadInputError(path, f"missing column(s): {', '.join(names[c] for c in miss)}")
     return {str(a).strip(): norm_gender(s) for a, s in zip(df[cols["actorid"]], df[cols["sex"]])}
 
 

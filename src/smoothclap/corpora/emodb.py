@@ -51,9 +51,9 @@ def parse_name(stem: str) -> dict:
         raise ValueError("malformed EmoDB file name (expected SSTTTEV, e.g. 03a01Fa)")
     spk, text, emo, version = m.groups()
     if emo not in LABELS:
-        raise ValueError(f"unknown emotion letter {emo!r} (expected one of {''.join(LABELS)})")
+        raise ValueError(f"unknown emotion letter (got {emo!r}; expected one of {''.join(LABELS)})")
     if spk not in SPEAKERS:
-        raise ValueError(f"unknown speaker {spk!r} (EmoDB speakers: {', '.join(SPEAKERS)})")
+        raise ValueError(f"unknown speaker (got {spk!r}; EmoDB speakers: {', '.join(SPEAKERS)})")
     return {"speaker": spk, "text": text, "emotion_code": emo, "version": version}
 
 

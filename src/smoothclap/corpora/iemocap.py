@@ -54,7 +54,7 @@ def parse_utterance(utt: str) -> dict:
     """``Ses01F_impro01_M003`` -> dialog ``Ses01F_impro01``, speaker ``Ses01_M``, gender male."""
     m = _UTT.match(utt)
     if not m:
-        raise ValueError(f"malformed IEMOCAP utterance id {utt!r}")
+        raise ValueError(f"malformed IEMOCAP utterance id (got {utt!r})")
     ses, _, letter = m.groups()
     return {
         "dialog": utt.rsplit("_", 1)[0],
@@ -81,7 +81,7 @@ def parse_evaluation(path: Path, skips: SkipLog) -> list[dict]:
                 raise ValueError("expected '[start - end]<TAB>utterance<TAB>code<TAB>[V, A, D]'")
             v, a, d = (float(x) for x in m.group(5, 6, 7))
         except ValueError as e:
-            skips.handle(BadInputError(path, f"malformed line {n} ({e})"))
+            skips.handle(BadInputError(path, f"malformed evaluation line (line {n}: {e})"))
             continue
         out.append(
             {"utterance": m.group(3), "emotion_code": m.group(4).lower(), "valence": v, "arousal": a, "dominance": d}
@@ -118,10 +118,8 @@ def load(
     sessions = _sessions(root)
     if not sessions:
         raise missing(root, "'Session1'..'Session5' folders", CORPUS)
-    skips = SkipLog(skip=skip_bad)
-    rows = []
+    layout = []  # check every session's folders before reading any labels
     for ses in sessions:
-        session_id = f"Session{_SESSION.match(ses.name).group(1)}"
         eval_dir = ses / "dialog" / "EmoEvaluation"
         wav_root = ses / "sentences" / "wav"
         if not eval_dir.is_dir():
@@ -131,13 +129,17 @@ def load(
         eval_files = sorted(p for p in eval_dir.glob("*.txt") if not p.name.startswith("._"))
         if not eval_files:
             raise BadInputError(eval_dir, "no <dialog>.txt evaluation files")
+        layout.append((f"Session{_SESSION.match(ses.name).group(1)}", wav_root, eval_files))
+    skips = SkipLog(skip=skip_bad)
+    rows = []
+    for session_id, wav_root, eval_files in layout:
         for ev in eval_files:
             audio_dir = child(wav_root, ev.stem)
             audio = {f.stem: f for f in list_audio(audio_dir)} if audio_dir is not None else {}
             for item in parse_evaluation(ev, skips):
                 code = item["emotion_code"]
                 if code not in labels and code not in LABELS_ALL:
-                    skips.handle(BadInputError(ev, f"unknown emotion code {code!r} for {item['utterance']}"))
+                    skips.handle(BadInputError(ev, f"unknown emotion code (got {code!r} for {item['utterance']})"))
                     continue
                 if code not in labels:
                     continue  # a class outside the chosen protocol: dropped, not bad

@@ -36,7 +36,7 @@ def _read(path: Path) -> pd.DataFrame:
                     if not isinstance(obj, dict):
                         raise BadInputError(path, f"invalid JSON (line {n}: not an object)")
                     recs.append(obj)
-            return pd.DataFrame.from_records(recs)
+            return pd.DataFrame(recs, dtype=object)  # object: ints stay ints beside missing cells
         if ext == ".json":
             with open(path, encoding="utf-8-sig") as fh:
                 try:
@@ -45,7 +45,7 @@ def _read(path: Path) -> pd.DataFrame:
                     raise BadInputError(path, f"invalid JSON ({e.msg})") from None
             if isinstance(data, dict):  # {"rows": [...]} or column-oriented
                 data = data.get("rows", data.get("data", data))
-            return pd.DataFrame(data)
+            return pd.DataFrame(data, dtype=object)
         with open(path, encoding="utf-8-sig", errors="replace") as fh:
             header = fh.readline()
         if ext in (".tsv", ".tab"):
@@ -55,7 +55,11 @@ def _read(path: Path) -> pd.DataFrame:
             sep = max(counts, key=counts.get) if any(counts.values()) else ","
         cols = [c.strip() for c in header.rstrip("\r\n").split(sep)]
         dtype = {c: str for c in cols if c.lower() in _STR_COLS}
-        return pd.read_csv(path, sep=sep, dtype=dtype, encoding="utf-8-sig", keep_default_na=True, skipinitialspace=True)
+        # only empty cells are missing: labels such as "NA" or "none" stay labels
+        return pd.read_csv(
+            path, sep=sep, dtype=dtype, encoding="utf-8-sig", keep_default_na=False, na_values=[""],
+            skipinitialspace=True,
+        )
     except BadInputError:
         raise
     except FileNotFoundError:
@@ -161,7 +165,8 @@ def read_manifest(
                     lab = str(lab).strip()
                     lab = lab.lower() if lowercase_labels else lab
                     if allowed is not None and lab not in allowed:
-                        raise BadInputError(path, f"unknown label ({where}: {lab!r} for {r['file']}; allowed: {', '.join(sorted(allowed))})")
+                        why = f"unknown label ({where}: {lab!r} for {r['file']}; allowed: {', '.join(sorted(allowed))})"
+                        raise BadInputError(path, why)
                 r["label"] = lab
             elif _blank(r.get("caption")):
                 raise BadInputError(path, f"empty caption ({where}: {r['file']})")
@@ -208,11 +213,13 @@ def read_manifest(
                 dur.append(e - (s or 0.0))
             else:
                 dur.append(max(x - (s or 0.0), 0.0))
+        if "duration" in out.columns:  # the header's duration wins over a stated one
+            out = out.drop(columns=["duration"])
         out.insert(len(STANDARD_COLUMNS), "duration", pd.Series(dur, dtype="float64"))
         ok = [x is not None for x in d]
         if not all(ok):
             out = out[ok].reset_index(drop=True)
-    for c in ("label", "speaker", "gender", "split", "language", "corpus"):
+    for c in STANDARD_COLUMNS:
         out[c] = out[c].astype(object).where(out[c].notna(), None)
     out.attrs["corpus"] = corpus or path.stem
     out.attrs["skipped"] = skips

@@ -46,19 +46,19 @@ def parse_name(stem: str) -> dict:
         raise ValueError("malformed RAVDESS file name (expected 7 two-digit fields MM-VV-EE-II-SS-RR-AA)")
     mod, chan, emo, inten, stmt, rep, actor = m.groups()
     if mod != "03":
-        raise ValueError(f"modality {mod} is not audio-only (03)")
+        raise ValueError(f"modality is not audio-only (got {mod}; expected 03)")
     if chan not in CHANNELS:
-        raise ValueError(f"unknown vocal channel {chan!r} (01 speech, 02 song)")
+        raise ValueError(f"unknown vocal channel (got {chan}; expected 01 speech or 02 song)")
     if emo not in LABELS:
-        raise ValueError(f"unknown emotion code {emo!r} (01..08)")
+        raise ValueError(f"unknown emotion code (got {emo}; expected 01..08)")
     if inten not in INTENSITY:
-        raise ValueError(f"unknown intensity {inten!r} (01, 02)")
+        raise ValueError(f"unknown intensity (got {inten}; expected 01 or 02)")
     if stmt not in STATEMENTS:
-        raise ValueError(f"unknown statement {stmt!r} (01, 02)")
+        raise ValueError(f"unknown statement (got {stmt}; expected 01 or 02)")
     if rep not in ("01", "02"):
-        raise ValueError(f"unknown repetition {rep!r} (01, 02)")
+        raise ValueError(f"unknown repetition (got {rep}; expected 01 or 02)")
     if not 1 <= int(actor) <= 24:
-        raise ValueError(f"actor {actor} out of range 01..24")
+        raise ValueError(f"actor out of range (got {actor}; expected 01..24)")
     return {
         "vocal_channel": CHANNELS[chan],
         "emotion_code": emo,
@@ -103,12 +103,12 @@ def load(
             try:
                 info = parse_name(f.stem)
                 if info["actor"] != folder_actor:
-                    raise ValueError(f"actor field {info['actor']} does not match folder {d.name}")
+                    raise ValueError(f"actor does not match folder (field {info['actor']}, folder {d.name})")
             except ValueError as e:
                 skips.handle(BadInputError(f, str(e)))
                 continue
             if f.stem in seen:  # the same take in two folders (e.g. an archive unpacked twice)
-                skips.handle(BadInputError(f, f"duplicate recording of {seen[f.stem]}"))
+                skips.handle(BadInputError(f, f"duplicate recording (of {seen[f.stem]})"))
                 continue
             seen[f.stem] = f
             if info["vocal_channel"] == "song" and not include_song:

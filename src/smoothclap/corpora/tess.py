@@ -62,9 +62,9 @@ def parse_name(stem: str, folder_speaker: str) -> dict:
         raise ValueError("malformed TESS file name (expected <SPK>_<word>_<emotion>)")
     prefix, emo = parts[0].upper(), parts[-1].lower()
     if not folder_speaker.startswith(prefix) or len(prefix) < 2:
-        raise ValueError(f"speaker prefix {parts[0]!r} does not match folder speaker {folder_speaker}")
+        raise ValueError(f"speaker prefix does not match folder (prefix {parts[0]!r}, folder speaker {folder_speaker})")
     if emo not in LABELS:
-        raise ValueError(f"unknown emotion {parts[-1]!r} (expected one of {', '.join(LABELS)})")
+        raise ValueError(f"unknown emotion (got {parts[-1]!r}; expected one of {', '.join(LABELS)})")
     return {"word": "_".join(parts[1:-1]).lower(), "emotion_code": emo}
 
 
@@ -108,7 +108,9 @@ def load(
             try:
                 info = parse_name(f.stem, spk)
                 if info["emotion_code"] != emo:
-                    raise ValueError(f"file emotion {info['emotion_code']!r} disagrees with folder {d.name}")
+                    raise ValueError(
+                        f"file emotion disagrees with folder (file {info['emotion_code']!r}, folder {d.name})"
+                    )
             except ValueError as e:
                 skips.handle(BadInputError(f, str(e)))
                 continue
