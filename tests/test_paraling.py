@@ -360,6 +360,8 @@ def test_caption_gender_and_dimensions():
     assert b.caption(row, "sad", rng=rng, gender=np.nan) == "a speaker sounding sad, with low pitch and long"
     assert b.caption(row, "sad", rng=rng, gender="m", arousal="low", valence="negative") == (
         "a male speaker sounding sad, with low pitch, long, low arousal and negative valence")
+    assert b.caption(row, "sad", rng=rng, arousal=3.7, valence=np.float32(2.0)) == (  # ratings: left out
+        "a speaker sounding sad, with low pitch and long")
     no_gender = CaptionBuilder(CaptionConfig(templates=t, include_gender=False, include_dimensions=False))
     assert no_gender.caption(row, "sad", rng=rng, gender="m", arousal="low") == (
         "a speaker sounding sad, with low pitch and long")

@@ -5,7 +5,6 @@ corpus, the way open_clip tests training on synthetic data.
 """
 from __future__ import annotations
 
-import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -14,8 +13,6 @@ import pytest
 import torch
 
 pytest.importorskip("opensmile")
-if shutil.which("espeak-ng") is None or shutil.which("sox") is None:
-    pytest.skip("espeak-ng and sox are needed (apt-get install espeak-ng sox)", allow_module_level=True)
 
 from smoothclap.config import RunConfig, loss_preset  # noqa: E402
 from smoothclap.errors import BadInputError, SkipLog  # noqa: E402
@@ -25,22 +22,14 @@ from smoothclap.prepare import prepare  # noqa: E402
 from smoothclap.train import train  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    from smoothclap.corpora import read_manifest
-    from smoothclap.synth import synthesize_corpus
-
-    root = tmp_path_factory.mktemp("synth")
-    synthesize_corpus(root, languages=("en",), voices_per_language=4, sentences_per_voice=2, seed=3,
-                      progress=False)
-    df = read_manifest(root / "manifest.csv")
-    df["corpus"] = "synthetic"
-    return df
+@pytest.fixture
+def corpus(synth_table):
+    return synth_table
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
+@pytest.fixture
+def cache(shared_cache):
+    return shared_cache
 
 
 def _cfg(cache, **loss):

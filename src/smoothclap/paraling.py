@@ -576,6 +576,24 @@ def normalize_gender(g: Any) -> str | None:
     return _GENDER.get(s, s)
 
 
+_warned_numeric: set[str] = set()
+
+
+def _dimension_word(v: Any, dim: str) -> str | None:
+    """Arousal / valence as a word ("high", "negative"). Numeric ratings cannot be phrased without
+    thresholds: they are left out (bin them first, e.g. ``ParalingBinner(variables=[..., "arousal"])``
+    on a table holding the ratings, and pass the resulting "low"/"normal"/"high")."""
+    if _is_missing(v):
+        return None
+    if isinstance(v, (int, float, np.number)) and not isinstance(v, bool):
+        if dim not in _warned_numeric:
+            _warned_numeric.add(dim)
+            log.warning("numeric %s ratings are left out of captions; bin them into words first", dim)
+        return None
+    s = str(v).strip()
+    return s or None
+
+
 def _join(items: Sequence[str]) -> str:
     if len(items) <= 1:
         return "".join(items)
@@ -776,8 +794,8 @@ class CaptionBuilder:
     def _prepare(self, label, gender, arousal, valence):
         label = None if _is_missing(label) else str(label)
         gender = normalize_gender(gender) if self.config.include_gender else None
-        arousal = None if _is_missing(arousal) else str(arousal)
-        valence = None if _is_missing(valence) else str(valence)
+        arousal = _dimension_word(arousal, "arousal")
+        valence = _dimension_word(valence, "valence")
         return label, gender, arousal, valence
 
     # -- captions -------------------------------------------------------------------------
@@ -798,7 +816,8 @@ class CaptionBuilder:
             label: emotion word (optional).
             rng: numpy Generator (or a seed) -- draws the phrase subset, then the template.
             gender: "female"/"male"/"f"/"m"/... (optional; ignored unless ``include_gender``).
-            arousal, valence: words such as "high" / "negative" (optional) -> "high arousal".
+            arousal, valence: words such as "high" / "negative" (optional) -> "high arousal";
+                numeric ratings are left out (bin them into words first).
         """
         rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
         label, gender, arousal, valence = self._prepare(label, gender, arousal, valence)

@@ -250,7 +250,9 @@ class EmotionPreset:
     compand: sox dynamic-range compression (raises loudness at equal peak level).
     lowpass_hz: sox ``lowpass`` cut-off (darker, softer voice), ``None`` = off.
     tremolo_hz / tremolo_depth: sox ``tremolo`` (amplitude modulation, shimmer-like).
-    wobble_cents: depth of a random pitch wobble via sox ``bend`` (jitter-like), ``None`` = off.
+    swing_cents: depth of slow random pitch rises and falls via sox ``bend`` (lively intonation
+        beyond espeak-ng's range limit), ``None`` = off.
+    wobble_cents: depth of a fast random pitch wobble via sox ``bend`` (jitter-like), ``None`` = off.
     """
 
     name: str
@@ -265,6 +267,7 @@ class EmotionPreset:
     lowpass_hz: Param | None = None
     tremolo_hz: Param | None = None
     tremolo_depth: Param | None = None
+    swing_cents: Param | None = None
     wobble_cents: Param | None = None
 
 
@@ -274,26 +277,28 @@ EMOTION_PRESETS: dict[str, EmotionPreset] = {
         EmotionPreset(
             "neutral",
             pitch=Param(48, 6, 30, 66),
-            range=Param(50, 10, 25, 75),
+            range=Param(42, 10, 20, 65),
             speed=Param(170, 12, 140, 200),
             amplitude=Param(70, 7, 50, 90),
         ),
         EmotionPreset(
             "happy",
             pitch=Param(68, 7, 48, 90),
-            range=Param(88, 10, 60, 100),
+            range=Param(92, 8, 65, 100),
             speed=Param(185, 14, 150, 220),
             amplitude=Param(88, 9, 65, 110),
+            swing_cents=Param(110, 35, 40, 200),
         ),
         EmotionPreset(
             "angry",
             pitch=Param(60, 7, 40, 80),
-            range=Param(72, 12, 45, 100),
+            range=Param(75, 12, 45, 100),
             speed=Param(200, 14, 165, 240),
             amplitude=Param(100, 10, 75, 125),
             gain_db=Param(2, 1, 0, 4),
             overdrive=Param(8, 3, 2, 14),
             compand=True,
+            swing_cents=Param(50, 20, 15, 100),
         ),
         EmotionPreset(
             "sad",
@@ -307,7 +312,7 @@ EMOTION_PRESETS: dict[str, EmotionPreset] = {
         EmotionPreset(
             "fear",
             pitch=Param(72, 7, 52, 92),
-            range=Param(58, 12, 30, 85),
+            range=Param(50, 12, 25, 80),
             speed=Param(200, 14, 165, 240),
             amplitude=Param(62, 7, 45, 80),
             tremolo_hz=Param(7, 1.5, 4, 10),
@@ -328,6 +333,7 @@ EMOTION_PRESETS: dict[str, EmotionPreset] = {
             range=Param(96, 5, 80, 100),
             speed=Param(165, 12, 135, 195),
             amplitude=Param(85, 9, 60, 110),
+            swing_cents=Param(170, 40, 80, 280),
         ),
     )
 }
@@ -388,6 +394,7 @@ class ClipSpec:
     word_gap: int
     gain_db: float
     effects: tuple[str, ...] = field(default=())
+    notes: tuple[str, ...] = field(default=())  # human-readable effects for the manifest
 
     def key(self) -> str:
         payload = json.dumps(
@@ -420,27 +427,52 @@ def _draw_spec(preset: EmotionPreset, voice: Voice, sentence_id: str, text: str,
     word_gap = int(round(preset.word_gap.draw(rng)))
     gain_db = round(preset.gain_db.draw(rng), 2)
     effects: list[str] = []
+    notes: list[str] = []
     if preset.overdrive is not None:
         effects.append(f"overdrive {preset.overdrive.draw(rng):.1f} 20")
     if preset.compand:
-        # fast compressor: 4:1 above -30 dB, make-up gain, output kept below about -2 dBFS
+        # fast compressor: 4:1 above -30 dB with make-up gain (louder at an equal peak level)
         effects.append("compand 0.005,0.12 6:-70,-70,-30,-30,0,-22.5 12 -40 0.02")
     if preset.lowpass_hz is not None:
         effects.append(f"lowpass {preset.lowpass_hz.draw(rng):.0f}")
     if preset.tremolo_hz is not None and preset.tremolo_depth is not None:
         effects.append(f"tremolo {preset.tremolo_hz.draw(rng):.2f} {preset.tremolo_depth.draw(rng):.0f}")
+    notes.extend(effects)
+    if preset.swing_cents is not None:
+        depth = preset.swing_cents.draw(rng)
+        effects.append(_bend_effect(rng, depth, 0.22, 0.45, alternate=True, frame_rate=25))
+        notes.append(f"pitch swing {depth:.0f} cents")
     if preset.wobble_cents is not None:
         depth = preset.wobble_cents.draw(rng)
-        # a random pitch wobble: up to 80 consecutive bends of 60-110 ms with random sign and depth;
-        # synthesize_clip keeps the ones that fit into the clip (sox bend rejects positions past it)
-        steps = []
-        for _ in range(80):
-            cents = int(round(rng.normal(0.0, depth))) or 1  # sox bend rejects 0 cents
-            dur = rng.uniform(0.06, 0.11)
-            steps.append(f"0,{cents},{dur:.3f}")
-        effects.append("bend -f 50 " + " ".join(steps))
+        effects.append(_bend_effect(rng, depth, 0.05, 0.10, alternate=False, frame_rate=50))
+        notes.append(f"pitch wobble {depth:.0f} cents")
     return ClipSpec(voice, sentence_id, text, preset.name, take, pitch, rng_range, speed, amplitude,
-                    word_gap, gain_db, tuple(effects))
+                    word_gap, gain_db, tuple(effects), tuple(notes))
+
+
+def _bend_effect(rng: np.random.Generator, depth: float, seg_lo: float, seg_hi: float,
+                 alternate: bool, frame_rate: int, max_seconds: float = 8.0) -> str:
+    """A sox ``bend`` that moves the pitch through random offsets (cents) around 0.
+
+    The offsets are i.i.d. N(0, depth) (``alternate=False``: a jittery wobble) or alternate in sign
+    with magnitude ~ depth (``alternate=True``: slow rises and falls). Each bend glides from the
+    previous offset to the next over seg_lo..seg_hi seconds; :func:`synthesize_clip` drops the
+    bends that do not fit into the clip (sox rejects positions past its end). Over-sampling 8
+    (sox's default is 16) halves the cost with no measurable change in jitter, shimmer or HNR.
+    """
+    steps, prev, t, i = [], 0.0, 0.0, 0
+    while t < max_seconds:
+        if alternate:
+            target = (1 if i % 2 == 0 else -1) * abs(rng.normal(depth, depth / 3))
+        else:
+            target = rng.normal(0.0, depth)
+        cents = int(round(target - prev)) or 1  # sox bend rejects 0 cents
+        dur = float(rng.uniform(seg_lo, seg_hi))
+        steps.append(f"0,{cents},{dur:.3f}")
+        prev += cents
+        t += dur
+        i += 1
+    return f"bend -f {frame_rate} -o 8 " + " ".join(steps)
 
 
 def _resolve_voices(languages: Sequence[str],
@@ -570,6 +602,8 @@ def synthesize_clip(spec: ClipSpec, path: str | Path) -> float:
             words = eff.split()
             if words[0] == "bend":
                 words = _fit_bends(words, sf.info(raw).duration)
+                if not any("," in w for w in words):  # clip shorter than one bend: skip it
+                    continue
             effects.extend(words)
         total_gain = spec.gain_db + spec.voice.level_db
         effects += [*MASTER_EFFECTS, "gain", "-l", f"{total_gain:.2f}", "rate", "-h", str(SAMPLE_RATE)]
@@ -607,7 +641,7 @@ def _row(spec: ClipSpec, duration: float) -> dict:
         "amplitude": spec.amplitude,
         "word_gap": spec.word_gap,
         "gain_db": spec.gain_db,
-        "effects": "; ".join(e if not e.startswith("bend") else "bend (pitch wobble)" for e in spec.effects),
+        "effects": "; ".join(spec.notes),
     }
 
 

@@ -94,6 +94,8 @@ def train(cfg: RunConfig, prepared, run_dir: str | Path | None = None, progress:
     if run_dir is not None:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         cfg.dump(Path(run_dir) / "config.yaml")
+        if getattr(prepared, "binner", None) is not None:  # caption bins, fitted on training data only
+            atomic_write_json(Path(run_dir) / "caption_bins.json", prepared.binner.to_dict())
         if resume and ckpt_path.exists():
             ck = torch.load(ckpt_path, map_location=device, weights_only=False)
             if ck.get("fingerprint") == fp:
