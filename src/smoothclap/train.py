@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 from .config import RunConfig
 from .device import resolve_device
 from .io import atomic_save, atomic_write_json
-from .losses import SmoothClapLoss, target_diagnostics
+from .losses import target_diagnostics
+from .targets import build_loss
 from .model import SmoothClapConfig, SmoothClapModel
 
 log = logging.getLogger("smoothclap")
@@ -75,7 +76,7 @@ def train(cfg: RunConfig, prepared, run_dir: str | Path | None = None, progress:
     audio = torch.from_numpy(prepared.audio)
     model.fit_audio_standardizer(audio)
     model.to(device)
-    loss_fn = SmoothClapLoss(cfg.loss.beta, cfg.loss.gamma, cfg.loss.tau_a, cfg.loss.tau_t)
+    loss_fn = build_loss(cfg, prepared)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
 
