@@ -129,3 +129,16 @@ def test_embed_texts_distinct_once(tmp_path):
     tower2 = EchoText()
     embed_texts(tower2, ["aa", "ccc"], cache_dir=tmp_path, progress=False)
     assert tower2.seen == []
+
+
+def test_loudness_normalisation(tmp_path):
+    p = tmp_path / "quiet.wav"
+    sf.write(p, _tone(amp=0.01), 16000)
+    raw = read_audio(p)
+    peak = read_audio(p, loudness="peak")
+    rms = read_audio(p, loudness="rms:-23")
+    assert abs(20 * np.log10(np.abs(peak).max()) + 1) < 0.01
+    assert abs(20 * np.log10(np.sqrt(np.mean(rms.astype(np.float64) ** 2))) + 23) < 0.05
+    np.testing.assert_allclose(rms / np.abs(rms).max(), raw / np.abs(raw).max(), atol=1e-5)
+    with pytest.raises(ValueError, match="loudness"):
+        read_audio(p, loudness="lufs")

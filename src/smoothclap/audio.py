@@ -25,8 +25,13 @@ def read_audio(
     silence_dbfs: float = SILENCE_DBFS,
     start: float | None = None,
     end: float | None = None,
+    loudness: str | None = None,
 ) -> np.ndarray:
     """Read ``path`` as mono float32 at ``sample_rate``.
+
+    ``loudness``: None / "none" (as recorded), "peak" (peak at -1 dBFS) or "rms:<dBFS>" (e.g.
+    "rms:-23"), applied after the checks: corpora differ by 20 dB or more in level (EmoDB is
+    peak-normalised, RAVDESS about -40 dBFS RMS), which otherwise leaks the corpus into features.
 
     Returns: array of shape ``[num_samples]``.
     Raises BadInputError for missing, unreadable, empty, non-finite, silent or too-short audio.
@@ -59,7 +64,25 @@ def read_audio(
     peak = float(np.max(np.abs(wav)))
     if peak <= 0 or 20 * np.log10(peak) < silence_dbfs:
         raise BadInputError(path, f"silent (peak below {silence_dbfs} dBFS)")
+    if loudness not in (None, "none"):
+        wav = normalize_loudness(wav, loudness)
     return np.ascontiguousarray(wav, dtype=np.float32)
+
+
+def normalize_loudness(wav: np.ndarray, mode: str) -> np.ndarray:
+    """``[T]`` -> ``[T]`` scaled to a peak of -1 dBFS ("peak") or an RMS level ("rms:-23")."""
+    if mode == "peak":
+        target = 10 ** (-1 / 20)
+        return wav * (target / max(float(np.max(np.abs(wav))), 1e-12))
+    if mode.startswith("rms:"):
+        try:
+            db = float(mode[4:])
+        except ValueError:
+            raise ValueError(f"loudness {mode!r}: expected rms:<dBFS>, e.g. rms:-23") from None
+        rms = float(np.sqrt(np.mean(wav.astype(np.float64) ** 2)))
+        out = wav * (10 ** (db / 20) / max(rms, 1e-12))
+        return np.clip(out, -1.0, 1.0)  # loud targets on peaky clips: clip rather than overflow
+    raise ValueError(f"unknown loudness normalisation {mode!r}: none, peak or rms:<dBFS>")
 
 
 def file_hash(path: str | Path, chunk: int = 1 << 20) -> str:

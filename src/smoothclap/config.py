@@ -46,6 +46,9 @@ class ModelConfig:
     max_scale: float = 100.0
     # Standardise tower embeddings with training mean / std before the heads (stored in the model).
     standardize_audio: bool = True
+    # Cross-corpus normalisation: z-score audio-tower embeddings within each group ("corpus" or
+    # "speaker" column) before everything else, in training and (without labels) at test time.
+    feature_norm_group: str | None = None
 
 
 @dataclass
@@ -60,11 +63,27 @@ class LossConfig:
     # Text used for q_t2t: "description" (binned eGeMAPS phrases, no emotion word),
     # "description+label" (with the emotion word) or "caption" (the training caption itself).
     text_target: str = "description"
+    # Target geometry (issue: make the soft targets informative rather than flat):
+    # standardise local / description embeddings with training statistics before the cosine
+    # ("none" | "center" | "zscore" | "whiten"), per group ("corpus" | "speaker") or globally (None).
+    target_standardize: str = "none"
+    target_standardize_group: str | None = None
+    # Temperature calibration: pick tau_a / tau_t on training batches so that q's rows reach
+    # ``calibrate_value`` of mean diagonal mass ("diag") or of effective neighbours ("neighbours").
+    calibrate: str = "none"
+    calibrate_value: float = 0.5
+    # Keep each row's k largest similarities (the clip itself included) before the softmax.
+    topk: int | None = None
 
     def __post_init__(self) -> None:
         if self.text_target not in ("description", "description+label", "caption"):
             raise ValueError(f"loss.text_target must be description, description+label or caption, "
                              f"got {self.text_target!r}")
+        if self.target_standardize not in ("none", "center", "zscore", "whiten"):
+            raise ValueError(f"loss.target_standardize must be none, center, zscore or whiten, "
+                             f"got {self.target_standardize!r}")
+        if self.calibrate not in ("none", "diag", "neighbours"):
+            raise ValueError(f"loss.calibrate must be none, diag or neighbours, got {self.calibrate!r}")
 
 
 @dataclass

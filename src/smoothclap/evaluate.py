@@ -54,7 +54,15 @@ def zero_shot_evaluate(model, table: pd.DataFrame, labels: Sequence[str] | None 
         ok = np.isfinite(features).all(1)
     clf = ZeroShotClassifier(model, labels, prompts=prompts, templates=templates)
     keep = np.flatnonzero(ok)
-    preds, probs = clf.predict_features(features[keep])
+    feats = features[keep]
+    group = getattr(model.config, "feature_norm_group", None)
+    if group:
+        # the model was trained on per-corpus / per-speaker standardised features: standardise the
+        # test clips the same way, from their own statistics (no labels involved)
+        from .targets import group_ids, standardize
+
+        feats = standardize(feats, "zscore", group_ids(table.iloc[keep], group))
+    preds, probs = clf.predict_features(feats)
     y_true = table["label"].astype(str).to_numpy()[keep]
     m = classification_metrics(y_true, preds, labels)
     m["skipped"] = skip.count

@@ -24,14 +24,22 @@ def clip_logits(z_audio: torch.Tensor, z_text: torch.Tensor, scale: torch.Tensor
     return scale * z_audio @ z_text.T
 
 
-def similarity_targets(emb: torch.Tensor, tau: float) -> torch.Tensor:
+def similarity_targets(emb: torch.Tensor, tau: float, topk: int | None = None) -> torch.Tensor:
     """Row-softmax of cosine similarities of ``emb`` ``[B, k]`` at temperature ``tau`` -> ``[B, B]``.
 
+    ``topk``: keep only each row's k largest similarities (the diagonal is always one of them,
+    cosine 1) before the softmax, so every row spreads its mass over at most k - 1 neighbours.
     Computed without gradient: targets are constants of the loss (stop-gradient).
     """
     with torch.no_grad():
         e = F.normalize(emb.detach().float(), dim=-1)
-        return torch.softmax(e @ e.T / tau, dim=1)
+        logits = e @ e.T / tau
+        if topk is not None and topk < logits.shape[1]:
+            if topk < 1:
+                raise ValueError(f"topk must be >= 1, got {topk}")
+            kth = logits.topk(topk, dim=1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        return torch.softmax(logits, dim=1)
 
 
 @dataclass
@@ -53,6 +61,7 @@ def soft_targets(
     tau_t: float = 0.07,
     batch_size: int | None = None,
     device: torch.device | str | None = None,
+    topk: int | None = None,
 ) -> SoftTargets:
     """SmoothCLAP targets y = (1 - beta) I + beta [(1 - gamma) q_a2a + gamma q_t2t].
 
@@ -75,12 +84,12 @@ def soft_targets(
     if gamma < 1.0:
         if local_audio is None:
             raise ValueError("beta > 0 and gamma < 1 need local-feature audio embeddings")
-        q_a2a = similarity_targets(local_audio, tau_a).to(device)
+        q_a2a = similarity_targets(local_audio, tau_a, topk).to(device)
         q = q + (1.0 - gamma) * q_a2a
     if gamma > 0.0:
         if desc_text is None:
             raise ValueError("beta > 0 and gamma > 0 need description text embeddings")
-        q_t2t = similarity_targets(desc_text, tau_t).to(device)
+        q_t2t = similarity_targets(desc_text, tau_t, topk).to(device)
         q = q + gamma * q_t2t
     y = (1.0 - beta) * eye + beta * q
     return SoftTargets(y=y, q=q, q_a2a=q_a2a, q_t2t=q_t2t)
@@ -114,13 +123,14 @@ class SmoothClapLoss(nn.Module):
     (:class:`SoftTargets`).
     """
 
-    def __init__(self, beta: float = 0.1, gamma: float = 0.5, tau_a: float = 0.07, tau_t: float = 0.07):
+    def __init__(self, beta: float = 0.1, gamma: float = 0.5, tau_a: float = 0.07, tau_t: float = 0.07,
+                 topk: int | None = None):
         super().__init__()
-        self.beta, self.gamma, self.tau_a, self.tau_t = beta, gamma, tau_a, tau_t
+        self.beta, self.gamma, self.tau_a, self.tau_t, self.topk = beta, gamma, tau_a, tau_t, topk
 
     def targets(self, local_audio, desc_text, batch_size, device) -> SoftTargets:
         return soft_targets(local_audio, desc_text, self.beta, self.gamma, self.tau_a, self.tau_t,
-                            batch_size=batch_size, device=device)
+                            batch_size=batch_size, device=device, topk=self.topk)
 
     def loss_from_logits(self, logits: torch.Tensor, t: SoftTargets) -> dict:
         y = t.y.to(logits.dtype)

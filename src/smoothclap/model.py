@@ -50,6 +50,7 @@ class SmoothClapConfig:
     init_scale: float = 1.0 / 0.07
     max_scale: float = 100.0
     standardize_audio: bool = True
+    feature_norm_group: str | None = None  # see ModelConfig.feature_norm_group
     # Provenance, recorded so reports can say what trained the model (never used for inference).
     trained_on: list | None = None
     loss: dict | None = None

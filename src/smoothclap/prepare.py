@@ -18,6 +18,7 @@ from .config import RunConfig
 from .embed import embed_audio_files, embed_texts
 from .errors import SkipLog
 from .paraling import CaptionBuilder, ParalingBinner
+from .targets import apply_target_options, group_ids, standardize
 
 log = logging.getLogger("smoothclap")
 
@@ -108,6 +109,8 @@ def prepare(cfg: RunConfig, table: pd.DataFrame, *, cache_dir=None, progress: bo
     table = table.iloc[keep].reset_index(drop=True)
     audio = audio[keep]
     local = local[keep] if local is not None else None
+    if cfg.model.feature_norm_group:
+        audio = standardize(audio, "zscore", group_ids(table, cfg.model.feature_norm_group))
     if cc.variables:
         feats = feats.iloc[keep].reset_index(drop=True)
         if cc.group_by:
@@ -150,7 +153,9 @@ def prepare(cfg: RunConfig, table: pd.DataFrame, *, cache_dir=None, progress: bo
     trained_on = sorted(table["corpus"].astype(str).unique()) if "corpus" in table.columns else ["(table)"]
     if skip.count:
         log.warning("skipped %d bad clip(s) while preparing training data", skip.count)
-    return Prepared(table=table, audio=audio.astype(np.float32), local=None if local is None else local.astype(np.float32),
-                    caption_texts=caption_texts, caption_emb=caption_emb, caption_index=caption_index,
-                    desc_texts=desc_texts, desc_emb=desc_emb, label_ids=label_ids, label_names=label_names,
-                    binner=binner, trained_on=trained_on, skipped=skip, timings=timings)
+    prepared = Prepared(table=table, audio=audio.astype(np.float32),
+                        local=None if local is None else local.astype(np.float32),
+                        caption_texts=caption_texts, caption_emb=caption_emb, caption_index=caption_index,
+                        desc_texts=desc_texts, desc_emb=desc_emb, label_ids=label_ids, label_names=label_names,
+                        binner=binner, trained_on=trained_on, skipped=skip, timings=timings)
+    return apply_target_options(cfg, prepared)

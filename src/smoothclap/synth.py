@@ -9,7 +9,7 @@ results.
 
 How a clip is made:
 
-1. a voice (an espeak-ng language voice plus a variant, e.g. ``en-us+m3``, ``de+f4``) reads one of
+1. a voice (an espeak-ng language voice plus a variant, e.g. ``en-us+m7``, ``de+f4``) reads one of
    the built-in neutral-content sentences (:data:`SENTENCES`);
 2. the emotion preset (:data:`EMOTION_PRESETS`) gives distributions over espeak-ng's base pitch
    (``-p``, 0-99), SSML ``<prosody range>`` (0-100; 50 = the voice's default), speed (``-s``, words
@@ -18,7 +18,8 @@ How a clip is made:
    draws its own values from these distributions with a numpy Generator seeded from
    ``(seed, voice, sentence, emotion, take)``, so emotions overlap per clip and a classifier is not
    trivially perfect, while a given seed always gives the same corpus;
-3. sox applies the effects and a per-voice level calibration, then writes 16 kHz mono PCM16 WAV.
+3. sox applies the effects, a fixed high-shelf cut (:data:`MASTER_EFFECTS`) and a per-voice level
+   calibration, then writes 16 kHz mono PCM16 WAV.
 
 espeak-ng and sox are both deterministic here (sox runs with ``-R`` and without dither), so the same
 seed gives an identical manifest and byte-identical audio on the same tool versions.
@@ -50,6 +51,7 @@ import soundfile as sf
 
 __all__ = [
     "SAMPLE_RATE",
+    "MASTER_EFFECTS",
     "Voice",
     "VOICES",
     "SENTENCES",
@@ -64,6 +66,7 @@ __all__ = [
     "SynthToolMissingError",
     "SynthError",
     "check_tools",
+    "ClipSpec",
     "plan_corpus",
     "synthesize_clip",
     "synthesize_corpus",
@@ -84,7 +87,7 @@ SYNTH_VERSION = 1  # bump when the recipe changes: it is part of every clip's fi
 
 @dataclass(frozen=True)
 class Voice:
-    """One synthetic speaker: an espeak-ng language voice plus a variant (``en-us+m3``).
+    """One synthetic speaker: an espeak-ng language voice plus a variant (``en-us+m7``).
 
     ``level_db`` is a calibration gain that brings the voice's active-speech RMS at neutral
     settings (after :data:`MASTER_EFFECTS`) to about -24 dBFS, so loudness differences in the
@@ -398,9 +401,9 @@ class ClipSpec:
 
     def key(self) -> str:
         payload = json.dumps(
-            [SYNTH_VERSION, list(MASTER_EFFECTS), self.voice.id, self.voice.level_db, self.text, self.label, self.take,
-             self.pitch, self.range, self.speed, self.amplitude, self.word_gap, self.gain_db,
-             list(self.effects)],
+            [SYNTH_VERSION, list(MASTER_EFFECTS), self.voice.id, self.voice.level_db, self.text,
+             self.label, self.take, self.pitch, self.range, self.speed, self.amplitude,
+             self.word_gap, self.gain_db, list(self.effects)],
             ensure_ascii=True,
         )
         return hashlib.sha1(payload.encode()).hexdigest()[:10]

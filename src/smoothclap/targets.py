@@ -1,14 +1,144 @@
-"""Soft-target construction from a run config: which loss object the trainer uses.
+"""Soft-target construction from a run config: target geometry and the loss the trainer uses.
 
-Kept apart from the trainer so target options (standardisation, temperature calibration,
-top-k sparsification) evolve without touching the training loop.
+Section 10 of DESIGN.md found raw frozen embeddings so similar (mean pairwise cosine 0.87-0.96)
+that q at tau 0.07 is nearly uniform, i.e. label smoothing. The options here change that:
+
+* ``target_standardize``: centre / z-score / whiten the local-feature and description embeddings
+  with training statistics (globally or per corpus / speaker) before the cosine;
+* ``calibrate``: choose tau_a / tau_t on training batches so q reaches a chosen mean diagonal
+  mass or effective number of neighbours, instead of a fixed 0.07;
+* ``topk``: sparsify q to each row's k most similar clips.
+
+All of it shapes targets only; inference (cosine between audio and prompt) is unchanged.
 """
 from __future__ import annotations
 
-from .losses import SmoothClapLoss
+import dataclasses
+import logging
+import math
+
+import numpy as np
+import torch
+
+from .losses import SmoothClapLoss, similarity_targets
+
+log = logging.getLogger("smoothclap")
+
+
+def standardize(x: np.ndarray, mode: str, groups: np.ndarray | None = None, eps: float = 1e-6) -> np.ndarray:
+    """Standardise rows of ``x`` ``[N, k]`` with statistics of ``x`` itself (training data),
+    per group when ``groups`` ``[N]`` is given. mode: none | center | zscore | whiten."""
+    if mode == "none":
+        return x
+    x = np.asarray(x, dtype=np.float64)
+    if groups is None:
+        groups = np.zeros(len(x), dtype=int)
+    out = np.empty_like(x)
+    for g in np.unique(groups):
+        idx = np.flatnonzero(groups == g)
+        xs = x[idx]
+        mu = xs.mean(0)
+        xc = xs - mu
+        if mode == "center":
+            out[idx] = xc
+        elif mode == "zscore":
+            out[idx] = xc / np.maximum(xs.std(0), eps)
+        elif mode == "whiten":
+            # PCA whitening with shrinkage: tiny groups stay well-conditioned.
+            cov = xc.T @ xc / max(len(xs) - 1, 1)
+            shrink = 1e-3 * np.trace(cov) / cov.shape[0] + eps
+            w, v = np.linalg.eigh(cov + shrink * np.eye(cov.shape[0]))
+            out[idx] = xc @ v / np.sqrt(w)
+        else:
+            raise ValueError(f"unknown standardisation {mode!r}")
+    return out.astype(np.float32)
+
+
+def group_ids(table, column: str | None) -> np.ndarray | None:
+    """Group of each row for per-group standardisation; a table without the column is one group
+    (e.g. a test corpus scored on its own)."""
+    if column is None:
+        return None
+    if column not in table.columns:
+        return np.zeros(len(table), dtype=int)
+    return table[column].astype(str).fillna("?").to_numpy()
+
+
+def apply_target_options(cfg, prepared):
+    """Return ``prepared`` with its local and description embeddings standardised as
+    ``cfg.loss.target_standardize`` asks (statistics from these training clips only)."""
+    lc = cfg.loss
+    if lc.target_standardize == "none":
+        return prepared
+    groups = None
+    if lc.target_standardize_group:
+        col = lc.target_standardize_group
+        if col not in prepared.table.columns:
+            raise ValueError(f"loss.target_standardize_group={col!r}: the training table has no such column")
+        groups = prepared.table[col].astype(str).to_numpy()
+    changes = {}
+    if prepared.local is not None:
+        changes["local"] = standardize(prepared.local, lc.target_standardize, groups)
+    if prepared.desc_emb is not None:
+        changes["desc_emb"] = standardize(prepared.desc_emb, lc.target_standardize, groups)
+    return dataclasses.replace(prepared, **changes)
+
+
+def target_statistic(emb: torch.Tensor, tau: float, batches: list[torch.Tensor], kind: str,
+                     topk: int | None = None) -> float:
+    """Mean over ``batches`` (index tensors) of q's diagonal mass ("diag") or its effective
+    number of neighbours exp(row entropy) ("neighbours") at temperature ``tau``."""
+    vals = []
+    for idx in batches:
+        q = similarity_targets(emb[idx], tau, topk)
+        if kind == "diag":
+            vals.append(float(q.diagonal().mean()))
+        else:
+            ent = -(torch.xlogy(q, q)).sum(1).mean()
+            vals.append(float(ent.exp()))
+    return float(np.mean(vals))
+
+
+def calibrate_tau(emb: np.ndarray, kind: str, value: float, batch_size: int, seed: int = 0,
+                  topk: int | None = None, n_batches: int = 24, lo: float = 1e-3, hi: float = 10.0) -> float:
+    """Temperature at which q over random training batches of ``batch_size`` reaches ``value``:
+    a mean diagonal mass (kind "diag", in (1/B, 1)) or an effective number of neighbours
+    (kind "neighbours", in (1, B)). Bisection in log tau (both statistics are monotone in tau)."""
+    e = torch.as_tensor(emb, dtype=torch.float32)
+    n = len(e)
+    b = min(batch_size, n)
+    g = torch.Generator().manual_seed(seed)
+    batches = [torch.randperm(n, generator=g)[:b] for _ in range(n_batches)]
+    if kind == "diag" and not 1.0 / b < value < 1.0:
+        raise ValueError(f"calibrate_value for diag must lie in (1/B, 1) = ({1 / b:.3f}, 1), got {value}")
+    if kind == "neighbours" and not 1.0 < value < b:
+        raise ValueError(f"calibrate_value for neighbours must lie in (1, B) = (1, {b}), got {value}")
+    # diag falls with tau, neighbours rises: search f(tau) - value with the right sign
+    sign = -1.0 if kind == "diag" else 1.0
+    a, z = math.log(lo), math.log(hi)
+    for _ in range(40):
+        mid = 0.5 * (a + z)
+        f = sign * (target_statistic(e, math.exp(mid), batches, kind, topk) - value)
+        if f > 0:
+            z = mid
+        else:
+            a = mid
+    return float(math.exp(0.5 * (a + z)))
 
 
 def build_loss(cfg, prepared=None) -> SmoothClapLoss:
-    """The SmoothCLAP loss for ``cfg.loss`` (beta = 0: CLAP)."""
+    """The SmoothCLAP loss for ``cfg.loss`` (beta = 0: CLAP), with calibrated temperatures when
+    ``cfg.loss.calibrate`` asks for them (needs ``prepared``). Chosen taus: ``loss.tau_a/tau_t``."""
     lc = cfg.loss
-    return SmoothClapLoss(lc.beta, lc.gamma, lc.tau_a, lc.tau_t)
+    tau_a, tau_t = lc.tau_a, lc.tau_t
+    if lc.calibrate != "none" and lc.beta > 0:
+        if prepared is None:
+            raise ValueError("temperature calibration needs the training bundle")
+        bs, seed = cfg.train.batch_size, cfg.train.seed
+        if prepared.local is not None and lc.gamma < 1:
+            tau_a = calibrate_tau(prepared.local, lc.calibrate, lc.calibrate_value, bs, seed, lc.topk)
+        if prepared.desc_emb is not None and lc.gamma > 0:
+            tau_t = calibrate_tau(prepared.desc_emb, lc.calibrate, lc.calibrate_value, bs, seed, lc.topk)
+        log.info("calibrated temperatures (%s = %g): tau_a = %.4f, tau_t = %.4f",
+                 lc.calibrate, lc.calibrate_value, tau_a, tau_t)
+    return SmoothClapLoss(lc.beta, lc.gamma, tau_a, tau_t, topk=lc.topk)

@@ -1,0 +1,416 @@
+"""Evaluation tasks as data: corpus + label prompts + protocol + metrics, and one loop for all.
+
+A :class:`Task` names a corpus loader, which rows it scores (a split, e.g. FAU Aibo's test school
+Mont), how results average (one pool of clips, or per fold such as IEMOCAP's five sessions,
+averaged), the prompt word(s) of every class and the prompt template. :func:`run_task` is the
+single generic evaluation loop; ``smoothclap evaluate --task NAME`` and the LOCO benchmark use it.
+
+The paper's eight tasks follow DESIGN.md section 3 exactly (bare label words; IEMOCAP uses
+``"this person is feeling {label}."``). Where DESIGN leaves prompt words open they are taken from
+the ParaCLAP evaluation code (KeiKinn/ParaCLAP, ``Data/*.py``), the protocol SmoothCLAP reports:
+
+=============  ==========================================================================
+task           prompt words (data label -> prompt)
+=============  ==========================================================================
+iemocap        neutral, happy, angry -> "anger", sad -> "sadness"; template
+               "this person is feeling {label}."; sessions 1-5 scored separately, averaged
+ravdess        neutral calm happy sad angry fearful disgust surprised (all speech files)
+crema-d        sad angry disgust fear happy neutral (all clips)
+tess           neutral happy sad -> "sadness" angry fear disgust "pleasant surprise"
+aibo-2         idl -> "non-negative", neg -> "negative" (test school Mont)
+aibo-5         angry emphatic neutral motherese rest (test school Mont)
+alc            al -> "intoxicated with alcohol", nal -> "not intoxicated with alcohol" (test)
+sld            l -> "likeable", nl -> "not likeable" (test partition)
+emodb          anger boredom disgust fear happiness sadness neutral (all 535 clips)
+savee          anger disgust fear happiness neutral sadness surprise (all clips)
+=============  ==========================================================================
+
+Corpora are found under a data root by folder name (see :data:`Task.folders`, matched
+case-insensitively, ignoring ``-``/``_``/``.``/spaces): ``emodb``, ``ravdess``, ``tess``,
+``iemocap``, ``crema-d``, ``aibo``, ``alc``, ``sld``, ``savee``, ``msp-podcast``. When the data root
+itself is the corpus root, that works too.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .errors import BadInputError, SkipLog
+
+log = logging.getLogger("smoothclap")
+
+#: Column names of the paper's UAR table (DESIGN.md section 3).
+PAPER_METHODS = ("CLAP", "Pengi", "ParaCLAP", "SmoothCLAP")
+
+
+class TrainedCorpusError(ValueError):
+    """Scoring a corpus that trained the model (refused unless explicitly allowed)."""
+
+
+class CorpusNotFound(FileNotFoundError):
+    """No folder for the task's corpus under the data root."""
+
+
+@dataclass(frozen=True)
+class Task:
+    """One zero-shot evaluation task.
+
+    Attributes:
+        name: registry key (``smoothclap evaluate --task NAME``).
+        corpus: corpus loader name (``smoothclap.corpora.load``).
+        labels: class labels as the loader writes them, in report order.
+        prompts: label -> prompt word(s) (``{label}`` in the template is replaced by these);
+            labels not named here are their own prompt.
+        template: prompt template (one string with ``{label}``).
+        split: only rows whose ``split`` column equals this (None = all rows).
+        fold_by: None = one pool; a column name = score each value separately and average.
+        loader_options: keyword options for the loader (e.g. ``{"classes": 5}``).
+        folders: candidate folder names under a data root.
+        language: of the speech.
+        metrics: what the report shows (UAR first: the paper's metric).
+        paper: the paper's reported UAR per method (``PAPER_METHODS``), or empty.
+        description: one line for reports.
+    """
+
+    name: str
+    corpus: str
+    labels: tuple[str, ...]
+    prompts: dict = field(default_factory=dict)
+    template: str = "{label}"
+    split: str | None = None
+    fold_by: str | None = None
+    loader_options: dict = field(default_factory=dict)
+    folders: tuple[str, ...] = ()
+    language: str = "en"
+    metrics: tuple[str, ...] = ("uar", "wa", "macro_f1")
+    paper: dict = field(default_factory=dict)
+    description: str = ""
+
+    def __hash__(self) -> int:  # dict fields: hash by name (tasks are registry singletons)
+        return hash(self.name)
+
+    @property
+    def protocol(self) -> str:
+        rows = f"split == {self.split!r}" if self.split else "all clips"
+        how = f"per {self.fold_by}, averaged" if self.fold_by else "one pool"
+        return f"{rows}; {how}"
+
+    def prompt_map(self) -> dict[str, str]:
+        """label -> prompt word(s), every label present."""
+        return {lab: self.prompts.get(lab, lab) for lab in self.labels}
+
+    def prompt_texts(self) -> dict[str, str]:
+        """label -> the exact text that is embedded."""
+        return {lab: self.template.format(label=p) for lab, p in self.prompt_map().items()}
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["protocol"] = self.protocol
+        d["prompt_texts"] = self.prompt_texts()
+        return d
+
+
+def _paper(clap, pengi, paraclap, smooth) -> dict:
+    return dict(zip(PAPER_METHODS, (clap, pengi, paraclap, smooth)))
+
+
+_TASK_LIST = [
+    Task("iemocap", "iemocap", ("neutral", "happy", "angry", "sad"),
+         prompts={"angry": "anger", "sad": "sadness"}, template="this person is feeling {label}.",
+         fold_by="split", folders=("iemocap", "iemocap_full_release"),
+         paper=_paper(.353, .345, .600, .606),
+         description="IEMOCAP 4 classes (excited merged into happy), each of 5 sessions, averaged"),
+    Task("ravdess", "ravdess",
+         ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"),
+         folders=("ravdess", "audio_speech_actors_01-24"), paper=_paper(.199, .148, .228, .175),
+         description="RAVDESS speech, 8 classes, all 1440 speech files"),
+    Task("crema-d", "crema-d", ("sad", "angry", "disgust", "fear", "happy", "neutral"),
+         folders=("crema-d", "cremad"), paper=_paper(.230, .245, .177, .266),
+         description="CREMA-D, 6 classes, all clips"),
+    Task("tess", "tess", ("neutral", "happy", "sad", "angry", "fear", "disgust", "pleasant surprise"),
+         prompts={"sad": "sadness"}, folders=("tess",), paper=_paper(.232, .177, .170, .275),
+         description="TESS, 7 classes, all 2800 clips"),
+    Task("aibo-2", "aibo", ("idl", "neg"), prompts={"idl": "non-negative", "neg": "negative"},
+         split="test", loader_options={"classes": 2}, folders=("aibo", "fau-aibo", "fauaibo"),
+         language="de", paper=_paper(.500, .470, .526, .555),
+         description="FAU Aibo (IS2009) 2 classes IDL vs NEG, test school Mont"),
+    Task("aibo-5", "aibo", ("angry", "emphatic", "neutral", "motherese", "rest"),
+         split="test", loader_options={"classes": 5}, folders=("aibo", "fau-aibo", "fauaibo"),
+         language="de", paper=_paper(.211, .185, .197, .204),
+         description="FAU Aibo (IS2009) 5 classes A E N P R, test school Mont"),
+    Task("alc", "alc", ("al", "nal"),
+         prompts={"al": "intoxicated with alcohol", "nal": "not intoxicated with alcohol"},
+         split="test", folders=("alc", "is2011"), language="de", paper=_paper(.511, .473, .537, .541),
+         description="ALC (IS2011 intoxication), AL vs NAL, test partition"),
+    Task("sld", "sld", ("l", "nl"), prompts={"l": "likeable", "nl": "not likeable"},
+         split="test", folders=("sld", "is2012"), language="de", paper=_paper(.472, .485, .507, .496),
+         description="SLD (IS2012 likability), L vs NL, test partition"),
+    Task("emodb", "emodb", ("anger", "boredom", "disgust", "fear", "happiness", "sadness", "neutral"),
+         folders=("emodb", "emo-db", "berlin"), language="de",
+         description="EmoDB, 7 classes, all 535 clips (German speech, English label words)"),
+    Task("savee", "savee", ("anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise"),
+         folders=("savee",), description="SAVEE, 7 classes, all clips"),
+]
+
+#: Task name -> Task. The paper's eight tasks first, then EmoDB and SAVEE.
+TASKS: dict[str, Task] = {t.name: t for t in _TASK_LIST}
+#: The paper's eight tasks (DESIGN.md section 3), in its order.
+PAPER_TASKS = ("iemocap", "ravdess", "crema-d", "tess", "aibo-2", "aibo-5", "alc", "sld")
+
+
+def _key(name: str) -> str:
+    return re.sub(r"[\s_\-.]", "", str(name).lower())
+
+
+def get_task(name: str) -> Task:
+    """Task by name (case-insensitive; ``-``/``_``/``.`` ignored; ``aibo`` = ``aibo-2``)."""
+    k = _key(name)
+    for t in TASKS.values():
+        if _key(t.name) == k:
+            return t
+    if k in ("aibo", "fauaibo", "aibo2cl", "aibo2class"):
+        return TASKS["aibo-2"]
+    raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
+
+
+def canonical_corpus(name: str) -> str:
+    """Canonical corpus name (``"CREMA-D"`` -> ``"crema-d"``); unknown names lower-cased."""
+    from . import corpora
+
+    try:
+        loader = corpora.get_loader(name)
+    except ValueError:
+        return str(name).lower()
+    for canon, fn in corpora.REGISTRY.items():
+        if fn is loader:
+            return canon
+    return str(name).lower()
+
+
+def find_corpus_root(task: Task, data_root) -> Path:
+    """``<data_root>/<folder>`` for the first of ``task.folders`` (or the corpus name) present,
+    matched case-insensitively; else ``data_root`` itself when it holds the corpus' layout."""
+    root = Path(data_root).expanduser()
+    if not root.is_dir():
+        raise CorpusNotFound(f"data root {root} is not a folder")
+    wanted = {_key(f) for f in (*task.folders, task.corpus)}
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except OSError as e:
+        raise CorpusNotFound(f"cannot list {root}: {e}") from e
+    for e in entries:
+        if e.is_dir() and _key(e.name) in wanted:
+            return Path(e.path)
+    if _key(root.name) in wanted:
+        return root
+    raise CorpusNotFound(f"no folder for corpus {task.corpus!r} under {root} "
+                         f"(expected one of: {', '.join(task.folders or (task.corpus,))})")
+
+
+def load_task_table(task: Task, data_root, *, skip_bad: bool = False) -> pd.DataFrame:
+    """The rows the task scores: loader table, filtered by split, labels checked."""
+    from . import corpora
+
+    root = find_corpus_root(task, data_root)
+    df = corpora.load(task.corpus, root, skip_bad=skip_bad, **task.loader_options)
+    if task.split is not None:
+        if "split" not in df.columns:
+            raise BadInputError(root, f"task {task.name} needs a split column (split == {task.split!r})")
+        df = df[df["split"].astype(str) == task.split]
+    df = df.reset_index(drop=True)
+    if df.empty:
+        raise BadInputError(root, f"task {task.name}: no clips left (protocol: {task.protocol})")
+    unknown = sorted(set(df["label"].astype(str)) - set(task.labels))
+    if unknown:
+        raise BadInputError(root, f"task {task.name}: labels {unknown} are not among the task's {list(task.labels)}")
+    return df
+
+
+def check_not_trained_on(task: Task, model, allow: bool = False) -> str | None:
+    """Refuse (TrainedCorpusError) to score a corpus in ``model.config.trained_on``; with
+    ``allow`` return a loud warning string instead. None when the corpus was not in training."""
+    trained = [canonical_corpus(c) for c in (getattr(model.config, "trained_on", None) or [])]
+    corpus = canonical_corpus(task.corpus)
+    if corpus not in trained:
+        return None
+    msg = (f"task {task.name}: corpus {corpus!r} TRAINED this model (trained_on={model.config.trained_on}); "
+           f"its scores are not zero-shot")
+    if not allow:
+        raise TrainedCorpusError(f"refusing to score {msg}; pass allow_trained_corpus / "
+                                 "--allow-trained-corpus to override")
+    log.warning("WARNING: %s", msg)
+    return "WARNING: " + msg
+
+
+def score_table(task: Task, model, table: pd.DataFrame, *, features: np.ndarray | None = None,
+                templates=None, cache_dir=None, skip: SkipLog | None = None, progress: bool = False) -> dict:
+    """Score ``table`` (already the task's rows) with the task's prompts and protocol.
+
+    ``features``: the model's frozen audio-tower features of ``table`` rows (``[N, d]``); computed
+    (and cached) when None. Returns the result dict of :func:`run_task` (without corpus lookup).
+    """
+    from .evaluate import audio_features, zero_shot_evaluate
+
+    t0 = time.perf_counter()
+    skip = skip if skip is not None else SkipLog()
+    table = table.reset_index(drop=True)
+    if features is None:
+        features, _ = audio_features(model.tower("audio"), table["file"].astype(str), cache_dir=cache_dir,
+                                     skip=skip, progress=progress)
+    features = np.asarray(features, dtype=np.float32)
+    if len(features) != len(table):
+        raise ValueError(f"features have {len(features)} rows, table {len(table)}")
+    labels = list(task.labels)
+    tmpl = templates if templates is not None else task.template
+    if task.fold_by:
+        if task.fold_by not in table.columns:
+            raise ValueError(f"task {task.name}: fold column {task.fold_by!r} missing from the table")
+        fold_values = sorted(table[task.fold_by].astype(str).unique())
+        folds = [(v, np.flatnonzero(table[task.fold_by].astype(str).to_numpy() == v)) for v in fold_values]
+    else:
+        folds = [("all", np.arange(len(table)))]
+    per_fold, preds = [], []
+    for fname, idx in folds:
+        ev = zero_shot_evaluate(model, table.iloc[idx].reset_index(drop=True), labels, prompts=task.prompt_map(),
+                                templates=tmpl, features=features[idx], progress=False)
+        m = ev.metrics
+        per_fold.append({"fold": fname, "n": m["n"], "uar": m["uar"], "wa": m["wa"], "macro_f1": m["macro_f1"],
+                         "chance_uar": m["chance_uar"], "confusion": m["confusion"]})
+        preds.append(ev.predictions.assign(fold=fname))
+    conf = np.sum([np.asarray(f["confusion"]) for f in per_fold], axis=0)
+
+    def avg(k):
+        return float(np.mean([f[k] for f in per_fold]))
+
+    def sd(k):
+        return float(np.std([f[k] for f in per_fold], ddof=1)) if len(per_fold) > 1 else 0.0
+
+    n_missing = int((~np.isfinite(features).all(1)).sum())
+    return {
+        "task": task.name, "corpus": canonical_corpus(task.corpus), "description": task.description,
+        "protocol": task.protocol, "n": int(sum(f["n"] for f in per_fold)), "n_folds": len(per_fold),
+        "uar": avg("uar"), "wa": avg("wa"), "macro_f1": avg("macro_f1"), "chance_uar": avg("chance_uar"),
+        "uar_sd_folds": sd("uar"), "labels": labels, "prompt_texts": {lab: [tm.format(label=p) for tm in _tmpls(tmpl)]
+                                                                      for lab, p in task.prompt_map().items()},
+        "confusion": conf.tolist(), "folds": per_fold, "paper": dict(task.paper),
+        "trained_on": list(getattr(model.config, "trained_on", None) or []),
+        "skipped": skip.count + n_missing, "seconds": time.perf_counter() - t0,
+        "predictions": pd.concat(preds, ignore_index=True),
+    }
+
+
+def _tmpls(t) -> list[str]:
+    from .zeroshot import resolve_templates
+
+    return resolve_templates(t)
+
+
+def run_task(task: Task | str, model, data_root, *, cache_dir=None, allow_trained_corpus: bool = False,
+             templates=None, skip_bad: bool = False, progress: bool = False) -> dict:
+    """Evaluate ``model`` zero-shot on ``task`` with the corpus found under ``data_root``.
+
+    Loads the corpus table (the task's loader options), keeps the task's rows, embeds the audio
+    once (cached under ``cache_dir``), scores each fold with :func:`~smoothclap.evaluate.zero_shot_evaluate`
+    and averages over folds (IEMOCAP: 5 sessions; others: one pool).
+
+    Refuses (:class:`TrainedCorpusError`) a corpus listed in ``model.config.trained_on`` unless
+    ``allow_trained_corpus``; then the result carries a ``"warning"``.
+
+    Returns a dict: task, corpus, protocol, n, n_folds, uar / wa / macro_f1 / chance_uar (fold
+    means), uar_sd_folds, labels, prompt_texts, confusion (summed over folds), folds (per-fold
+    metrics), paper (reported UARs), trained_on, skipped, seconds, warning, and predictions (a
+    DataFrame; :func:`result_json` drops it for JSON).
+    """
+    task = get_task(task) if isinstance(task, str) else task
+    warning = check_not_trained_on(task, model, allow=allow_trained_corpus)
+    table = load_task_table(task, data_root, skip_bad=skip_bad)
+    skip = SkipLog(skip=skip_bad)
+    res = score_table(task, model, table, templates=templates, cache_dir=cache_dir, skip=skip, progress=progress)
+    res["warning"] = warning
+    res["skipped_files"] = list(skip.items) + list(getattr(table.attrs.get("skipped"), "items", []))
+    return res
+
+
+def result_json(res: dict) -> dict:
+    """``res`` without its DataFrame (for JSON files)."""
+    return {k: v for k, v in res.items() if k != "predictions"}
+
+
+def tasks_present(data_root, names: Sequence[str] | None = None) -> tuple[list[Task], dict[str, str]]:
+    """Tasks (default: all) whose corpus folder exists under ``data_root``, and name -> reason
+    for those skipped."""
+    found, missing = [], {}
+    for name in names or list(TASKS):
+        t = get_task(name)
+        try:
+            find_corpus_root(t, data_root)
+            found.append(t)
+        except CorpusNotFound as e:
+            missing[t.name] = str(e)
+    return found, missing
+
+
+def _fmt(v) -> str:
+    return f"{v:.3f}" if isinstance(v, (float, np.floating)) else ("–" if v is None else str(v))
+
+
+def results_markdown(results: Sequence[dict]) -> str:
+    """Table: task, n, folds, UAR, WA, macro-F1, chance, paper UARs (CLAP / Pengi / ParaCLAP / SmoothCLAP)."""
+    head = ["task", "n", "folds", "UAR", "WA", "macro-F1", "chance", *(f"paper {m}" for m in PAPER_METHODS)]
+    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join("---" for _ in head) + " |"]
+    for r in results:
+        uar = _fmt(r["uar"]) + (f" ± {r['uar_sd_folds']:.3f}" if r["n_folds"] > 1 else "")
+        cells = [r["task"] + (" (!)" if r.get("warning") else ""), str(r["n"]), str(r["n_folds"]), uar,
+                 _fmt(r["wa"]), _fmt(r["macro_f1"]), _fmt(r["chance_uar"]),
+                 *(_fmt(r["paper"].get(m)) for m in PAPER_METHODS)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_task_report(results: Sequence[dict], out_dir, *, model_path: str = "", trained_on=None,
+                      missing: dict[str, str] | None = None, errors: dict[str, str] | None = None) -> Path:
+    """``out_dir``: report.md (table + figures), results.json, per task predictions CSV and a
+    confusion-matrix PNG (pooled over folds)."""
+    from .io import atomic_write_json, atomic_write_text
+    from .report import plot_confusion
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    figs = []
+    for r in results:
+        png = out / f"confusion_{r['task']}.png"
+        plot_confusion(r["confusion"], r["labels"], f"{r['task']}: UAR {r['uar']:.3f} (n={r['n']})", png)
+        figs.append(png.name)
+        if "predictions" in r:
+            r["predictions"].to_csv(out / f"predictions_{r['task']}.csv", index=False)
+    lines = ["# Zero-shot evaluation", "",
+             f"Model: `{model_path}`", f"Trained on: {', '.join(trained_on or []) or 'unknown'}", "",
+             "Metric: UAR (unweighted average recall; for per-fold tasks the mean over folds ± sd); "
+             "WA = accuracy; chance = 1 / classes present. Paper columns: UARs reported by SmoothCLAP "
+             "(Jing et al. 2026) for context; they used other encoders and MSP-Podcast training.", "",
+             results_markdown(results), ""]
+    warns = [r["warning"] for r in results if r.get("warning")]
+    if warns:
+        lines += ["## WARNING: corpora that trained the model", "", *[f"- {w}" for w in warns], ""]
+    if missing:
+        lines += ["## Skipped (corpus not found)", "", *[f"- {k}: {v}" for k, v in missing.items()], ""]
+    if errors:
+        lines += ["## Failed", "", *[f"- {k}: {v}" for k, v in errors.items()], ""]
+    lines += ["## Prompts and protocols", ""]
+    for r in results:
+        prompts = "; ".join(f"{lab} -> " + " / ".join(f'"{p}"' for p in ps) for lab, ps in r["prompt_texts"].items())
+        lines.append(f"- **{r['task']}** ({r['protocol']}): {prompts}")
+    lines += ["", "## Confusion matrices (pooled over folds)", "", *[f"![{f}]({f})" for f in figs], ""]
+    atomic_write_text(out / "report.md", "\n".join(lines))
+    atomic_write_json(out / "results.json", {"model": model_path, "trained_on": list(trained_on or []),
+                                             "results": [result_json(r) for r in results],
+                                             "missing": missing or {}, "errors": errors or {}})
+    return out / "report.md"
