@@ -34,6 +34,12 @@ class TowersConfig:
     local: str | None = None
     batch_size: int = 16
     device: str = "auto"
+    # End-to-end mode only (train.mode: e2e): fine-tune a tower (hf: towers) with its own learning
+    # rate. A frozen tower never receives gradients (it runs under no_grad, in eval mode).
+    freeze_audio: bool = True
+    freeze_text: bool = True
+    audio_lr: float = 1e-5
+    text_lr: float = 1e-5
 
 
 @dataclass
@@ -107,6 +113,30 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     num_workers: int = 2
+    # "cached": heads + scale on cached frozen-tower embeddings (fast; the default).
+    # "e2e": towers run on the audio every step: random crops, optional unfrozen towers,
+    # gradient accumulation, mixed precision (see smoothclap.e2e).
+    mode: str = "cached"
+    crop_seconds: float | None = None  # e2e: random crop length (paper: 5.0); None = whole clips
+    # e2e: micro-batches per optimizer step; the contrastive loss still sees the whole batch
+    # (features of the other micro-batches are cached, as open_clip's accum_freq).
+    accum_freq: int = 1
+    precision: str = "auto"  # e2e: auto | fp32 | bf16 | fp16 (autocast on CUDA only; CPU: fp32)
+    # Model selection: zero-shot UAR on the rows of this split after every epoch; the best epoch
+    # is saved as <run>/best_model (scores in <run>/selection.json). None = no selection.
+    select_split: str | None = None
+    select_labels: list[str] | None = None  # classes scored (None = the split's labels)
+    select_templates: str = "bare"
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("cached", "e2e"):
+            raise ValueError(f"train.mode must be cached or e2e, got {self.mode!r}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ValueError(f"train.precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+        if self.accum_freq < 1:
+            raise ValueError(f"train.accum_freq must be >= 1, got {self.accum_freq}")
+        if self.crop_seconds is not None and self.crop_seconds <= 0:
+            raise ValueError(f"train.crop_seconds must be > 0 or null, got {self.crop_seconds}")
 
 
 @dataclass

@@ -1,15 +1,39 @@
 """Run frozen towers over a corpus once, with caching, length batching and progress bars.
 
-``embed_audio_files`` streams the corpus in chunks (never the whole corpus in memory), sorts each
-chunk by length to cut padding, and caches every clip's embedding by content hash.
-``embed_texts`` embeds each distinct string once.
+``embed_audio_files`` streams the corpus (never the whole corpus in memory), batches by length to
+cut padding, and caches every clip's embedding by content hash. ``embed_texts`` embeds each
+distinct string once. How they are fast (figures: ``BENCHMARKS.md``, section "Performance"):
+
+* **Cache first.** Every file is hashed and looked up; only misses are computed, and files with
+  identical content (one cache key) are computed once.
+* **Batching by length over the whole corpus.** Clip durations come from the file headers (no
+  decoding), so all misses are sorted by length before any audio is read, and each batch holds
+  clips of nearly equal length.
+* **A streaming pipeline.** A reader thread decodes, resamples and validates clips in that order
+  into a bounded queue (at most ``chunk_size`` clips waiting), forward workers run the tower, and
+  the calling thread writes the cache entries (atomically, one per item, as before) as batches
+  finish. Decoding (libsndfile / soxr) and the tower (torch) release the GIL, so reading overlaps
+  the forward pass.
+* **Inter-op instead of intra-op parallelism on CPU.** Towers known to be thread-safe run ``W``
+  batches at once, in ``W`` threads with ``torch.get_num_threads() // W`` intra-op threads each
+  (``W = min(torch threads, 4)``; override with ``workers=`` or ``SMOOTHCLAP_EMBED_WORKERS``).
+  Each batch is still computed by one thread with the same kernels, so results do not depend on
+  the number of workers (bit-identical for whisper-tiny-en here). Why: with OpenMP's default
+  (spinning) wait policy, a 2-thread forward on a 2-core machine that other processes also use
+  spends most of its time in barriers: measured 2-3x slower than one thread. Independent
+  batches per thread have no barriers at all. Towers on a GPU, and towers not known to be
+  thread-safe, get one worker (the reading pipeline still overlaps).
 """
 from __future__ import annotations
 
 import logging
+import os
+import queue
+import threading
 from typing import Sequence
 
 import numpy as np
+import soundfile as sf
 import torch
 from tqdm.auto import tqdm
 
@@ -19,12 +43,162 @@ from .errors import BadInputError, SkipLog
 
 log = logging.getLogger("smoothclap")
 
+#: Upper bound on forward worker threads (each holds one batch of activations).
+MAX_WORKERS = 4
+#: Tower classes whose ``embed`` may run in several threads at once (stateless forward after the
+#: first call). A tower can opt in or out with a ``thread_safe`` attribute.
+THREAD_SAFE_TOWERS = frozenset({"WhisperTinyEnTower", "HFAudioTower", "HFTextTower"})
+
 
 def preprocessing_key(sample_rate: int = SAMPLE_RATE, loudness: str | None = None) -> str:
     """What was done to the waveform before the tower; part of every audio cache key."""
     return f"sr={sample_rate}|loud={loudness or 'none'}"
 
 
+# -- forward plan ----------------------------------------------------------------------------------
+def _thread_safe(tower) -> bool:
+    flag = getattr(tower, "thread_safe", None)
+    if flag is not None:
+        return bool(flag)
+    return type(tower).__name__ in THREAD_SAFE_TOWERS
+
+
+def _on_cpu(tower) -> bool:
+    try:
+        p = next(tower.parameters(), None)
+    except (AttributeError, TypeError):
+        p = None
+    if p is not None:
+        return p.device.type == "cpu"
+    dev = getattr(tower, "_device", None) or getattr(tower, "device", None)
+    try:
+        return dev is None or torch.device(dev).type == "cpu"
+    except (TypeError, RuntimeError):
+        return True
+
+
+def forward_plan(tower, workers: int | None = None) -> tuple[int, int | None]:
+    """``(forward worker threads, torch intra-op threads per worker)`` for ``tower``.
+
+    ``None`` for the second entry leaves torch's thread setting as it is (one worker).
+    ``workers`` (or the ``SMOOTHCLAP_EMBED_WORKERS`` environment variable) forces the count.
+    """
+    total = max(1, torch.get_num_threads())
+    if workers is None and os.environ.get("SMOOTHCLAP_EMBED_WORKERS"):
+        workers = int(os.environ["SMOOTHCLAP_EMBED_WORKERS"])
+    if workers is None:
+        if not (_thread_safe(tower) and _on_cpu(tower)):
+            return 1, None
+        workers = min(total, MAX_WORKERS)
+    workers = max(1, int(workers))
+    if workers == 1:
+        return 1, None
+    return workers, max(1, total // workers)
+
+
+# -- the pipeline ------------------------------------------------------------------------------------
+_DONE = object()
+
+
+class _Pipeline:
+    """producer (one thread) -> bounded queue -> ``workers`` forward threads -> results to the caller.
+
+    ``produce(emit_batch, emit_msg, stopped)`` runs in the reader thread: it calls
+    ``emit_batch(payload, inputs)`` for each batch and ``emit_msg(msg)`` for anything the caller must
+    see in order (e.g. a bad file). ``forward(inputs)`` runs in a worker and returns an array.
+    Iterating yields ``("batch", payload, array)`` and ``("msg", msg, None)``; any exception in a
+    thread is re-raised in the caller, and leaving the iteration early stops and joins all threads.
+    """
+
+    def __init__(self, produce, forward, workers: int, threads: int | None, prefetch: int):
+        self.produce, self.forward = produce, forward
+        self.workers, self.threads = workers, threads
+        self.work: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
+        self.results: queue.Queue = queue.Queue()
+        self.stop = threading.Event()
+        self.warm = threading.Event()
+        self.init_lock = threading.Lock()
+
+    def _put(self, q: queue.Queue, item) -> bool:
+        while not self.stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _reader(self) -> None:
+        try:
+            self.produce(lambda payload, inputs: self._put(self.work, (payload, inputs)),
+                         lambda msg: self.results.put(("msg", msg, None)), self.stop.is_set)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            self.results.put(("error", e, None))
+        finally:
+            for _ in range(self.workers):
+                if not self._put(self.work, _DONE):
+                    break
+
+    def _worker(self) -> None:
+        try:
+            if self.threads is not None:
+                torch.set_num_threads(self.threads)  # per-thread setting (OpenMP / MKL)
+            while not self.stop.is_set():
+                try:
+                    item = self.work.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                if item is _DONE:
+                    break
+                payload, inputs = item
+                if not self.warm.is_set():  # first call alone: towers load lazily
+                    with self.init_lock:
+                        out = self.forward(inputs)
+                        self.warm.set()
+                else:
+                    out = self.forward(inputs)
+                self.results.put(("batch", payload, out))
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            self.results.put(("error", e, None))
+        finally:
+            self.results.put(("done", None, None))
+
+    def run(self):
+        restore = torch.get_num_threads() if self.threads is not None else None
+        threads = [threading.Thread(target=self._reader, name="smoothclap-read", daemon=True)]
+        threads += [threading.Thread(target=self._worker, name=f"smoothclap-forward-{k}", daemon=True)
+                    for k in range(self.workers)]
+        for t in threads:
+            t.start()
+        try:
+            done = 0
+            while done < self.workers:
+                kind, a, b = self.results.get()
+                if kind == "done":
+                    done += 1
+                elif kind == "error":
+                    raise a
+                else:
+                    yield kind, a, b
+        finally:
+            self.stop.set()
+            for t in threads:
+                t.join()
+            if restore is not None:
+                # A worker's set_num_threads also sets the default that new threads start with.
+                torch.set_num_threads(restore)
+
+
+def _duration(path: str) -> float:
+    """Seconds from the header (0 when unreadable: read_audio then reports why)."""
+    try:
+        info = sf.info(path)
+        return info.frames / float(info.samplerate)
+    except Exception:  # noqa: BLE001
+        return 0.0
+
+
+# -- audio -------------------------------------------------------------------------------------------
 def embed_audio_files(
     tower,
     files: Sequence[str],
@@ -35,63 +209,104 @@ def embed_audio_files(
     skip: SkipLog | None = None,
     progress: bool = True,
     desc: str | None = None,
+    workers: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Embed audio files with ``tower``.
 
     Returns ``(emb, ok)``: emb ``[N, tower.dim]`` float32 (rows of skipped files are NaN) and
-    ok ``[N]`` bool. Bad files raise BadInputError unless ``skip.skip``.
+    ok ``[N]`` bool. Bad files raise BadInputError unless ``skip.skip`` (finished items stay cached).
+    ``chunk_size`` bounds the clips decoded ahead of the tower; ``workers`` forces the number of
+    forward threads (see :func:`forward_plan`).
     """
     skip = skip if skip is not None else SkipLog(skip=False)
     if hasattr(tower, "embed_files"):  # e.g. openSMILE: its own parallel, cached extractor
         return tower.embed_files(files, cache_dir=cache_dir, skip=skip, progress=progress)
+    files = [str(f) for f in files]
     cache = EmbeddingCache(cache_dir, tower.cache_key)
     pre = preprocessing_key(tower.sample_rate)
     n = len(files)
     out = np.full((n, tower.dim), np.nan, dtype=np.float32)
     ok = np.zeros(n, dtype=bool)
     keys: list[str | None] = [None] * n
-    todo: list[int] = []
+    groups: dict[str, list[int]] = {}  # one computation per distinct content (or path, uncached)
     for i, f in enumerate(files):
-        try:
-            keys[i] = audio_key(file_hash(f), pre)
-        except FileNotFoundError:
-            skip.handle(BadInputError(f, "file not found"))
-            continue
-        except OSError as e:
-            skip.handle(BadInputError(f, f"unreadable ({e})"))
-            continue
-        v = cache.get(keys[i])
-        if v is not None and v.shape == (tower.dim,):
-            out[i], ok[i] = v, True
-        else:
-            todo.append(i)
-    bar = tqdm(total=len(todo), desc=desc or f"embed {tower.spec}", unit="clip", disable=not progress or not todo)
-    for c0 in range(0, len(todo), chunk_size):
-        chunk = todo[c0 : c0 + chunk_size]
-        waves: dict[int, np.ndarray] = {}
-        for i in chunk:
+        if cache.enabled:
             try:
-                waves[i] = read_audio(files[i], sample_rate=tower.sample_rate)
-            except BadInputError as e:
-                skip.handle(e)
-                bar.update(1)
-        order = sorted(waves, key=lambda i: len(waves[i]))
-        for b0 in range(0, len(order), batch_size):
-            idx = order[b0 : b0 + batch_size]
-            emb = tower.embed([waves[i] for i in idx]).numpy()
-            for i, v in zip(idx, emb):
-                if not np.all(np.isfinite(v)):
-                    skip.handle(BadInputError(files[i], f"{tower.spec} produced non-finite features"))
-                    continue
+                keys[i] = audio_key(file_hash(f), pre)
+            except FileNotFoundError:
+                skip.handle(BadInputError(f, "file not found"))
+                continue
+            except OSError as e:
+                skip.handle(BadInputError(f, f"unreadable ({e})"))
+                continue
+            v = cache.get(keys[i])
+            if v is not None and v.shape == (tower.dim,):
                 out[i], ok[i] = v, True
-                cache.put(keys[i], v)
-            bar.update(len(idx))
-    bar.close()
+                continue
+        groups.setdefault(keys[i] if keys[i] is not None else f, []).append(i)
+    todo = [g[0] for g in groups.values()]
+    members = {g[0]: g for g in groups.values()}
+    if not todo:
+        return out, ok
+    # Global length order from the headers: batches of near-equal length, no decoding needed.
+    todo.sort(key=lambda i: _duration(files[i]))
+    n_workers, threads = forward_plan(tower, workers)
+    batch_size = max(1, int(batch_size))
+
+    def produce(emit_batch, emit_msg, stopped):
+        idx: list[int] = []
+        waves: list[np.ndarray] = []
+        for i in todo:
+            if stopped():
+                return
+            try:
+                waves.append(read_audio(files[i], sample_rate=tower.sample_rate))
+                idx.append(i)
+            except BadInputError as e:
+                emit_msg((i, e))
+                continue
+            if len(idx) == batch_size:
+                if not emit_batch(idx, waves):
+                    return
+                idx, waves = [], []
+        if idx:
+            emit_batch(idx, waves)
+
+    def forward(waves):
+        return tower.embed(waves).numpy()
+
+    prefetch = min(max(1, chunk_size // batch_size), 2 * n_workers)
+    bar = tqdm(total=sum(len(members[i]) for i in todo), desc=desc or f"embed {tower.spec}", unit="clip",
+               disable=not progress)
+    pipe = _Pipeline(produce, forward, n_workers, threads, prefetch).run()
+    try:
+        for kind, payload, emb in pipe:
+            if kind == "msg":
+                i, err = payload
+                for j in members[i]:
+                    skip.handle(err if j == i else BadInputError(files[j], err.reason))
+                bar.update(len(members[i]))
+                continue
+            for i, v in zip(payload, emb):
+                if not np.all(np.isfinite(v)):
+                    for j in members[i]:
+                        skip.handle(BadInputError(files[j], f"{tower.spec} produced non-finite features"))
+                    continue
+                for j in members[i]:
+                    out[j], ok[j] = v, True
+                if keys[i] is not None:
+                    cache.put(keys[i], v)
+            bar.update(sum(len(members[i]) for i in payload))
+    finally:
+        pipe.close()  # stops and joins the threads at once, also when an error leaves the loop
+        bar.close()
     return out, ok
 
 
+# -- text --------------------------------------------------------------------------------------------
 def embed_texts(tower, texts: Sequence[str], *, cache_dir=None, batch_size: int = 64,
-                progress: bool = True, desc: str | None = None) -> np.ndarray:
+                progress: bool = True, desc: str | None = None,
+                workers: int | None = None) -> np.ndarray:
     """Embed strings (each distinct string once). Returns ``[N, tower.dim]`` float32 in input order."""
     cache = EmbeddingCache(cache_dir, tower.cache_key)
     uniq = list(dict.fromkeys(texts))
@@ -105,15 +320,27 @@ def embed_texts(tower, texts: Sequence[str], *, cache_dir=None, batch_size: int 
             todo.append(t)
     # Sorting by length cuts padding inside each batch.
     todo.sort(key=len)
-    bar = tqdm(total=len(todo), desc=desc or f"embed {tower.spec}", unit="text", disable=not progress or not todo)
-    for b0 in range(0, len(todo), batch_size):
-        batch = todo[b0 : b0 + batch_size]
-        emb = tower.embed(batch).numpy()
-        for t, v in zip(batch, emb):
-            table[t] = v
-            cache.put(text_key(t), v)
-        bar.update(len(batch))
-    bar.close()
+    if todo:
+        batch_size = max(1, int(batch_size))
+        batches = [todo[b0 : b0 + batch_size] for b0 in range(0, len(todo), batch_size)]
+        n_workers, threads = forward_plan(tower, workers)
+
+        def produce(emit_batch, emit_msg, stopped):
+            for b in batches:
+                if stopped() or not emit_batch(b, b):
+                    return
+
+        bar = tqdm(total=len(todo), desc=desc or f"embed {tower.spec}", unit="text", disable=not progress)
+        pipe = _Pipeline(produce, lambda b: tower.embed(b).numpy(), n_workers, threads, 2 * n_workers).run()
+        try:
+            for _, batch, emb in pipe:
+                for t, v in zip(batch, emb):
+                    table[t] = v
+                    cache.put(text_key(t), v)
+                bar.update(len(batch))
+        finally:
+            pipe.close()
+            bar.close()
     if not texts:
         return np.zeros((0, tower.dim), dtype=np.float32)
     return np.stack([table[t] for t in texts]).astype(np.float32)
@@ -121,3 +348,7 @@ def embed_texts(tower, texts: Sequence[str], *, cache_dir=None, batch_size: int 
 
 def to_tensor(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+
+
+__all__ = ["embed_audio_files", "embed_texts", "forward_plan", "preprocessing_key", "to_tensor",
+           "MAX_WORKERS", "THREAD_SAFE_TOWERS"]

@@ -72,6 +72,7 @@ class Task:
         template: prompt template (one string with ``{label}``).
         split: only rows whose ``split`` column equals this (None = all rows).
         fold_by: None = one pool; a column name = score each value separately and average.
+        fold_label: what a fold is called in reports (default: the column name).
         loader_options: keyword options for the loader (e.g. ``{"classes": 5}``).
         folders: candidate folder names under a data root.
         language: of the speech.
@@ -87,6 +88,7 @@ class Task:
     template: str = "{label}"
     split: str | None = None
     fold_by: str | None = None
+    fold_label: str | None = None
     loader_options: dict = field(default_factory=dict)
     folders: tuple[str, ...] = ()
     language: str = "en"
@@ -100,7 +102,7 @@ class Task:
     @property
     def protocol(self) -> str:
         rows = f"split == {self.split!r}" if self.split else "all clips"
-        how = f"per {self.fold_by}, averaged" if self.fold_by else "one pool"
+        how = f"per {self.fold_label or self.fold_by}, averaged" if self.fold_by else "one pool"
         return f"{rows}; {how}"
 
     def prompt_map(self) -> dict[str, str]:
@@ -125,7 +127,7 @@ def _paper(clap, pengi, paraclap, smooth) -> dict:
 _TASK_LIST = [
     Task("iemocap", "iemocap", ("neutral", "happy", "angry", "sad"),
          prompts={"angry": "anger", "sad": "sadness"}, template="this person is feeling {label}.",
-         fold_by="split", folders=("iemocap", "iemocap_full_release"),
+         fold_by="split", fold_label="session", folders=("iemocap", "iemocap_full_release"),
          paper=_paper(.353, .345, .600, .606),
          description="IEMOCAP 4 classes (excited merged into happy), each of 5 sessions, averaged"),
     Task("ravdess", "ravdess",
@@ -262,6 +264,7 @@ def score_table(task: Task, model, table: pd.DataFrame, *, features: np.ndarray 
     t0 = time.perf_counter()
     skip = skip if skip is not None else SkipLog()
     table = table.reset_index(drop=True)
+    cache_dir = Path(cache_dir).expanduser() if cache_dir else None  # "~" must never become a folder
     if features is None:
         features, _ = audio_features(model.tower("audio"), table["file"].astype(str), cache_dir=cache_dir,
                                      skip=skip, progress=progress)

@@ -80,3 +80,28 @@ class ZeroShotClassifier:
         """-> (predicted labels ``[N]``, probabilities ``[N, C]``)."""
         probs = torch.softmax(self.logits_from_features(audio_features), dim=-1).numpy()
         return [self.labels[i] for i in probs.argmax(1)], probs
+
+    def predict(self, waves) -> tuple[list[str], np.ndarray]:
+        """waves: mono 16 kHz arrays (see ``read_audio``) -> (labels ``[N]``, probabilities ``[N, C]``)."""
+        return self.predict_features(self.model.tower("audio").embed(list(waves)))
+
+    def predict_files(self, files: Sequence[str], *, cache_dir=None, batch_size: int = 16, skip=None,
+                      progress: bool = False) -> tuple[list[str | None], np.ndarray, np.ndarray]:
+        """Classify audio files end to end (the fast path for a folder of clips): the audio tower runs
+        through :func:`smoothclap.embed.embed_audio_files` (length-sorted batches, reading overlapped
+        with the forward, worker threads, optional cache); the label prompts were embedded once, when
+        this classifier was built. Returns (labels ``[N]`` with None for skipped files, probabilities
+        ``[N, C]`` with NaN rows for them, ok ``[N]``). Bad files raise unless ``skip.skip``."""
+        from .embed import embed_audio_files
+
+        feats, ok = embed_audio_files(self.model.tower("audio"), list(files), cache_dir=cache_dir,
+                                      batch_size=batch_size, skip=skip, progress=progress, desc="classify")
+        probs = np.full((len(ok), len(self.labels)), np.nan, dtype=np.float32)
+        preds: list[str | None] = [None] * len(ok)
+        keep = np.flatnonzero(ok)
+        if len(keep):
+            p_keep, pr = self.predict_features(feats[keep])
+            probs[keep] = pr
+            for i, lab in zip(keep, p_keep):
+                preds[i] = lab
+        return preds, probs, ok

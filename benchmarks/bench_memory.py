@@ -1,0 +1,123 @@
+"""Benchmark 5: peak memory of extraction and training at two corpus sizes, 4x apart.
+
+Each measurement runs in a fresh subprocess: load the towers and run them once (weights resident),
+reset the peak-RSS counter (``/proc/self/clear_refs``), run the stage, read the peak (``VmHWM``).
+Stages: ``extract`` = ``prepare`` into an empty cache (whisper-tiny-en over every clip, eGeMAPS in
+2 worker processes, MiniLM over captions and descriptions); ``train`` = ``train`` (10 epochs,
+batch 32) on the bundle ``prepare`` then reads back from that cache. Peak growth of the pool's
+worker processes is reported too (``RUSAGE_CHILDREN`` max RSS).
+Target: the growth from N to 4N clips is no more than what the in-memory results and index
+(embedding arrays, feature table, caption strings, cache keys) grow by, plus allocator slack;
+i.e. no audio is held beyond the clips in flight. For scale the JSON also gives what holding all
+the decoded audio would cost.
+
+    .venv/bin/python benchmarks/bench_memory.py [--quick]
+"""
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import _common as C
+
+SLACK_MIB = 32.0
+
+
+def _status() -> dict[str, float]:
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(("VmHWM", "VmRSS")):
+            k, v = line.split(":")
+            out[k] = int(v.split()[0]) / 1024.0
+    return out
+
+
+def _reset_peak() -> None:
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def child(stage: str, n: int, cache: str, data: str) -> None:
+    import numpy as np
+
+    from smoothclap.audio import read_audio
+    from smoothclap.config import RunConfig
+    from smoothclap.paraling import _get_smile
+    from smoothclap.prepare import prepare
+    from smoothclap.towers import build_tower
+    from smoothclap.train import train
+
+    table = C.real_files(data, n, seed=5)
+    cfg = RunConfig()
+    cfg.train.epochs, cfg.train.device = 10, "cpu"
+    a, t = build_tower(cfg.towers.audio), build_tower(cfg.towers.text)
+    a.embed([read_audio(table["file"][0])])
+    t.embed(["warm up the text tower"])
+    _get_smile("eGeMAPSv02")
+    res: dict = {"stage": stage, "n": n}
+    if stage == "extract":
+        _reset_peak()
+        base = _status()["VmRSS"]
+        prep = prepare(cfg, table, cache_dir=cache, progress=False)
+    else:
+        prep = prepare(cfg, table, cache_dir=cache, progress=False)  # warm: reads the cache
+        _reset_peak()
+        base = _status()["VmRSS"]
+        train(cfg, prep, run_dir=None, progress=False)
+    st = _status()
+    results = prep.audio.nbytes + prep.caption_emb.nbytes + (prep.desc_emb.nbytes if prep.desc_emb is not None else 0)
+    results += (prep.local.nbytes if prep.local is not None and prep.local is not prep.audio else 0)
+    results += sum(len(s) + 49 for s in prep.caption_texts) + sum(len(s) + 49 for s in (prep.desc_texts or []))
+    results += sum(x.nbytes for x in prep.caption_index)
+    results += n * (2 * 89 * 8 + 2 * 41 + 200)  # feature table, bins, keys, paths (estimate)
+    res.update(base_mib=base, peak_mib=st["VmHWM"], growth_mib=st["VmHWM"] - base,
+               results_mib=results / 2**20,
+               children_peak_mib=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0,
+               all_audio_mib=float(table["duration"].sum()) * 16000 * 4 / 2**20)
+    print("RESULT " + json.dumps(res))
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        child(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5])
+        return
+    ap = C.parser(__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=None, help="smaller size (default 128; --quick 32); larger = 4x")
+    args = ap.parse_args()
+    n = args.n or (32 if args.quick else 128)
+    m = C.machine()
+    print(C.describe_machine(m))
+    tmp = Path(tempfile.mkdtemp(prefix="bench_memory_"))
+    runs = {}
+    for size in (n, 4 * n):
+        cache = tmp / f"cache{size}"
+        for stage in ("extract", "train"):
+            p = subprocess.run([sys.executable, __file__, "--child", stage, str(size), str(cache), args.data],
+                               capture_output=True, text=True)
+            line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
+            if p.returncode or not line:
+                raise SystemExit(f"child {stage} {size} failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+            r = json.loads(line[0][7:])
+            runs[f"{stage}_{size}"] = r
+            print(f"  {stage:<8s} N={size:<5d} peak growth {r['growth_mib']:7.1f} MiB "
+                  f"(results/index {r['results_mib']:5.1f} MiB; pool workers' peak {r['children_peak_mib']:.0f} MiB; "
+                  f"all decoded audio would be {r['all_audio_mib']:.0f} MiB)", flush=True)
+    verdicts = {}
+    for stage in ("extract", "train"):
+        a, b = runs[f"{stage}_{n}"], runs[f"{stage}_{4 * n}"]
+        extra = b["growth_mib"] - a["growth_mib"]
+        allowed = b["results_mib"] - a["results_mib"] + SLACK_MIB
+        verdicts[stage] = {"extra_growth_mib": extra, "allowed_mib": allowed, "met": extra <= allowed,
+                           "growth_ratio": b["growth_mib"] / max(a["growth_mib"], 1e-9)}
+        print(f"{stage}: growth N -> 4N {a['growth_mib']:.1f} -> {b['growth_mib']:.1f} MiB (+{extra:.1f}; allowed "
+              f"{allowed:.1f} = results/index growth + {SLACK_MIB:.0f} MiB slack): {C.verdict(extra <= allowed)}")
+    res = {"benchmark": "memory", "sizes": [n, 4 * n], "runs": runs, "verdicts": verdicts,
+           "slack_mib": SLACK_MIB, "met": all(v["met"] for v in verdicts.values()), "machine": m}
+    C.write_result("memory", res, args.out)
+
+
+if __name__ == "__main__":
+    main()

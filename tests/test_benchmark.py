@@ -1,0 +1,184 @@
+"""The LOCO cross-corpus benchmark (smoothclap.benchmark) on three tiny corpora in the official
+EmoDB / RAVDESS / TESS layouts, made of the synthetic espeak-ng clips; plus a cheap real-data check."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("opensmile")
+
+from smoothclap import benchmark  # noqa: E402
+from smoothclap.benchmark import LocoConfig, linear_probe, run_loco, training_table, validation_folds  # noqa: E402
+
+EMODB_LETTER = {"neutral": "N", "happy": "F", "angry": "W", "sad": "T", "fear": "A", "bored": "L"}
+RAVDESS_CODE = {"neutral": "01", "bored": "02", "happy": "03", "sad": "04", "angry": "05", "fear": "06"}
+EMODB_SPEAKERS = ["03", "08", "09", "10"]
+
+
+@pytest.fixture(scope="module")
+def loco_root(synth_table, tmp_path_factory) -> Path:
+    """emodb/, ravdess/, tess/ in their official layouts; the clips are the synthetic ones
+    (4 voices x 2 sentences x 6 emotions), copied (identical audio hits the embedding cache)."""
+    root = tmp_path_factory.mktemp("loco")
+    voices = sorted(synth_table["speaker"].unique())
+    sentences = {v: sorted(synth_table.loc[synth_table["speaker"] == v, "sentence_id"].astype(str).unique())
+                 for v in voices}
+    for _, r in synth_table.iterrows():
+        v = voices.index(r["speaker"])
+        s = sentences[r["speaker"]].index(str(r["sentence_id"])) + 1
+        lab = r["label"]
+        src = Path(r["file"])
+        dst = root / "emodb" / "wav" / f"{EMODB_SPEAKERS[v]}a0{s}{EMODB_LETTER[lab]}a.wav"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if not dst.exists():
+            shutil.copy(src, dst)
+        actor = v + 1
+        dst = root / "ravdess" / f"Actor_{actor:02d}" / f"03-01-{RAVDESS_CODE[lab]}-01-0{s}-01-{actor:02d}.wav"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if not dst.exists():
+            shutil.copy(src, dst)
+        if lab != "bored":
+            spk = "OAF" if v < 2 else "YAF"
+            dst = root / "tess" / f"{spk}_{lab}" / f"{spk}_w{v}{s}_{lab}.wav"
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if not dst.exists():
+                shutil.copy(src, dst)
+    return root
+
+
+def _cfg(root, cache, out, **kw):
+    base = dict(data_root=str(root), seeds=(0, 1), epochs=2, batch_size=8, embed_dim=16, cache_dir=str(cache),
+                out_dir=str(out) if out else None, num_workers=1)
+    base.update(kw)
+    return LocoConfig(**base)
+
+
+def test_training_vocabulary():
+    tabs = {"emodb": pd.DataFrame({"file": ["a", "b"], "label": ["anger", "boredom"], "corpus": "emodb"}),
+            "tess": pd.DataFrame({"file": ["c", "d"], "label": ["pleasant surprise", "sad"], "corpus": "tess"})}
+    t = training_table(tabs)
+    assert t["label"].tolist() == ["angry", "bored", "surprised", "sad"]
+    assert t["label_original"].tolist() == ["anger", "boredom", "pleasant surprise", "sad"]
+
+
+def test_validation_folds_use_training_corpora_only():
+    tabs = {c: pd.DataFrame({"file": list("abcdef"), "label": "x", "speaker": list("112233"), "corpus": c})
+            for c in ("ravdess", "tess")}
+    folds = validation_folds(tabs, "corpus")
+    assert [(sorted(tr), sorted(va)) for tr, va in folds] == [(["tess"], ["ravdess"]), (["ravdess"], ["tess"])]
+    (tr, va), = validation_folds(tabs, "speakers")
+    for c in tabs:
+        assert set(tr[c]["speaker"]).isdisjoint(va[c]["speaker"]) and len(tr[c]) + len(va[c]) == 6
+
+
+def test_linear_probe_speaker_folds():
+    rng = np.random.default_rng(0)
+    y = np.repeat(["a", "b", "c"], 40)
+    x = rng.standard_normal((120, 8))
+    x[:, :3] += 3.0 * (y[:, None] == np.array(["a", "b", "c"])[None, :])
+    spk = np.tile(["s1", "s2"], 60)
+    p = linear_probe(x, y, spk)
+    assert p["n_folds"] == 2 and p["uar"] > 0.8 and len(p["folds"]) == 2
+    assert {tuple(f["speakers"]) for f in p["folds"]} == {("s1",), ("s2",)}
+
+
+def test_loco_loop_structure_and_no_leak(loco_root, shared_cache, tmp_path, monkeypatch):
+    import smoothclap.prepare as prep_mod
+
+    seen: list[set] = []
+    real_prepare = prep_mod.prepare
+
+    def spy(cfg, table, **kw):
+        seen.append(set(table["corpus"]))
+        return real_prepare(cfg, table, **kw)
+
+    monkeypatch.setattr(prep_mod, "prepare", spy)
+    out = tmp_path / "loco"
+    res = run_loco(_cfg(loco_root, shared_cache, out))
+    assert list(res["heldout"]) == ["emodb", "ravdess", "tess"]
+    assert seen == [{"ravdess", "tess"}, {"emodb", "tess"}, {"emodb", "ravdess"}]
+    for h, e in res["heldout"].items():
+        assert h not in e["trained_on"] and h not in e["trained_on_models"]
+        assert e["trained_on"] == sorted(set(benchmark.LOCO_CORPORA) - {h})
+        for m in ("CLAP", "SmoothCLAP"):
+            s = e["methods"][m]
+            assert len(s["uar"]) == 2 and s["seeds"] == [0, 1] and 0 <= s["mean"] <= 1 and s["sd"] >= 0
+        assert e["wins"]["n"] == 2 and e["wins"]["smoothclap"] + e["wins"]["clap"] + e["wins"]["ties"] == 2
+        assert e["probe"]["n_folds"] == (2 if h == "tess" else 4) and 0 <= e["probe"]["uar"] <= 1
+        assert e["chance"] == pytest.approx(1 / (5 if h == "tess" else 6))
+        # each held-out corpus is scored with its own task's prompt words
+        assert e["labels"] == list(__import__("smoothclap.tasks", fromlist=["x"]).TASKS[h].labels)
+        for m in ("clap", "smoothclap"):
+            cfg = json.loads((out / "models" / f"heldout-{h}" / m / "config.json").read_text())
+            assert h not in cfg["trained_on"]
+            assert (out / "figures" / f"confusion_{h}_{m}.png").exists()
+    assert res["heldout"]["tess"]["paper"]["SmoothCLAP"] == pytest.approx(.275)
+    assert "emodb (ravdess + tess)" in res["table_md"]
+    saved = json.loads((out / "results.json").read_text())
+    assert set(saved["heldout"]) == {"emodb", "ravdess", "tess"}
+    report = (out / "report.md").read_text()
+    assert "| held out (trained on)" in report and (out / "figures" / "loco_uar.png").exists()
+
+
+def test_validate_never_sees_heldout(loco_root, shared_cache, monkeypatch, capsys):
+    import smoothclap.prepare as prep_mod
+
+    seen: list[set] = []
+    real_prepare = prep_mod.prepare
+
+    def spy(cfg, table, **kw):
+        seen.append(set(table["corpus"]))
+        return real_prepare(cfg, table, **kw)
+
+    monkeypatch.setattr(prep_mod, "prepare", spy)
+    grid = {"small": ["model.embed_dim=8"], "whisper": ["towers.audio=whisper-tiny-en"]}
+    lc = _cfg(loco_root, shared_cache, None, heldout=("tess",), seeds=(0,), probe=False, validate=True,
+              validation_seeds=(0,), grid=grid, save_models=False)
+    res = run_loco(lc)
+    e = res["heldout"]["tess"]
+    assert all("tess" not in s for s in seen) and len(seen) == 2 * 2 + 1
+    v = e["validation"]
+    assert set(v["candidates"]) == {"small", "whisper"} and v["best"] in grid
+    assert e["overrides"] == grid[v["best"]]
+    for c in v["candidates"].values():
+        assert [f["val"] for f in c["per_fold"]] == [["emodb"], ["ravdess"]]
+
+
+def test_cli_benchmark(loco_root, shared_cache, tmp_path, capsys):
+    from smoothclap.cli import main
+
+    out = tmp_path / "b"
+    rc = main(["-q", "benchmark", "loco", "--data-root", str(loco_root), "--heldout", "emodb", "--seeds", "0",
+               "--epochs", "1", "--embed-dim", "8", "--batch-size", "8", "--no-probe",
+               "--cache-dir", str(shared_cache), "--out", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "emodb (ravdess + tess)" in printed and (out / "report.md").exists()
+
+
+# ------------------------------------------------------------------------------ real data (cheap)
+
+
+def _data_dir() -> Path | None:
+    env = os.environ.get("SMOOTHCLAP_DATA")
+    d = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    return d if d.is_dir() else None
+
+
+@pytest.mark.realdata
+def test_real_loco_tables():
+    """The real corpora load as the benchmark expects (no audio decoded, no training)."""
+    d = _data_dir()
+    if d is None or not all((d / c).is_dir() for c in benchmark.LOCO_CORPORA):
+        pytest.skip("real corpora not available (set SMOOTHCLAP_DATA or provide ../shared/data)")
+    tabs = {c: benchmark.load_corpus(c, d) for c in benchmark.LOCO_CORPORA}
+    assert {c: len(t) for c, t in tabs.items()} == {"emodb": 535, "ravdess": 1440, "tess": 2800}
+    train = training_table({c: tabs[c] for c in ("emodb", "tess")})
+    assert set(train["label"]) == {"angry", "bored", "disgusted", "fearful", "happy", "sad", "neutral", "surprised"}
+    assert set(train["corpus"]) == {"emodb", "tess"}
