@@ -153,7 +153,7 @@ def test_ddp_training_matches_single_process_and_resumes(ddp_run):
     assert t["weight_max_diff"] <= WEIGHT_TOL, t
     assert t["rank_weight_max_diff"] == 0.0  # every process holds the same model
     assert max(t["loss_diffs"]) <= 1e-5, t
-    assert t["files_only_from_rank0"]
+    assert t["run_files_written"]
 
 
 def test_ddp_end_to_end_gradients(ddp_run):
@@ -279,7 +279,7 @@ def _worker_train(env, root: Path) -> dict:
         out["weight_max_diff"] = max(float((sd[k] - ref[k]).abs().max()) for k in ref)
         out["rank_weight_max_diff"] = max(float((states[1][k] - sd[k]).abs().max()) for k in sd)
         out["loss_diffs"] = [abs(a["loss"] - b["loss"]) for a, b in zip(res.history, single.history)]
-        out["files_only_from_rank0"] = files_ok and sorted(p.name for p in run.iterdir()) == \
+        out["run_files_written"] = files_ok and sorted(p.name for p in run.iterdir()) == \
             ["checkpoint.pt", "config.yaml", "history.json", "model"]
     return out
 

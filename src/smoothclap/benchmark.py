@@ -59,19 +59,19 @@ TRAIN_LABELS: dict[str, dict[str, str]] = {
 METHODS = ("CLAP", "SmoothCLAP")
 
 #: Candidates :func:`validate` compares by default: dotted config overrides (``RunConfig`` keys).
+_W, _E, _WE = "towers.audio=whisper-tiny-en", "towers.audio=egemaps", "towers.audio=whisper-tiny-en+egemaps"
+_CN, _SN = "model.feature_norm_group=corpus", "model.feature_norm_group=speaker"
 DEFAULT_GRID: dict[str, list[str]] = {
-    "whisper": ["towers.audio=whisper-tiny-en"],
-    "whisper+corpus-norm": ["towers.audio=whisper-tiny-en", "model.feature_norm_group=corpus"],
-    "egemaps+corpus-norm": ["towers.audio=egemaps", "model.feature_norm_group=corpus"],
-    "whisper+egemaps+corpus-norm": ["towers.audio=whisper-tiny-en+egemaps", "model.feature_norm_group=corpus"],
-    "whisper+corpus-norm+corpus-bins": ["towers.audio=whisper-tiny-en", "model.feature_norm_group=corpus",
-                                        "captions.group_by=corpus"],
-    "whisper+corpus-norm, 5 epochs": ["towers.audio=whisper-tiny-en", "model.feature_norm_group=corpus",
-                                      "train.epochs=5"],
-    "whisper+corpus-norm, 30 epochs": ["towers.audio=whisper-tiny-en", "model.feature_norm_group=corpus",
-                                       "train.epochs=30"],
-    "whisper+corpus-norm, d=768": ["towers.audio=whisper-tiny-en", "model.feature_norm_group=corpus",
-                                   "model.embed_dim=768"],
+    "whisper": [_W],
+    "whisper, corpus-norm": [_W, _CN],
+    "whisper, speaker-norm": [_W, _SN],
+    "egemaps, corpus-norm": [_E, _CN],
+    "whisper+egemaps, corpus-norm": [_WE, _CN],
+    "whisper+egemaps, speaker-norm": [_WE, _SN],
+    "whisper, corpus-norm, corpus bins": [_W, _CN, "captions.group_by=corpus"],
+    "whisper, corpus-norm, 5 epochs": [_W, _CN, "train.epochs=5"],
+    "whisper, corpus-norm, 30 epochs": [_W, _CN, "train.epochs=30"],
+    "whisper, corpus-norm, d=768": [_W, _CN, "model.embed_dim=768"],
 }
 
 
@@ -130,6 +130,8 @@ def training_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
         mapping = TRAIN_LABELS.get(name, {})
         df["label_original"] = df["label"].astype(str)
         df["label"] = df["label_original"].map(lambda x: mapping.get(x, x))
+        if "speaker" in df.columns:  # speaker ids repeat across corpora (EmoDB "03", RAVDESS "03")
+            df["speaker"] = [None if s is None or s != s else f"{name}:{s}" for s in df["speaker"]]
         parts.append(df)
     return pd.concat(parts, ignore_index=True)
 

@@ -234,9 +234,16 @@ def wrap_ddp(module: nn.Module, env: DistEnv, find_unused_parameters: bool = Fal
         return module
     from torch.nn.parallel import DistributedDataParallel as DDP
 
+    import inspect
+
     kw = {"device_ids": [env.device.index]} if env.device.type == "cuda" else {}
-    # Buffers (input standardisation, tower position ids) never change during training.
-    return DDP(module, broadcast_buffers=False, find_unused_parameters=find_unused_parameters, **kw)
+    # Buffers (input standardisation, tower position ids) never change during training: no sync
+    # before every forward (torch >= 2.13 names it forward_sync_buffers, broadcast_buffers before).
+    if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters:
+        kw["forward_sync_buffers"] = False
+    else:
+        kw["broadcast_buffers"] = False
+    return DDP(module, find_unused_parameters=find_unused_parameters, **kw)
 
 
 # -- RNG ------------------------------------------------------------------------------------------
