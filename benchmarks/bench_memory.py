@@ -20,6 +20,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import tracemalloc
 from pathlib import Path
 
 import _common as C
@@ -58,22 +59,25 @@ def child(stage: str, n: int, cache: str, data: str) -> None:
     t.embed(["warm up the text tower"])
     _get_smile("eGeMAPSv02")
     res: dict = {"stage": stage, "n": n}
+    tracemalloc.start()  # Python objects and numpy buffers (decoded audio included); not torch's
     if stage == "extract":
         _reset_peak()
         base = _status()["VmRSS"]
         prep = prepare(cfg, table, cache_dir=cache, progress=False)
     else:
         prep = prepare(cfg, table, cache_dir=cache, progress=False)  # warm: reads the cache
+        tracemalloc.reset_peak()
         _reset_peak()
         base = _status()["VmRSS"]
         train(cfg, prep, run_dir=None, progress=False)
     st = _status()
+    py_now, py_peak = tracemalloc.get_traced_memory()
     results = prep.audio.nbytes + prep.caption_emb.nbytes + (prep.desc_emb.nbytes if prep.desc_emb is not None else 0)
     results += (prep.local.nbytes if prep.local is not None and prep.local is not prep.audio else 0)
     results += sum(len(s) + 49 for s in prep.caption_texts) + sum(len(s) + 49 for s in (prep.desc_texts or []))
     results += sum(x.nbytes for x in prep.caption_index)
     results += n * (2 * 89 * 8 + 2 * 41 + 200)  # feature table, bins, keys, paths (estimate)
-    res.update(base_mib=base, peak_mib=st["VmHWM"], growth_mib=st["VmHWM"] - base,
+    res.update(python_peak_mib=py_peak / 2**20, python_end_mib=py_now / 2**20, base_mib=base, peak_mib=st["VmHWM"], growth_mib=st["VmHWM"] - base,
                results_mib=results / 2**20,
                children_peak_mib=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0,
                all_audio_mib=float(table["duration"].sum()) * 16000 * 4 / 2**20)
@@ -102,7 +106,8 @@ def main() -> None:
                 raise SystemExit(f"child {stage} {size} failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
             r = json.loads(line[0][7:])
             runs[f"{stage}_{size}"] = r
-            print(f"  {stage:<8s} N={size:<5d} peak growth {r['growth_mib']:7.1f} MiB "
+            print(f"  {stage:<8s} N={size:<5d} peak RSS growth {r['growth_mib']:7.1f} MiB, "
+                  f"Python/numpy peak {r['python_peak_mib']:6.1f} MiB "
                   f"(results/index {r['results_mib']:5.1f} MiB; pool workers' peak {r['children_peak_mib']:.0f} MiB; "
                   f"all decoded audio would be {r['all_audio_mib']:.0f} MiB)", flush=True)
     verdicts = {}

@@ -137,17 +137,30 @@ def test_validate_never_sees_heldout(loco_root, shared_cache, monkeypatch, capsy
         return real_prepare(cfg, table, **kw)
 
     monkeypatch.setattr(prep_mod, "prepare", spy)
-    grid = {"small": ["model.embed_dim=8"], "whisper": ["towers.audio=whisper-tiny-en"]}
+    grid = [{"small": ["model.embed_dim=8"], "whisper": ["towers.audio=whisper-tiny-en"]},
+            {"1 epoch": ["train.epochs=1"]}]
     lc = _cfg(loco_root, shared_cache, None, heldout=("tess",), seeds=(0,), probe=False, validate=True,
               validation_seeds=(0,), grid=grid, save_models=False)
     res = run_loco(lc)
     e = res["heldout"]["tess"]
-    assert all("tess" not in s for s in seen) and len(seen) == 2 * 2 + 1
+    assert all("tess" not in s for s in seen) and len(seen) == 3 * 2 + 1  # 3 candidates x 2 folds + final
     v = e["validation"]
-    assert set(v["candidates"]) == {"small", "whisper"} and v["best"] in grid
-    assert e["overrides"] == grid[v["best"]]
+    first = max(["small", "whisper"], key=lambda n: v["candidates"][n]["score"])
+    assert v["stages"] == [["small", "whisper"], [f"{first}; 1 epoch"]]
+    assert v["candidates"][f"{first}; 1 epoch"]["overrides"] == grid[0][first] + ["train.epochs=1"]
+    assert v["best"] in (first, f"{first}; 1 epoch") and e["overrides"] == v["candidates"][v["best"]]["overrides"]
     for c in v["candidates"].values():
         assert [f["val"] for f in c["per_fold"]] == [["emodb"], ["ravdess"]]
+
+
+def test_validate_speaker_scheme(loco_root, shared_cache):
+    lc = _cfg(loco_root, shared_cache, None, heldout=("emodb",), seeds=(0,), epochs=1, probe=False,
+              validate=True, validation_scheme="speakers", validation_seeds=(0,),
+              grid={"only": ["model.embed_dim=8"]}, save_models=False)
+    e = run_loco(lc)["heldout"]["emodb"]
+    (fold,) = e["validation"]["candidates"]["only"]["per_fold"]
+    assert fold["train"] == fold["val"] == ["ravdess", "tess"] and 0 <= fold["uar"] <= 1
+    assert e["validation"]["best"] == "only" and e["overrides"] == ["model.embed_dim=8"]
 
 
 def test_cli_benchmark(loco_root, shared_cache, tmp_path, capsys):
@@ -156,10 +169,13 @@ def test_cli_benchmark(loco_root, shared_cache, tmp_path, capsys):
     out = tmp_path / "b"
     rc = main(["-q", "benchmark", "loco", "--data-root", str(loco_root), "--heldout", "emodb", "--seeds", "0",
                "--epochs", "1", "--embed-dim", "8", "--batch-size", "8", "--no-probe",
-               "--cache-dir", str(shared_cache), "--out", str(out)])
+               "--set", "model.feature_norm_group=corpus", "--cache-dir", str(shared_cache), "--out", str(out)])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "emodb (ravdess + tess)" in printed and (out / "report.md").exists()
+    # the models say how their inputs were normalised (test clips are normalised the same way)
+    cfg = json.loads((out / "models" / "heldout-emodb" / "smoothclap" / "config.json").read_text())
+    assert cfg["feature_norm_group"] == "corpus" and cfg["trained_on"] == ["ravdess", "tess"]
 
 
 # ------------------------------------------------------------------------------ real data (cheap)

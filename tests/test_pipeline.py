@@ -120,6 +120,29 @@ def test_clap_and_smoothclap_differ_only_in_targets(corpus, cache):
     assert not torch.equal(clap.model.audio_head.linear1.weight, smooth.model.audio_head.linear1.weight)
 
 
+def test_feature_norm_group_recorded_and_applied(corpus, cache):
+    cfg = _cfg(cache)
+    cfg.model.feature_norm_group = "speaker"
+    prep = prepare(cfg, corpus, cache_dir=cache, progress=False)
+    for spk in prep.table["speaker"].unique():
+        m = (prep.table["speaker"] == spk).to_numpy()
+        np.testing.assert_allclose(prep.audio[m].mean(0), 0, atol=1e-4)
+    res = train(cfg, prep, progress=False)
+    # the model must remember it, or test clips are scored without the normalisation
+    assert res.model.config.feature_norm_group == "speaker"
+    raw = prepare(_cfg(cache), corpus, cache_dir=cache, progress=False).audio
+    ev = zero_shot_evaluate(res.model, corpus, features=raw, progress=False)
+    from smoothclap.targets import standardize
+    from smoothclap.zeroshot import ZeroShotClassifier
+
+    clf = ZeroShotClassifier(res.model, ev.metrics["labels"])
+    _, p_norm = clf.predict_features(standardize(raw, "zscore", corpus["speaker"].astype(str).to_numpy()))
+    _, p_raw = clf.predict_features(raw)
+    got = ev.predictions.filter(like="p_").to_numpy()
+    np.testing.assert_allclose(got, p_norm, atol=1e-5)
+    assert not np.allclose(got, p_raw, atol=1e-3)
+
+
 def test_bad_files_skipped_and_counted(corpus, cache, tmp_path):
     import soundfile as sf
 

@@ -195,3 +195,18 @@ def test_cli_task_refusal_and_savee(model_dir, data_root, shared_cache, tmp_path
                              "--task", "savee", "--out", str(tmp_path / "sv")]) == 0
     r = json.loads((tmp_path / "sv" / "results.json").read_text())["results"][0]
     assert r["n"] == 14 and r["chance_uar"] == pytest.approx(1 / 7)
+
+
+def test_cli_task_all_reports_broken_corpus(model_dir, shared_cache, tmp_path, capsys):
+    from smoothclap.cli import main
+
+    root = tmp_path / "data"
+    make_emodb(root / "EmoDB")
+    (root / "savee").mkdir()  # present but not in SAVEE's layout
+    rc = main(["-q", "evaluate", "--task", "all", "--data-root", str(root), "--model", str(model_dir),
+               "--cache-dir", str(shared_cache), "--out", str(tmp_path / "ev")])
+    assert rc == 0
+    assert "task savee failed" in capsys.readouterr().out
+    res = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert [r["task"] for r in res["results"]] == ["emodb"] and "savee" in res["errors"]
+    assert "ravdess" in res["missing"]

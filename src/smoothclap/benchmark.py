@@ -58,21 +58,48 @@ TRAIN_LABELS: dict[str, dict[str, str]] = {
 
 METHODS = ("CLAP", "SmoothCLAP")
 
-#: Candidates :func:`validate` compares by default: dotted config overrides (``RunConfig`` keys).
+#: What :func:`validate` compares by default, in two stages (a coordinate search): stage 1 picks
+#: the audio features (tower and feature normalisation), stage 2 adds one training / caption change
+#: on top of the stage-1 winner (or none). Entries: name -> dotted ``RunConfig`` overrides.
 _W, _E, _WE = "towers.audio=whisper-tiny-en", "towers.audio=egemaps", "towers.audio=whisper-tiny-en+egemaps"
 _CN, _SN = "model.feature_norm_group=corpus", "model.feature_norm_group=speaker"
-DEFAULT_GRID: dict[str, list[str]] = {
-    "whisper": [_W],
-    "whisper, corpus-norm": [_W, _CN],
-    "whisper, speaker-norm": [_W, _SN],
-    "egemaps, corpus-norm": [_E, _CN],
-    "whisper+egemaps, corpus-norm": [_WE, _CN],
-    "whisper+egemaps, speaker-norm": [_WE, _SN],
-    "whisper, corpus-norm, corpus bins": [_W, _CN, "captions.group_by=corpus"],
-    "whisper, corpus-norm, 5 epochs": [_W, _CN, "train.epochs=5"],
-    "whisper, corpus-norm, 30 epochs": [_W, _CN, "train.epochs=30"],
-    "whisper, corpus-norm, d=768": [_W, _CN, "model.embed_dim=768"],
-}
+DEFAULT_GRID: list[dict[str, list[str]]] = [
+    {
+        "whisper": [_W],
+        "whisper, corpus-norm": [_W, _CN],
+        "whisper, speaker-norm": [_W, _SN],
+        "egemaps, corpus-norm": [_E, _CN],
+        "whisper+egemaps, corpus-norm": [_WE, _CN],
+        "whisper+egemaps, speaker-norm": [_WE, _SN],
+    },
+    {
+        "5 epochs": ["train.epochs=5"],
+        "30 epochs": ["train.epochs=30"],
+        "d=768": ["model.embed_dim=768"],
+        "5 epochs, d=768": ["train.epochs=5", "model.embed_dim=768"],
+        "per-corpus caption bins": ["captions.group_by=corpus"],
+    },
+]
+
+
+def grid_stages(grid) -> list[dict[str, list[str]]]:
+    """A grid is one dict of candidates or a list of such stages."""
+    if grid is None:
+        return [dict(g) for g in DEFAULT_GRID]
+    if isinstance(grid, dict):
+        return [dict(grid)]
+    return [dict(g) for g in grid]
+
+
+def select_candidates(names: Sequence[str], grid=None) -> list[dict[str, list[str]]]:
+    """The stages of ``grid`` (default :data:`DEFAULT_GRID`) restricted to ``names``."""
+    stages = grid_stages(grid)
+    known = {n for st in stages for n in st}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown candidate(s) {unknown}; known: {sorted(known)}")
+    out = [{k: v for k, v in st.items() if k in names} for st in stages]
+    return [st for st in out if st]
 
 
 @dataclass
@@ -97,7 +124,7 @@ class LocoConfig:
     validate: bool = False
     validation_scheme: str = "corpus"           # "corpus" (inner LOCO) or "speakers"
     validation_seeds: tuple[int, ...] = (0, 1)
-    grid: dict[str, list[str]] | None = None    # default: DEFAULT_GRID
+    grid: dict | list | None = None             # candidates or stages; default: DEFAULT_GRID
     cache_dir: str | None = "~/.cache/smoothclap"
     out_dir: str | None = "loco_benchmark"
     num_workers: int = 2
@@ -220,6 +247,9 @@ def train_and_score(lc: LocoConfig, train_tables: dict[str, pd.DataFrame], test_
             "models": models, "timings": timings, "config": cfg_s}
 
 
+_WARNED: list = []
+
+
 def _train(lc: LocoConfig, cfg: RunConfig, prepared):
     import torch
 
@@ -229,9 +259,19 @@ def _train(lc: LocoConfig, cfg: RunConfig, prepared):
     if lc.train_threads:
         torch.set_num_threads(lc.train_threads)
     try:
-        return train(cfg, prepared, run_dir=None, progress=False)
+        res = train(cfg, prepared, run_dir=None, progress=False)
     finally:
         torch.set_num_threads(before)
+    # The bundle's audio was normalised per group (cfg.model.feature_norm_group); the model must
+    # say so, or test clips are scored un-normalised. Guard against a trainer that drops it.
+    want = getattr(cfg.model, "feature_norm_group", None)
+    if want and getattr(res.model.config, "feature_norm_group", None) != want:
+        if not _WARNED:
+            log.warning("the trainer did not record model.feature_norm_group=%r in the model config; "
+                        "setting it (warned once)", want)
+            _WARNED.append(True)
+        res.model.config.feature_norm_group = want
+    return res
 
 
 def _mean_uar(scores: dict) -> float:
@@ -272,16 +312,21 @@ def validation_folds(train_tables: dict[str, pd.DataFrame], scheme: str = "corpu
     raise ValueError(f"unknown validation scheme {scheme!r} (corpus, speakers)")
 
 
-def validate(lc: LocoConfig, train_tables: dict[str, pd.DataFrame], grid: dict[str, list[str]] | None = None
-             ) -> dict:
-    """Score every grid candidate on validation folds made from ``train_tables`` only (never the
-    held-out corpus: it is not an argument). Objective: mean zero-shot UAR over folds, both
-    methods and ``lc.validation_seeds``. Returns ``{"best": name, "overrides": [...],
-    "candidates": {name: {"score", "per_fold", "seconds"}}}``."""
-    grid = dict(grid or lc.grid or DEFAULT_GRID)
+def validate(lc: LocoConfig, train_tables: dict[str, pd.DataFrame], grid=None) -> dict:
+    """Select settings on validation folds made from ``train_tables`` only (the held-out corpus
+    is not an argument). Objective: mean zero-shot UAR over folds, both methods (they always share
+    the settings) and ``lc.validation_seeds``.
+
+    ``grid``: one dict name -> overrides, or a list of such stages (default :data:`DEFAULT_GRID`):
+    each later stage tries its candidates on top of the best so far, which stays in the running.
+    Returns ``{"best", "overrides", "candidates": {name: {"overrides", "score", "per_fold",
+    "seconds"}}, "stages": [[names]], "scheme", "seeds"}``.
+    """
+    stages = grid_stages(grid if grid is not None else lc.grid)
     folds = validation_folds(train_tables, lc.validation_scheme)
     out: dict[str, dict] = {}
-    for name, extra in grid.items():
+
+    def score(name: str, extra: list[str]) -> None:
         t = time.perf_counter()
         per_fold = []
         for tr, va in folds:
@@ -292,13 +337,23 @@ def validate(lc: LocoConfig, train_tables: dict[str, pd.DataFrame], grid: dict[s
             per_fold.append({"train": sorted(tr), "val": sorted(va), "uar": _mean_uar(res),
                              **{m: float(np.mean([r["uar"] for per in res.values() for r in per[m]]))
                                 for m in METHODS}})
-        score = float(np.mean([f["uar"] for f in per_fold]))
-        out[name] = {"overrides": list(extra), "score": score, "per_fold": per_fold,
-                     "seconds": time.perf_counter() - t}
-        log.info("validation %-40s UAR %.3f (%.0f s)", name, score, out[name]["seconds"])
-    best = max(out, key=lambda k: out[k]["score"])
+        out[name] = {"overrides": list(extra), "score": float(np.mean([f["uar"] for f in per_fold])),
+                     "per_fold": per_fold, "seconds": time.perf_counter() - t}
+        log.info("validation %-45s UAR %.3f (%.0f s)", name, out[name]["score"], out[name]["seconds"])
+
+    best, best_extra, names_per_stage = None, [], []
+    for k, stage in enumerate(stages):
+        names = []
+        for name, delta in stage.items():
+            full = name if best is None else f"{best}; {name}"
+            score(full, best_extra + list(delta))
+            names.append(full)
+        names_per_stage.append(names)
+        pool = names + ([best] if best is not None else [])
+        best = max(pool, key=lambda n: out[n]["score"])
+        best_extra = list(out[best]["overrides"])
     return {"scheme": lc.validation_scheme, "seeds": list(lc.validation_seeds), "best": best,
-            "overrides": list(grid[best]), "candidates": out}
+            "overrides": best_extra, "candidates": out, "stages": names_per_stage}
 
 
 def _train_and_score_speakers(lc, tr, va, seeds, extra) -> dict:

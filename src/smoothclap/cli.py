@@ -188,6 +188,7 @@ def cmd_evaluate(args) -> int:
 
 def _evaluate_tasks(args) -> int:
     """``evaluate --task NAME|all --data-root DIR``: the task registry's protocols and prompts."""
+    from .errors import BadInputError
     from .model import SmoothClapModel
     from .tasks import (TASKS, CorpusNotFound, TrainedCorpusError, get_task, results_markdown, run_task,
                         tasks_present, write_task_report)
@@ -228,6 +229,12 @@ def _evaluate_tasks(args) -> int:
                 raise SystemExit(f"task {task.name}: {e}")
             print(f"skipping task {task.name}: {e}")
             missing[task.name] = str(e)
+            continue
+        except BadInputError as e:  # a corpus folder in the wrong layout: report it, score the rest
+            if len(tasks) == 1:
+                raise
+            print(f"task {task.name} failed: {e}")
+            errors[task.name] = str(e)
             continue
         if res.get("warning"):
             print(res["warning"])
@@ -293,7 +300,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_benchmark(args) -> int:
-    from .benchmark import DEFAULT_GRID, LocoConfig, run_loco
+    from .benchmark import LocoConfig, run_loco, select_candidates
 
     if args.which != "loco":
         raise SystemExit(f"unknown benchmark {args.which!r} (known: loco)")
@@ -308,11 +315,10 @@ def cmd_benchmark(args) -> int:
                     cache_dir=args.cache_dir, out_dir=args.out, num_workers=args.num_workers,
                     progress=not args.quiet)
     if args.candidates:
-        names = [c.strip() for c in args.candidates.split(";") if c.strip()]
-        unknown = [n for n in names if n not in DEFAULT_GRID]
-        if unknown:
-            raise SystemExit(f"unknown candidate(s) {unknown}; known: {list(DEFAULT_GRID)}")
-        lc.grid = {n: DEFAULT_GRID[n] for n in names}
+        try:
+            lc.grid = select_candidates([c.strip() for c in args.candidates.split(";") if c.strip()])
+        except ValueError as e:
+            raise SystemExit(str(e))
     res = run_loco(lc)
     print()
     print("Zero-shot UAR, leave one corpus out (mean ± sd over seeds " + ",".join(map(str, lc.seeds)) + "):")
@@ -416,7 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per held-out corpus, choose among candidate settings on the training corpora only")
     s.add_argument("--validation-scheme", default="corpus", choices=["corpus", "speakers"])
     s.add_argument("--validation-seeds", default="0,1")
-    s.add_argument("--candidates", help="';'-separated names from smoothclap.benchmark.DEFAULT_GRID")
+    s.add_argument("--candidates", help="';'-separated candidate names from smoothclap.benchmark.DEFAULT_GRID "
+                   "(default: all of its stages)")
     s.add_argument("--no-probe", action="store_true", help="skip the in-corpus linear probe")
     s.add_argument("--cache-dir", default="~/.cache/smoothclap")
     s.add_argument("--num-workers", type=int, default=2)

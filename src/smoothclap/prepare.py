@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .config import RunConfig
+from .device import resolve_device
 from .embed import embed_audio_files, embed_texts
 from .errors import SkipLog
 from .paraling import CaptionBuilder, ParalingBinner
@@ -70,7 +71,9 @@ def prepare(cfg: RunConfig, table: pd.DataFrame, *, cache_dir=None, progress: bo
     ok = np.ones(len(files), dtype=bool)
 
     t = time.perf_counter()
-    audio_tower = build_tower(cfg.towers.audio)
+    # frozen towers run on the configured device (GPU when there is one); embeddings come back to CPU
+    device = str(resolve_device(cfg.towers.device))
+    audio_tower = build_tower(cfg.towers.audio, device=device)
     audio, a_ok = embed_audio_files(audio_tower, files, cache_dir=cache_dir, batch_size=cfg.towers.batch_size,
                                     skip=skip, progress=progress, desc=f"audio {cfg.towers.audio}")
     ok &= a_ok
@@ -85,7 +88,7 @@ def prepare(cfg: RunConfig, table: pd.DataFrame, *, cache_dir=None, progress: bo
             local = audio  # the paper's default: the audio tower's own frozen embedding
         else:
             t = time.perf_counter()
-            local, l_ok = embed_audio_files(build_tower(spec), files, cache_dir=cache_dir,
+            local, l_ok = embed_audio_files(build_tower(spec, device=device), files, cache_dir=cache_dir,
                                             batch_size=cfg.towers.batch_size, skip=skip, progress=progress,
                                             desc=f"local {spec}")
             ok &= l_ok
@@ -135,7 +138,7 @@ def prepare(cfg: RunConfig, table: pd.DataFrame, *, cache_dir=None, progress: bo
     caption_index = [np.array([pos[c] for c in caps], dtype=np.int64) for caps in per_epoch]
 
     t = time.perf_counter()
-    text_tower = build_tower(cfg.towers.text)
+    text_tower = build_tower(cfg.towers.text, device=device)
     caption_emb = embed_texts(text_tower, caption_texts, cache_dir=cache_dir, progress=progress,
                               desc=f"captions {cfg.towers.text}")
     desc_texts = desc_emb = None

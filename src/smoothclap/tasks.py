@@ -406,7 +406,7 @@ def write_task_report(results: Sequence[dict], out_dir, *, model_path: str = "",
     if missing:
         lines += ["## Skipped (corpus not found)", "", *[f"- {k}: {v}" for k, v in missing.items()], ""]
     if errors:
-        lines += ["## Failed", "", *[f"- {k}: {v}" for k, v in errors.items()], ""]
+        lines += ["## Refused or failed", "", *[f"- {k}: {v}" for k, v in errors.items()], ""]
     lines += ["## Prompts and protocols", ""]
     for r in results:
         prompts = "; ".join(f"{lab} -> " + " / ".join(f'"{p}"' for p in ps) for lab, ps in r["prompt_texts"].items())

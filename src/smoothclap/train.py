@@ -72,6 +72,7 @@ def build_model(cfg: RunConfig, prepared) -> SmoothClapModel:
         audio_dim=int(prepared.audio.shape[1]), text_dim=int(prepared.caption_emb.shape[1]),
         embed_dim=cfg.model.embed_dim, dropout=cfg.model.dropout, init_scale=cfg.model.init_scale,
         max_scale=cfg.model.max_scale, standardize_audio=cfg.model.standardize_audio,
+        feature_norm_group=cfg.model.feature_norm_group,
         trained_on=list(prepared.trained_on), loss=asdict(cfg.loss),
     )
     return SmoothClapModel(mc)
