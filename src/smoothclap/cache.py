@@ -17,6 +17,11 @@ import numpy as np
 from .io import atomic_save
 
 
+def _save(path: str, vec: np.ndarray) -> None:
+    with open(path, "wb") as f:  # closed before the atomic rename
+        np.save(f, vec)
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("SMOOTHCLAP_CACHE", "~/.cache/smoothclap")).expanduser()
 
@@ -47,11 +52,10 @@ class EmbeddingCache:
     def get(self, key: str) -> np.ndarray | None:
         if not self.enabled:
             return None
-        p = self._path(key)
-        if not p.exists():
+        try:  # one open() instead of exists() + open(): warm runs touch every entry
+            return np.load(self._path(key))
+        except FileNotFoundError:
             return None
-        try:
-            return np.load(p)
         except (ValueError, OSError, EOFError):
             return None  # a corrupt entry is recomputed, never trusted
 
@@ -59,7 +63,7 @@ class EmbeddingCache:
         if not self.enabled:
             return
         vec = np.ascontiguousarray(vec, dtype=np.float32)
-        atomic_save(self._path(key), lambda t: np.save(open(t, "wb"), vec))
+        atomic_save(self._path(key), lambda t: _save(t, vec))
 
     def __contains__(self, key: str) -> bool:
         return self.enabled and self._path(key).exists()

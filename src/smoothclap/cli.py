@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from .config import LOSS_PRESETS
+
 log = logging.getLogger("smoothclap")
 
 
@@ -249,7 +251,11 @@ def _evaluate_tasks(args) -> int:
     return 0 if results else 1
 
 
+MIN_GROUP_FILES = 8  # fewest clips to standardise a group of test clips on their own statistics
+
+
 def cmd_classify(args) -> int:
+    import numpy as np
     import torch
 
     from .audio import read_audio
@@ -263,18 +269,34 @@ def cmd_classify(args) -> int:
         raise SystemExit("--labels needs at least two comma-separated labels")
     clf = ZeroShotClassifier(model, labels, templates=args.templates)
     skip = SkipLog(skip=args.skip_bad)
+    names, feats = [], []
     for f in args.files:
         try:
             wav = read_audio(f)
         except BadInputError as e:
             skip.handle(e)
             continue
-        feats = model.tower("audio").embed([wav])
-        probs = torch.softmax(clf.logits_from_features(feats), -1)[0]
-        order = torch.argsort(probs, descending=True)
-        print(f"{f}:")
-        for i in order[: args.top]:
-            print(f"  {labels[i]:<24s} {float(probs[i]):.3f}")
+        names.append(f)
+        feats.append(model.tower("audio").embed([wav])[0].numpy())
+    if feats:
+        x = np.stack(feats)
+        group = getattr(model.config, "feature_norm_group", None)
+        if group:
+            # the model was trained on per-group standardised features: treat the files given as
+            # one group (needs several clips; with fewer, fall back to the training statistics)
+            if len(x) >= MIN_GROUP_FILES:
+                from .targets import standardize
+
+                x = standardize(x, "zscore")
+            else:
+                log.warning("model expects features standardised per %s; %d file(s) are too few to do that "
+                            "(>= %d), so the training statistics are used", group, len(x), MIN_GROUP_FILES)
+        probs = torch.softmax(clf.logits_from_features(x), -1)
+        for f, p in zip(names, probs):
+            order = torch.argsort(p, descending=True)
+            print(f"{f}:")
+            for i in order[: args.top]:
+                print(f"  {labels[i]:<24s} {float(p[i]):.3f}")
     if skip.count:
         print(f"skipped {skip.count} file(s): " + "; ".join(f"{p} ({r})" for p, r in skip.items))
     return 0
@@ -302,8 +324,10 @@ def cmd_demo(args) -> int:
 def cmd_benchmark(args) -> int:
     from .benchmark import LocoConfig, run_loco, select_candidates
 
+    if args.which == "ablation":
+        return cmd_ablation(args)
     if args.which != "loco":
-        raise SystemExit(f"unknown benchmark {args.which!r} (known: loco)")
+        raise SystemExit(f"unknown benchmark {args.which!r} (known: loco, ablation)")
     t = time.perf_counter()
     lc = LocoConfig(data_root=args.data_root, corpora=tuple(c.strip() for c in args.corpora.split(",")),
                     heldout=tuple(c.strip() for c in args.heldout.split(",")) if args.heldout else None,
@@ -327,6 +351,24 @@ def cmd_benchmark(args) -> int:
         if "validation" in e:
             print(f"  {h}: validation (training corpora only) chose {e['validation']['best']!r}")
     print(f"total {time.perf_counter() - t:.0f} s; report: {Path(args.out) / 'report.md'}")
+    return 0
+
+
+def cmd_ablation(args) -> int:
+    from .ablation import AblationConfig, run_ablation
+    from .benchmark import LocoConfig
+
+    t = time.perf_counter()
+    lc = LocoConfig(data_root=args.data_root, corpora=tuple(c.strip() for c in args.corpora.split(",")),
+                    heldout=tuple(c.strip() for c in args.heldout.split(",")) if args.heldout else None,
+                    seeds=tuple(int(x) for x in args.seeds.split(",")), epochs=args.epochs,
+                    batch_size=args.batch_size, embed_dim=args.embed_dim, audio_tower=args.audio_tower,
+                    text_tower=args.text_tower, smoothclap_preset=args.preset, overrides=tuple(args.set or ()),
+                    probe=False, cache_dir=args.cache_dir, out_dir=args.out, num_workers=args.num_workers,
+                    progress=not args.quiet)
+    res = run_ablation(AblationConfig(loco=lc, val_seeds=tuple(int(x) for x in args.validation_seeds.split(","))))
+    print(res["tables_md"])
+    print(f"total {time.perf_counter() - t:.0f} s; report: {Path(args.out) / 'ablation.md'}")
     return 0
 
 
@@ -365,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "under torchrun: distributed")
     s.add_argument("--config", help="YAML config (see configs/)")
     s.add_argument("--manifest")
-    s.add_argument("--preset", choices=["clap", "smoothclap", "paper-main"])
+    s.add_argument("--preset", choices=sorted(LOSS_PRESETS))
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. train.epochs=5")
     s.add_argument("--out")
     s.add_argument("--device", help="auto | cpu | cuda[:N] (under torchrun: each process's GPU)")
@@ -401,12 +443,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=int, default=20)
     s.add_argument("--seeds", default="0,1,2")
     s.add_argument("--sentences-per-voice", type=int, default=10)
-    s.add_argument("--preset", default="smoothclap", choices=["smoothclap", "paper-main"])
+    s.add_argument("--preset", default="smoothclap", choices=[k for k in sorted(LOSS_PRESETS) if k != "clap"])
     s.add_argument("--cache-dir", default=None, help="default: <out>/cache")
     s.set_defaults(fn=cmd_demo)
 
     s = sub.add_parser("benchmark", help="real-data benchmarks: 'loco' = cross-corpus zero-shot, leave one corpus out")
-    s.add_argument("which", choices=["loco"])
+    s.add_argument("which", choices=["loco", "ablation"],
+                   help="loco: CLAP vs SmoothCLAP per held-out corpus; ablation: soft-target options chosen on "
+                        "validation speakers of the training corpora, then scored once per held-out corpus")
     s.add_argument("--data-root", default="../shared/data", help="folder with <corpus>/ subfolders (emodb, ravdess, tess)")
     s.add_argument("--corpora", default="emodb,ravdess,tess")
     s.add_argument("--heldout", help="only these held-out corpora (default: each in turn)")
@@ -416,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--embed-dim", type=int, default=256)
     s.add_argument("--audio-tower", default="whisper-tiny-en")
     s.add_argument("--text-tower", default="minilm-l6")
-    s.add_argument("--preset", default="smoothclap", choices=["smoothclap", "paper-main"])
+    s.add_argument("--preset", default="smoothclap", choices=[k for k in sorted(LOSS_PRESETS) if k != "clap"])
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override for both methods")
     s.add_argument("--validate", action="store_true",
                    help="per held-out corpus, choose among candidate settings on the training corpora only")
