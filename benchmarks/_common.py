@@ -94,9 +94,10 @@ def write_result(name: str, result: dict, out: str | None) -> Path:
 
 
 def real_files(data: str | Path, n: int | None = None, seed: int = 0,
-               corpora: Sequence[str] = ("emodb", "ravdess", "tess")):
+               corpora: Sequence[str] = ("emodb", "ravdess", "tess"), max_seconds: float | None = None):
     """Table of real clips (file, label, corpus, duration...). ``n``: a seeded sample, equal parts
-    per corpus as far as they go. Raises SystemExit with a hint when the data is absent."""
+    per corpus as far as they go; ``max_seconds``: only clips at most that long.
+    Raises SystemExit with a hint when the data is absent."""
     import pandas as pd
 
     from smoothclap import corpora as C
@@ -107,6 +108,8 @@ def real_files(data: str | Path, n: int | None = None, seed: int = 0,
     tables = [C.load(c, data / c) for c in corpora]
     for c, t in zip(corpora, tables):
         t["corpus"] = c
+    if max_seconds is not None:
+        tables = [t[t["duration"] <= max_seconds].reset_index(drop=True) for t in tables]
     if n is None:
         return pd.concat(tables, ignore_index=True)
     rng = random.Random(seed)

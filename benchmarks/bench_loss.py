@@ -6,6 +6,12 @@ audio and description embeddings (both computed per batch, as in training). Also
 training step as ``train.py`` runs it (heads forward, loss, backward, Adam step), which is what
 a user pays per batch. Target: SmoothCLAP <= 1.5x ClipLoss at batch 32 and 256.
 
+Timed with one intra-op thread (``--threads``; 0 = torch's default): at these sizes the ops are
+too small to split, and on a shared 2-core machine two spinning OpenMP threads add noise far
+larger than the effect measured (see ``bench_threads.py``). ``proposed_smoothclap_loss`` below is
+the same loss in as few ops as ClipLoss (targets from embeddings normalised once per corpus,
+``F.cross_entropy`` with probability targets), timed alongside as a proposal for ``losses.py``.
+
     .venv/bin/python benchmarks/bench_loss.py [--quick]
 """
 from __future__ import annotations
@@ -13,36 +19,42 @@ from __future__ import annotations
 import _common as C
 
 
-def proposed_smoothclap_loss(z_audio, z_text, scale, local_audio, desc_text, beta=0.1, gamma=0.5,
-                             tau_a=0.07, tau_t=0.07):
-    """The same loss as ``SmoothClapLoss`` in fewer autograd ops (a proposal for ``losses.py``).
+def target_features(local_audio, desc_text, gamma=0.5, tau_a=0.07, tau_t=0.07):
+    """``[S, N, k]``: the frozen target embeddings, L2-normalised and divided by sqrt(tau), stacked
+    (S = 2 sources, zero-padded to one width; padding leaves dot products alone). Frozen, so a
+    trainer computes this once per corpus, not once per batch."""
+    import torch
+    import torch.nn.functional as F
 
-    With S the logits and y the targets (rows sum to 1, columns sum to c):
-    CE(y, softmax_rows S) + CE(y^T, softmax_rows S^T)
-        = 1/B [ -2 sum_ij y_ij S_ij + sum_i lse_j(S_ij) + sum_j c_j lse_i(S_ij) ],
-    so the two log-softmax matrices and the elementwise products collapse into two logsumexp
-    reductions and one weighted sum; the targets are built in place under no_grad, and the
-    entropy of y and of y^T (equal as batch means) is one xlogy.
+    parts = []
+    if gamma < 1.0:
+        parts.append(F.normalize(local_audio.float(), dim=-1) / tau_a ** 0.5)
+    if gamma > 0.0:
+        parts.append(F.normalize(desc_text.float(), dim=-1) / tau_t ** 0.5)
+    k = max(x.shape[1] for x in parts)
+    return torch.stack([F.pad(x, (0, k - x.shape[1])) for x in parts])
+
+
+def proposed_smoothclap_loss(z_audio, z_text, scale, feats, beta=0.1, gamma=0.5):
+    """The SmoothCLAP loss in as few ops as ClipLoss (a proposal for ``losses.py``).
+
+    ``feats`` ``[S, B, k]``: this batch's rows of :func:`target_features`. Targets: one batched
+    matmul, one softmax over both sources, one weighted sum (no per-batch normalisation); loss:
+    ``F.cross_entropy`` with probability targets, both directions (the same fused kernels ClipLoss
+    uses). Equal to ``SmoothClapLoss(beta, gamma)`` (checked below); beta > 0 only.
     """
     import torch
+    import torch.nn.functional as F
 
     logits = scale * z_audio @ z_text.T
-    B = logits.shape[0]
     with torch.no_grad():
-        q = None
-        if gamma < 1.0:
-            la = torch.nn.functional.normalize(local_audio.float(), dim=-1)
-            q = torch.softmax(la @ la.T / tau_a, dim=1).mul_(1.0 - gamma)
-        if gamma > 0.0:
-            ld = torch.nn.functional.normalize(desc_text.float(), dim=-1)
-            qt = torch.softmax(ld @ ld.T / tau_t, dim=1)
-            q = qt.mul_(gamma) if q is None else q.add_(qt, alpha=gamma)
-        y = q.mul_(beta)
+        w = [(1.0 - gamma) * beta] if gamma < 1.0 else []
+        w += [gamma * beta] if gamma > 0.0 else []
+        w = torch.tensor(w, dtype=logits.dtype).view(-1, 1, 1)
+        y = (torch.softmax(torch.bmm(feats, feats.transpose(1, 2)), dim=-1) * w).sum(0)
         y.diagonal().add_(1.0 - beta)
-        col = y.sum(0)
-        ent = -torch.xlogy(y, y).sum() / B
-    loss = (torch.logsumexp(logits, 1).sum() + (torch.logsumexp(logits, 0) * col).sum()
-            - 2.0 * (y * logits).sum()) / (2 * B)
+        ent = -torch.xlogy(y, y).sum() / y.shape[0]  # mean row entropy of y (= that of y^T)
+    loss = 0.5 * (F.cross_entropy(logits, y) + F.cross_entropy(logits.T, y.T))
     return {"loss": loss, "kl": loss.detach() - ent, "logits": logits, "y": y}
 
 
@@ -50,6 +62,7 @@ def main() -> None:
     ap = C.parser(__doc__.splitlines()[0])
     ap.add_argument("--batches", default="32,256")
     ap.add_argument("--embed-dim", type=int, default=768)
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's default)")
     args = ap.parse_args()
     repeats = args.repeats or (3 if args.quick else 5)
 
@@ -59,6 +72,8 @@ def main() -> None:
     from smoothclap.losses import ClipLoss, SmoothClapLoss
     from smoothclap.model import SmoothClapConfig, SmoothClapModel
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     m = C.machine()
     torch.manual_seed(0)
     d = args.embed_dim
@@ -69,6 +84,7 @@ def main() -> None:
         za0 = F.normalize(torch.randn(B, d), dim=-1)
         zt0 = F.normalize(torch.randn(B, d), dim=-1)
         local, desc = torch.randn(B, 384), torch.randn(B, 384)
+        feats = target_features(local, desc)  # once per corpus in a trainer; here per batch
         log_scale = torch.tensor(2.659, requires_grad=True)
 
         def loss_step(fn):
@@ -106,7 +122,7 @@ def main() -> None:
         l1 = smooth(za1, zt1, log_scale.detach().exp(), local_audio=local, desc_text=desc)
         l1["loss"].backward()
         za2, zt2 = za0.clone().requires_grad_(True), zt0.clone().requires_grad_(True)
-        l2 = proposed_smoothclap_loss(za2, zt2, log_scale.detach().exp(), local, desc)
+        l2 = proposed_smoothclap_loss(za2, zt2, log_scale.detach().exp(), feats)
         l2["loss"].backward()
         same = (torch.allclose(l1["loss"], l2["loss"], rtol=1e-5, atol=1e-5)
                 and torch.allclose(l1["kl"], l2["kl"], rtol=1e-4, atol=1e-5)
@@ -115,7 +131,7 @@ def main() -> None:
         fns = {
             "clip_loss": loop(lambda: loss_step(lambda a, t, s: clip(a, t, s))),
             "proposed_smooth_loss": loop(lambda: loss_step(
-                lambda a, t, s: proposed_smoothclap_loss(a, t, s, local, desc))),
+                lambda a, t, s: proposed_smoothclap_loss(a, t, s, feats))),
             "smooth_loss": loop(lambda: loss_step(lambda a, t, s: smooth(a, t, s, local_audio=local, desc_text=desc))),
             "clip_train_step": loop(lambda: train_step("clip")),
             "smooth_train_step": loop(lambda: train_step("smooth")),

@@ -11,7 +11,9 @@ This benchmark times, in fresh subprocesses (the OpenMP policy is read at start-
 
 under: the default (2 threads, spinning), ``OMP_WAIT_POLICY=PASSIVE`` (2 threads, sleeping waits),
 one thread, and (whisper) 2 worker threads x 1 thread each (what ``embed_audio_files`` does).
-Ratios are against the default, in the same command, interleaved, best of ``--repeats``.
+Ratios are against the default, in the same command, interleaved over ``--repeats`` rounds; both
+the best and the median round are given: the best shows what each setting does when the machine
+happens to be free for a moment, the median what it does under the usual load of a shared machine.
 
     .venv/bin/python benchmarks/bench_threads.py [--quick]
 """
@@ -88,7 +90,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=None, help="clips for the whisper workload (default 64; --quick 32)")
     args = ap.parse_args()
     n = args.n or (32 if args.quick else 64)
-    repeats = args.repeats or (2 if args.quick else 3)
+    repeats = args.repeats or (2 if args.quick else 5)
     m = C.machine()
     print(C.describe_machine(m))
     times: dict = {}
@@ -104,12 +106,15 @@ def main() -> None:
                 if p.returncode or not line:
                     raise SystemExit(f"{workload}/{name} failed:\n{p.stderr[-3000:]}")
                 times.setdefault(workload, {}).setdefault(name, []).append(json.loads(line[0][7:])["seconds"])
-    res = {"benchmark": "threads", "repeats": repeats, "whisper_clips": n, "seconds": times, "speedup_vs_default": {},
-           "machine": m}
+    import statistics
+
+    res = {"benchmark": "threads", "repeats": repeats, "whisper_clips": n, "seconds": times,
+           "speedup_vs_default_best": {}, "speedup_vs_default_median": {}, "machine": m}
     for workload, by in times.items():
-        base = min(by["default"])
-        res["speedup_vs_default"][workload] = {k: base / min(v) for k, v in by.items()}
-        print(f"{workload}: " + ", ".join(f"{k} {min(v):.2f} s ({base / min(v):.2f}x)" for k, v in by.items()))
+        for how, f in (("best", min), ("median", statistics.median)):
+            base = f(by["default"])
+            res[f"speedup_vs_default_{how}"][workload] = {k: base / f(v) for k, v in by.items()}
+            print(f"{workload} ({how}): " + ", ".join(f"{k} {f(v):.2f} s ({base / f(v):.2f}x)" for k, v in by.items()))
     C.write_result("threads", res, args.out)
 
 

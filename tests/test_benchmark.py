@@ -15,6 +15,7 @@ pytest.importorskip("opensmile")
 
 from smoothclap import benchmark  # noqa: E402
 from smoothclap.benchmark import LocoConfig, linear_probe, run_loco, training_table, validation_folds  # noqa: E402
+from smoothclap.tasks import TASKS  # noqa: E402
 
 EMODB_LETTER = {"neutral": "N", "happy": "F", "angry": "W", "sad": "T", "fear": "A", "bored": "L"}
 RAVDESS_CODE = {"neutral": "01", "bored": "02", "happy": "03", "sad": "04", "angry": "05", "fear": "06"}
@@ -113,7 +114,7 @@ def test_loco_loop_structure_and_no_leak(loco_root, shared_cache, tmp_path, monk
         assert e["probe"]["n_folds"] == (2 if h == "tess" else 4) and 0 <= e["probe"]["uar"] <= 1
         assert e["chance"] == pytest.approx(1 / (5 if h == "tess" else 6))
         # each held-out corpus is scored with its own task's prompt words
-        assert e["labels"] == list(__import__("smoothclap.tasks", fromlist=["x"]).TASKS[h].labels)
+        assert e["labels"] == list(TASKS[h].labels)
         for m in ("clap", "smoothclap"):
             cfg = json.loads((out / "models" / f"heldout-{h}" / m / "config.json").read_text())
             assert h not in cfg["trained_on"]

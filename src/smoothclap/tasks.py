@@ -305,7 +305,7 @@ def score_table(task: Task, model, table: pd.DataFrame, *, features: np.ndarray 
                                                                       for lab, p in task.prompt_map().items()},
         "confusion": conf.tolist(), "folds": per_fold, "paper": dict(task.paper),
         "trained_on": list(getattr(model.config, "trained_on", None) or []),
-        "skipped": skip.count + n_missing, "seconds": time.perf_counter() - t0,
+        "skipped": n_missing, "seconds": time.perf_counter() - t0,  # clips without features (bad files)
         "predictions": pd.concat(preds, ignore_index=True),
     }
 
