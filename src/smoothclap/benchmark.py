@@ -128,7 +128,7 @@ class LocoConfig:
     validation_seeds: tuple[int, ...] = (0, 1)
     grid: dict | list | None = None             # candidates or stages; default: DEFAULT_GRID
     cache_dir: str | None = "~/.cache/smoothclap"
-    out_dir: str | None = "loco_benchmark"
+    out_dir: str | None = "runs/loco"
     num_workers: int = 2
     save_models: bool = True
     progress: bool = False

@@ -471,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-probe", action="store_true", help="skip the in-corpus linear probe")
     s.add_argument("--cache-dir", default="~/.cache/smoothclap")
     s.add_argument("--num-workers", type=int, default=2)
-    s.add_argument("--out", default="loco_benchmark")
+    s.add_argument("--out", default="runs/loco")
     s.set_defaults(fn=cmd_benchmark)
     return p
 

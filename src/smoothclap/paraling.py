@@ -81,7 +81,7 @@ def egemaps_feature_names(feature_set: str = "eGeMAPSv02") -> list[str]:
 
 
 def _cache_root(cache_dir: str | Path, feature_set: str) -> Path:
-    return Path(cache_dir) / "egemaps" / f"{feature_set}-{PREPROC_VERSION}"
+    return Path(cache_dir).expanduser() / "egemaps" / f"{feature_set}-{PREPROC_VERSION}"
 
 
 def _cache_file(root: Path, h: str) -> Path:
