@@ -17,42 +17,6 @@ from smoothclap import benchmark  # noqa: E402
 from smoothclap.benchmark import LocoConfig, linear_probe, run_loco, training_table, validation_folds  # noqa: E402
 from smoothclap.tasks import TASKS  # noqa: E402
 
-EMODB_LETTER = {"neutral": "N", "happy": "F", "angry": "W", "sad": "T", "fear": "A", "bored": "L"}
-RAVDESS_CODE = {"neutral": "01", "bored": "02", "happy": "03", "sad": "04", "angry": "05", "fear": "06"}
-EMODB_SPEAKERS = ["03", "08", "09", "10"]
-
-
-@pytest.fixture(scope="module")
-def loco_root(synth_table, tmp_path_factory) -> Path:
-    """emodb/, ravdess/, tess/ in their official layouts; the clips are the synthetic ones
-    (4 voices x 2 sentences x 6 emotions), copied (identical audio hits the embedding cache)."""
-    root = tmp_path_factory.mktemp("loco")
-    voices = sorted(synth_table["speaker"].unique())
-    sentences = {v: sorted(synth_table.loc[synth_table["speaker"] == v, "sentence_id"].astype(str).unique())
-                 for v in voices}
-    for _, r in synth_table.iterrows():
-        v = voices.index(r["speaker"])
-        s = sentences[r["speaker"]].index(str(r["sentence_id"])) + 1
-        lab = r["label"]
-        src = Path(r["file"])
-        dst = root / "emodb" / "wav" / f"{EMODB_SPEAKERS[v]}a0{s}{EMODB_LETTER[lab]}a.wav"
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if not dst.exists():
-            shutil.copy(src, dst)
-        actor = v + 1
-        dst = root / "ravdess" / f"Actor_{actor:02d}" / f"03-01-{RAVDESS_CODE[lab]}-01-0{s}-01-{actor:02d}.wav"
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if not dst.exists():
-            shutil.copy(src, dst)
-        if lab != "bored":
-            spk = "OAF" if v < 2 else "YAF"
-            dst = root / "tess" / f"{spk}_{lab}" / f"{spk}_w{v}{s}_{lab}.wav"
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            if not dst.exists():
-                shutil.copy(src, dst)
-    return root
-
-
 def _cfg(root, cache, out, **kw):
     base = dict(data_root=str(root), seeds=(0, 1), epochs=2, batch_size=8, embed_dim=16, cache_dir=str(cache),
                 out_dir=str(out) if out else None, num_workers=1)

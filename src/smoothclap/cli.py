@@ -321,23 +321,30 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _loco_config(args, **extra):
+    """LocoConfig from the ``benchmark`` subcommand's shared arguments."""
+    from .benchmark import LocoConfig
+
+    return LocoConfig(data_root=args.data_root, corpora=tuple(c.strip() for c in args.corpora.split(",")),
+                      heldout=tuple(c.strip() for c in args.heldout.split(",")) if args.heldout else None,
+                      seeds=tuple(int(x) for x in args.seeds.split(",")), epochs=args.epochs,
+                      batch_size=args.batch_size, embed_dim=args.embed_dim, audio_tower=args.audio_tower,
+                      text_tower=args.text_tower, smoothclap_preset=args.preset, overrides=tuple(args.set or ()),
+                      cache_dir=args.cache_dir, out_dir=args.out, num_workers=args.num_workers,
+                      progress=not args.quiet, **extra)
+
+
 def cmd_benchmark(args) -> int:
-    from .benchmark import LocoConfig, run_loco, select_candidates
+    from .benchmark import run_loco, select_candidates
 
     if args.which == "ablation":
         return cmd_ablation(args)
     if args.which != "loco":
         raise SystemExit(f"unknown benchmark {args.which!r} (known: loco, ablation)")
     t = time.perf_counter()
-    lc = LocoConfig(data_root=args.data_root, corpora=tuple(c.strip() for c in args.corpora.split(",")),
-                    heldout=tuple(c.strip() for c in args.heldout.split(",")) if args.heldout else None,
-                    seeds=tuple(int(x) for x in args.seeds.split(",")), epochs=args.epochs,
-                    batch_size=args.batch_size, embed_dim=args.embed_dim, audio_tower=args.audio_tower,
-                    text_tower=args.text_tower, smoothclap_preset=args.preset, overrides=tuple(args.set or ()),
-                    probe=not args.no_probe, validate=args.validate, validation_scheme=args.validation_scheme,
-                    validation_seeds=tuple(int(x) for x in args.validation_seeds.split(",")),
-                    cache_dir=args.cache_dir, out_dir=args.out, num_workers=args.num_workers,
-                    progress=not args.quiet)
+    lc = _loco_config(args, probe=not args.no_probe, validate=args.validate,
+                      validation_scheme=args.validation_scheme,
+                      validation_seeds=tuple(int(x) for x in args.validation_seeds.split(",")))
     if args.candidates:
         try:
             lc.grid = select_candidates([c.strip() for c in args.candidates.split(";") if c.strip()])
@@ -356,16 +363,9 @@ def cmd_benchmark(args) -> int:
 
 def cmd_ablation(args) -> int:
     from .ablation import AblationConfig, run_ablation
-    from .benchmark import LocoConfig
 
     t = time.perf_counter()
-    lc = LocoConfig(data_root=args.data_root, corpora=tuple(c.strip() for c in args.corpora.split(",")),
-                    heldout=tuple(c.strip() for c in args.heldout.split(",")) if args.heldout else None,
-                    seeds=tuple(int(x) for x in args.seeds.split(",")), epochs=args.epochs,
-                    batch_size=args.batch_size, embed_dim=args.embed_dim, audio_tower=args.audio_tower,
-                    text_tower=args.text_tower, smoothclap_preset=args.preset, overrides=tuple(args.set or ()),
-                    probe=False, cache_dir=args.cache_dir, out_dir=args.out, num_workers=args.num_workers,
-                    progress=not args.quiet)
+    lc = _loco_config(args, probe=False)
     res = run_ablation(AblationConfig(loco=lc, val_seeds=tuple(int(x) for x in args.validation_seeds.split(","))))
     print(res["tables_md"])
     print(f"total {time.perf_counter() - t:.0f} s; report: {Path(args.out) / 'ablation.md'}")
