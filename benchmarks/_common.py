@@ -59,13 +59,14 @@ def machine() -> dict:
     return {"cpu_count": os.cpu_count(), "cpu": cpu, "mem_gib": mem, "gpu": torch.cuda.is_available(),
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
             "python": platform.python_version(), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+            "nice": os.nice(0),
             "loadavg_start": loadavg()}
 
 
 def describe_machine(m: dict) -> str:
     return (f"{m['cpu_count']} CPU cores ({m['cpu']}), {m['mem_gib']} GiB, "
             f"{'GPU' if m['gpu'] else 'no GPU'}, torch {m['torch']} ({m['torch_threads']} threads), "
-            f"load average at start {m['loadavg_start']}")
+            f"load average at start {m['loadavg_start']}" + (f", nice {m['nice']}" if m.get("nice") else ""))
 
 
 def timeit(fn: Callable[[], object]) -> tuple[float, object]:
