@@ -28,7 +28,31 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--data", default=str(DEFAULT_DATA), help="folder with emodb/ ravdess/ tess/")
     p.add_argument("--out", default=None, help="JSON result path (default benchmarks/results/<name>.json)")
     p.add_argument("--repeats", type=int, default=None, help="repeats per timing (best is kept)")
+    p.add_argument("--background-load", type=int, default=0, metavar="K",
+                   help="run K busy-loop processes meanwhile (simulates a shared machine)")
     return p
+
+
+class background_load:
+    """Context manager: ``k`` busy-loop processes (pure Python spin) while the block runs."""
+
+    def __init__(self, k: int):
+        self.k, self.procs = int(k), []
+
+    def __enter__(self):
+        import subprocess
+
+        self.procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(self.k)]
+        if self.k:
+            time.sleep(1.0)
+        return self
+
+    def __exit__(self, *exc):
+        for p in self.procs:
+            p.kill()
+        for p in self.procs:
+            p.wait()
+        return False
 
 
 def loadavg() -> list[float]:
@@ -171,11 +195,11 @@ def length_batches(files, batch_size: int):
 
 
 def forward_only(tower, batches_of_waves, workers: int | None = None) -> list:
-    """The tower's forward pass alone on in-memory batches, with the same worker plan as
-    ``embed_audio_files`` (W threads x torch_threads // W intra-op threads each)."""
+    """The tower's forward pass alone on in-memory batches, with the same forward plan as
+    ``embed_audio_files`` (W worker threads x torch threads // W each), no reading, no cache."""
     from smoothclap.embed import _Pipeline, forward_plan
 
-    w, threads = forward_plan(tower, workers)
+    plan = forward_plan(tower, workers)
 
     def produce(emit_batch, emit_msg, stopped):
         for k, b in enumerate(batches_of_waves):
@@ -183,7 +207,7 @@ def forward_only(tower, batches_of_waves, workers: int | None = None) -> list:
                 return
 
     out = [None] * len(batches_of_waves)
-    pipe = _Pipeline(produce, lambda b: tower.embed(b).numpy(), w, threads, 2 * w).run()
+    pipe = _Pipeline(produce, lambda b: tower.embed(b).numpy(), plan, plan.workers).run()
     try:
         for _, k, emb in pipe:
             out[k] = emb

@@ -8,9 +8,12 @@ a user pays per batch. Target: SmoothCLAP <= 1.5x ClipLoss at batch 32 and 256.
 
 Timed with one intra-op thread (``--threads``; 0 = torch's default): at these sizes the ops are
 too small to split, and on a shared 2-core machine two spinning OpenMP threads add noise far
-larger than the effect measured (see ``bench_threads.py``). ``proposed_smoothclap_loss`` below is
-the same loss in as few ops as ClipLoss (targets from embeddings normalised once per corpus,
-``F.cross_entropy`` with probability targets), timed alongside as a proposal for ``losses.py``.
+larger than the effect measured (see ``bench_threads.py``).
+
+Variants of the SmoothCLAP step, all giving the same loss and gradients (checked):
+``smooth_loss`` the library as the trainer calls it (target sources L2-normalised once per corpus,
+``sources_normalized=True``); ``smooth_loss_raw_sources`` the library normalising them per batch;
+``smooth_loss_v0`` the plain autograd definition (the first implementation, for the speed-up).
 
     .venv/bin/python benchmarks/bench_loss.py [--quick]
 """
@@ -19,43 +22,24 @@ from __future__ import annotations
 import _common as C
 
 
-def target_features(local_audio, desc_text, gamma=0.5, tau_a=0.07, tau_t=0.07):
-    """``[S, N, k]``: the frozen target embeddings, L2-normalised and divided by sqrt(tau), stacked
-    (S = 2 sources, zero-padded to one width; padding leaves dot products alone). Frozen, so a
-    trainer computes this once per corpus, not once per batch."""
-    import torch
-    import torch.nn.functional as F
-
-    parts = []
-    if gamma < 1.0:
-        parts.append(F.normalize(local_audio.float(), dim=-1) / tau_a ** 0.5)
-    if gamma > 0.0:
-        parts.append(F.normalize(desc_text.float(), dim=-1) / tau_t ** 0.5)
-    k = max(x.shape[1] for x in parts)
-    return torch.stack([F.pad(x, (0, k - x.shape[1])) for x in parts])
-
-
-def proposed_smoothclap_loss(z_audio, z_text, scale, feats, beta=0.1, gamma=0.5):
-    """The SmoothCLAP loss in as few ops as ClipLoss (a proposal for ``losses.py``).
-
-    ``feats`` ``[S, B, k]``: this batch's rows of :func:`target_features`. Targets: one batched
-    matmul, one softmax over both sources, one weighted sum (no per-batch normalisation); loss:
-    ``F.cross_entropy`` with probability targets, both directions (the same fused kernels ClipLoss
-    uses). Equal to ``SmoothClapLoss(beta, gamma)`` (checked below); beta > 0 only.
-    """
+def smoothclap_loss_v0(z_audio, z_text, scale, local_audio, desc_text, beta=0.1, gamma=0.5, tau=0.07):
+    """The first implementation: targets and both soft cross-entropies as plain autograd ops."""
     import torch
     import torch.nn.functional as F
 
     logits = scale * z_audio @ z_text.T
     with torch.no_grad():
-        w = [(1.0 - gamma) * beta] if gamma < 1.0 else []
-        w += [gamma * beta] if gamma > 0.0 else []
-        w = torch.tensor(w, dtype=logits.dtype).view(-1, 1, 1)
-        y = (torch.softmax(torch.bmm(feats, feats.transpose(1, 2)), dim=-1) * w).sum(0)
-        y.diagonal().add_(1.0 - beta)
-        ent = -torch.xlogy(y, y).sum() / y.shape[0]  # mean row entropy of y (= that of y^T)
-    loss = 0.5 * (F.cross_entropy(logits, y) + F.cross_entropy(logits.T, y.T))
-    return {"loss": loss, "kl": loss.detach() - ent, "logits": logits, "y": y}
+        def q(e):
+            e = F.normalize(e.float(), dim=-1)
+            return torch.softmax(e @ e.T / tau, dim=1)
+        y = (1 - beta) * torch.eye(logits.shape[0]) + beta * ((1 - gamma) * q(local_audio) + gamma * q(desc_text))
+
+    def ce(t, lg):
+        return -(t * F.log_softmax(lg, dim=1)).sum(1).mean()
+    loss = 0.5 * (ce(y, logits) + ce(y.T, logits.T))
+    with torch.no_grad():
+        ent = -0.5 * (torch.xlogy(y, y).sum(1).mean() + torch.xlogy(y.T, y.T).sum(1).mean())
+    return {"loss": loss, "kl": loss.detach() - ent}
 
 
 def main() -> None:
@@ -69,7 +53,7 @@ def main() -> None:
     import torch
     import torch.nn.functional as F
 
-    from smoothclap.losses import ClipLoss, SmoothClapLoss
+    from smoothclap.losses import ClipLoss, SmoothClapLoss, unit_rows
     from smoothclap.model import SmoothClapConfig, SmoothClapModel
 
     if args.threads:
@@ -84,7 +68,7 @@ def main() -> None:
         za0 = F.normalize(torch.randn(B, d), dim=-1)
         zt0 = F.normalize(torch.randn(B, d), dim=-1)
         local, desc = torch.randn(B, 384), torch.randn(B, 384)
-        feats = target_features(local, desc)  # once per corpus in a trainer; here per batch
+        local_u, desc_u = unit_rows(local), unit_rows(desc)  # once per corpus, as train.py does
         log_scale = torch.tensor(2.659, requires_grad=True)
 
         def loss_step(fn):
@@ -92,6 +76,7 @@ def main() -> None:
             zt = zt0.clone().requires_grad_(True)
             out = fn(za, zt, log_scale.exp())
             out["loss"].backward()
+            out["grads"] = (za.grad, zt.grad)
             return out
 
         model = SmoothClapModel(SmoothClapConfig(audio_dim=384, text_dim=384, embed_dim=d))
@@ -104,7 +89,7 @@ def main() -> None:
             if kind == "clip":
                 out = clip(za, zt, model.scale)
             else:
-                out = smooth(za, zt, model.scale, local_audio=local, desc_text=desc)
+                out = smooth(za, zt, model.scale, local_audio=local_u, desc_text=desc_u, sources_normalized=True)
             opt.zero_grad(set_to_none=True)
             out["loss"].backward()
             opt.step()
@@ -117,22 +102,29 @@ def main() -> None:
                     f()
             return run
 
-        # the proposal computes the same loss and gradients
-        za1, zt1 = za0.clone().requires_grad_(True), zt0.clone().requires_grad_(True)
-        l1 = smooth(za1, zt1, log_scale.detach().exp(), local_audio=local, desc_text=desc)
-        l1["loss"].backward()
-        za2, zt2 = za0.clone().requires_grad_(True), zt0.clone().requires_grad_(True)
-        l2 = proposed_smoothclap_loss(za2, zt2, log_scale.detach().exp(), feats)
-        l2["loss"].backward()
-        same = (torch.allclose(l1["loss"], l2["loss"], rtol=1e-5, atol=1e-5)
-                and torch.allclose(l1["kl"], l2["kl"], rtol=1e-4, atol=1e-5)
-                and torch.allclose(za1.grad, za2.grad, rtol=1e-4, atol=1e-6)
-                and torch.allclose(zt1.grad, zt2.grad, rtol=1e-4, atol=1e-6))
+        def smooth_lib(a, t, s_):
+            return smooth(a, t, s_, local_audio=local_u, desc_text=desc_u, sources_normalized=True)
+
+        def smooth_raw(a, t, s_):
+            return smooth(a, t, s_, local_audio=local, desc_text=desc)
+
+        def smooth_v0(a, t, s_):
+            return smoothclap_loss_v0(a, t, s_, local, desc)
+
+        # every variant computes the same loss, KL and gradients
+        ref = loss_step(smooth_v0)
+        same = {}
+        for name, fn in (("smooth_loss", smooth_lib), ("smooth_loss_raw_sources", smooth_raw)):
+            out = loss_step(fn)
+            same[name] = bool(torch.allclose(out["loss"], ref["loss"], rtol=1e-5, atol=1e-6)
+                              and torch.allclose(out["kl"], ref["kl"], rtol=1e-4, atol=1e-5)
+                              and all(torch.allclose(g1, g2, rtol=1e-4, atol=1e-7)
+                                      for g1, g2 in zip(out["grads"], ref["grads"])))
         fns = {
-            "clip_loss": loop(lambda: loss_step(lambda a, t, s: clip(a, t, s))),
-            "proposed_smooth_loss": loop(lambda: loss_step(
-                lambda a, t, s: proposed_smoothclap_loss(a, t, s, feats))),
-            "smooth_loss": loop(lambda: loss_step(lambda a, t, s: smooth(a, t, s, local_audio=local, desc_text=desc))),
+            "clip_loss": loop(lambda: loss_step(lambda a, t, s_: clip(a, t, s_))),
+            "smooth_loss": loop(lambda: loss_step(smooth_lib)),
+            "smooth_loss_raw_sources": loop(lambda: loss_step(smooth_raw)),
+            "smooth_loss_v0": loop(lambda: loss_step(smooth_v0)),
             "clip_train_step": loop(lambda: train_step("clip")),
             "smooth_train_step": loop(lambda: train_step("smooth")),
         }
@@ -142,16 +134,20 @@ def main() -> None:
         per = {k: v / iters * 1e6 for k, v in best.items()}  # microseconds per step
         r_loss = best["smooth_loss"] / best["clip_loss"]
         r_step = best["smooth_train_step"] / best["clip_train_step"]
-        r_prop = best["proposed_smooth_loss"] / best["clip_loss"]
+        r_raw = best["smooth_loss_raw_sources"] / best["clip_loss"]
+        r_v0 = best["smooth_loss_v0"] / best["clip_loss"]
         res["batches"][str(B)] = {"iters": iters, "us_per_step_best": per,
-                                  "ratio_proposed_loss_step": r_prop, "proposed_equals_library": bool(same),
-                                  "ratio_loss_step": r_loss, "ratio_train_step": r_step,
+                                  "ratio_loss_step": r_loss, "ratio_loss_step_raw_sources": r_raw,
+                                  "ratio_loss_step_v0": r_v0, "speedup_vs_v0": best["smooth_loss_v0"] / best["smooth_loss"],
+                                  "same_loss_and_gradients_as_v0": same,
+                                  "ratio_train_step": r_step,
                                   "met_loss_step": r_loss <= 1.5, "met_train_step": r_step <= 1.5}
         print(f"batch {B}: " + ", ".join(f"{k} {v:.0f} us" for k, v in per.items()))
-        print(f"  SmoothCLAP / CLIP: loss step {r_loss:.2f}x ({C.verdict(r_loss <= 1.5)}), "
-              f"training step {r_step:.2f}x ({C.verdict(r_step <= 1.5)}); proposed loss {r_prop:.2f}x "
-              f"(same loss and gradients: {same})")
+        print(f"  SmoothCLAP / CLIP: loss step {r_loss:.2f}x ({C.verdict(r_loss <= 1.5)}), sources normalised "
+              f"per batch {r_raw:.2f}x, v0 {r_v0:.2f}x; training step {r_step:.2f}x ({C.verdict(r_step <= 1.5)}); "
+              f"same loss and gradients as v0: {same}")
     res["met"] = all(v["met_loss_step"] for v in res["batches"].values())
+    res["all_same"] = all(all(v["same_loss_and_gradients_as_v0"].values()) for v in res["batches"].values())
     C.write_result("loss", res, args.out)
 
 

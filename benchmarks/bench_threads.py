@@ -94,6 +94,8 @@ def main() -> None:
     m = C.machine()
     print(C.describe_machine(m))
     times: dict = {}
+    bg = C.background_load(args.background_load)
+    bg.__enter__()
     for _ in range(repeats):
         for workload in ("whisper", "train"):
             for name, cfg in CONFIGS.items():
@@ -106,10 +108,12 @@ def main() -> None:
                 if p.returncode or not line:
                     raise SystemExit(f"{workload}/{name} failed:\n{p.stderr[-3000:]}")
                 times.setdefault(workload, {}).setdefault(name, []).append(json.loads(line[0][7:])["seconds"])
+    bg.__exit__(None, None, None)
     import statistics
 
     res = {"benchmark": "threads", "repeats": repeats, "whisper_clips": n, "seconds": times,
-           "speedup_vs_default_best": {}, "speedup_vs_default_median": {}, "machine": m}
+           "speedup_vs_default_best": {}, "speedup_vs_default_median": {},
+           "background_load": args.background_load, "machine": m}
     for workload, by in times.items():
         for how, f in (("best", min), ("median", statistics.median)):
             base = f(by["default"])

@@ -9,8 +9,9 @@ loss (beta 0.1, gamma 0.5).
 * re-encode (ParaCLAP's loop, implemented here): every batch reads its clips, takes a random 5 s
   crop of clips longer than 5 s, runs the frozen audio tower on the batch and the frozen text tower
   on its captions and descriptions, then heads + loss + backward + Adam. The towers run with the
-  same worker-thread plan as extraction (the batch is length-sorted and split over the workers),
-  so the comparison is caching, not threading.
+  same worker-thread plan as extraction (the batch is length-sorted and split over the workers;
+  the captions and the descriptions are embedded side by side), so the comparison is about
+  caching, not threading.
 
 eGeMAPS extraction (needed by both paths for the captions) is done once beforehand and cached for
 both, so it is in neither timing. The loss curves differ only through the crops (clips longer than
@@ -69,7 +70,7 @@ def main() -> None:
     binner = shared.binner
 
     audio_tower, text_tower = build_tower(cfg.towers.audio), build_tower(cfg.towers.text)
-    w, threads = forward_plan(audio_tower)
+    w, threads = forward_plan(audio_tower)  # the plan extraction uses
 
     def cached(k: int):
         cache = tmp / f"cold{k}"

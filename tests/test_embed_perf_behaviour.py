@@ -94,17 +94,36 @@ def test_worker_threads_and_thread_setting_restored(clips):
     assert tower.threads_seen == {max(1, before // 2)}
 
 
-def test_forward_plan():
-    n = torch.get_num_threads()
-
+def test_forward_plan(monkeypatch):
     class Plain(AudioTower):
         spec, dim = "plain", 1
 
-    assert forward_plan(Plain()) == (1, None)  # not known to be thread-safe: one worker, torch as is
-    w, t = forward_plan(StatsTower())
-    assert w == min(n, E.MAX_WORKERS) and (t is None if w == 1 else t == max(1, n // w))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    assert forward_plan(Plain()) == (1, None)  # not known to be thread-safe: torch as is
+    w = min(4, E.MAX_WORKERS)
+    assert forward_plan(StatsTower()) == (w, 4 // w)
     assert forward_plan(StatsTower(), workers=1) == (1, None)
-    assert forward_plan(Plain(), workers=2) == (2, max(1, n // 2))
+    assert forward_plan(Plain(), workers=2) == (2, 2)
+    monkeypatch.setenv("SMOOTHCLAP_EMBED_WORKERS", "3")
+    assert forward_plan(StatsTower()) == (3, 1)
+    monkeypatch.delenv("SMOOTHCLAP_EMBED_WORKERS")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert forward_plan(StatsTower()) == (1, None)
+
+
+def test_per_thread_setting_sticks_after_lazy_init(clips):
+    """torch initialises a new thread's OpenMP count lazily from a process-wide value that every
+    set_num_threads call overwrites; each worker must still run with its own setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        tower = StatsTower()
+        embed_audio_files(tower, clips, batch_size=1, progress=False, workers=2)
+        assert tower.threads_seen == {2}
+        assert torch.get_num_threads() == 4
+        assert E.last_run["plan"] == {"workers": 2, "threads": 2}
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_duplicates_are_computed_once(clips, tmp_path):

@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from smoothclap.losses import ClipLoss, SmoothClapLoss, soft_targets, target_diagnostics
+from smoothclap.losses import (ClipLoss, SmoothClapLoss, soft_cross_entropy, soft_targets,
+                               target_diagnostics, unit_rows)
 
 
 def _batch(b=6, d=8, k=5, seed=0):
@@ -81,17 +82,35 @@ def test_no_gradient_into_targets():
 
 
 def test_gradient_matches_soft_target_closed_form():
-    # dL/dS for the a2t term is (p - y)/B: check autograd agrees (targets constant).
-    za, zt, la, et = _batch(b=4)
+    # dL/dS = 1/(2B) [p_row * rowsum(y) + p_col * colsum(y) - 2y] (targets constant); warm
+    # temperatures so that y is far from the identity and its columns do not sum to 1.
+    za, zt, la, et = _batch(b=5)
     S = (za @ zt.T * 5.0).requires_grad_(True)
-    loss_fn = SmoothClapLoss(0.3, 0.5)
-    t = loss_fn.targets(la, et, 4, "cpu")
+    loss_fn = SmoothClapLoss(0.6, 0.5, tau_a=1.0, tau_t=2.0)
+    t = loss_fn.targets(la, et, 5, "cpu")
+    assert float((t.y.sum(0) - 1).abs().max()) > 1e-2
     out = loss_fn.loss_from_logits(S, t)
     out["loss"].backward()
     p1 = torch.softmax(S.detach(), 1)
     p2 = torch.softmax(S.detach().T, 1)
-    expected = 0.5 * ((p1 - t.y) / 4 + ((p2 - t.y.T) / 4).T)
+    expected = 0.5 * ((p1 - t.y) / 5 + ((p2 * t.y.T.sum(1, keepdim=True) - t.y.T) / 5).T)
     torch.testing.assert_close(S.grad, expected, atol=1e-6, rtol=1e-5)
+    # and the fused node equals autograd through the plain definition
+    S2 = S.detach().clone().requires_grad_(True)
+    ref = 0.5 * (soft_cross_entropy(t.y, S2) + soft_cross_entropy(t.y.T, S2.T))
+    ref.backward()
+    torch.testing.assert_close(out["loss"], ref, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(S.grad, S2.grad, atol=1e-7, rtol=1e-5)
+
+
+def test_prenormalised_sources_give_the_same_loss():
+    za, zt, la, et = _batch(b=7)
+    loss_fn = SmoothClapLoss(0.4, 0.3, tau_a=0.5, tau_t=0.5, topk=4)
+    a = loss_fn(za, zt, torch.tensor(10.0), la * 3.0, et * 0.2)
+    b = loss_fn(za, zt, torch.tensor(10.0), unit_rows(la), unit_rows(et), sources_normalized=True)
+    torch.testing.assert_close(a["loss"], b["loss"])
+    torch.testing.assert_close(a["targets"].y, b["targets"].y)
+    assert unit_rows(None) is None
 
 
 def test_missing_sources_raise():

@@ -216,16 +216,17 @@ class GlobalBatchLoss(nn.Module):
         self.loss_fn = loss_fn
         self.env = env
 
-    def forward(self, z_audio, z_text, scale, local_audio=None, desc_text=None, sizes=None) -> dict:
+    def forward(self, z_audio, z_text, scale, local_audio=None, desc_text=None, sizes=None, **kw) -> dict:
+        """``kw`` goes to the wrapped loss (e.g. ``sources_normalized``)."""
         if not self.env.enabled:
-            return self.loss_fn(z_audio, z_text, scale, local_audio=local_audio, desc_text=desc_text)
+            return self.loss_fn(z_audio, z_text, scale, local_audio=local_audio, desc_text=desc_text, **kw)
         if sizes is None:
             sizes = [int(s) for s in all_gather_object(int(z_audio.shape[0]), self.env)]
         za = gather_with_grad(z_audio, sizes, self.env)
         zt = gather_with_grad(z_text, sizes, self.env)
         la = gather_tensor(local_audio, sizes, self.env)
         dt = gather_tensor(desc_text, sizes, self.env)
-        return self.loss_fn(za, zt, scale, local_audio=la, desc_text=dt)
+        return self.loss_fn(za, zt, scale, local_audio=la, desc_text=dt, **kw)
 
 
 def wrap_ddp(module: nn.Module, env: DistEnv, find_unused_parameters: bool = False) -> nn.Module:

@@ -15,17 +15,19 @@ distinct string once. How they are fast (figures: ``BENCHMARKS.md``, section "Pe
   ``2 x workers + 1`` batches of audio are in memory, whatever the corpus size. Decoding
   (libsndfile / soxr) and the tower (torch) release the GIL, so reading overlaps the forward pass.
   After each batch the workers hand freed heap memory back to the OS (glibc ``malloc_trim``), so
-  resident memory does not creep up with the number of differently shaped batches.
+  resident memory creeps up far less with the number of differently shaped batches.
 * **Inter-op instead of intra-op parallelism on CPU.** Towers known to be thread-safe run ``W``
   batches at once, in ``W`` threads with ``torch.get_num_threads() // W`` intra-op threads each
-  (``W = min(torch threads, 4)``; override with ``workers=`` or ``SMOOTHCLAP_EMBED_WORKERS``).
-  Each batch is still computed whole by one thread, so results do not depend on the number of
-  workers beyond float rounding (the intra-op thread count may change a kernel's summation order:
-  bit-identical for whisper-tiny-en here, within 1e-7 for MiniLM). Why: with OpenMP's default
-  (spinning) wait policy, a 2-thread forward on a 2-core machine that other processes also use
-  spends most of its time in barriers: measured 2-3x slower than one thread. Independent
-  batches per thread have no barriers at all. Towers on a GPU, and towers not known to be
-  thread-safe, get one worker (the reading pipeline still overlaps).
+  (``W = min(torch threads, 4)``; ``workers=`` or ``SMOOTHCLAP_EMBED_WORKERS`` overrides, 1 =
+  one batch at a time over all threads). Why: with OpenMP's default (spinning) wait policy, a
+  2-thread forward on a 2-core machine that other processes also use spends much of its time in
+  barriers waiting for a descheduled sibling; independent batches per thread have none. Measured
+  on whisper-tiny-en with 2 cores: 1.4-1.9x faster than torch's default when the cores are
+  shared, about 0.9x of it when they are idle (``benchmarks/bench_extract.py``,
+  ``bench_threads.py``). Each batch is computed whole by one thread, so results do not depend on
+  the plan beyond float rounding (the intra-op thread count may change a kernel's summation
+  order: bit-identical for whisper-tiny-en here, within 1e-7 for MiniLM). Towers on a GPU and
+  towers not known to be thread-safe get one worker (the reading pipeline still overlaps).
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ import logging
 import os
 import queue
 import threading
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import soundfile as sf
@@ -80,23 +82,31 @@ def _on_cpu(tower) -> bool:
         return True
 
 
-def forward_plan(tower, workers: int | None = None) -> tuple[int, int | None]:
-    """``(forward worker threads, torch intra-op threads per worker)`` for ``tower``.
+class ForwardPlan(NamedTuple):
+    """How the forward passes of one extraction run are spread over threads."""
 
-    ``None`` for the second entry leaves torch's thread setting as it is (one worker).
-    ``workers`` (or the ``SMOOTHCLAP_EMBED_WORKERS`` environment variable) forces the count.
+    workers: int  # forward worker threads, each running whole batches
+    threads: int | None  # torch intra-op threads per worker (None: leave torch's setting as is)
+
+
+def forward_plan(tower, workers: int | None = None) -> ForwardPlan:
+    """The :class:`ForwardPlan` for ``tower``.
+
+    Default: a CPU tower known to be thread-safe, with at least 2 torch threads, gets
+    ``W = min(torch threads, MAX_WORKERS)`` workers with ``torch threads // W`` threads each (W
+    batches at once, no OpenMP barriers between them); other towers one worker with torch's
+    threads as they are. ``workers`` (or the ``SMOOTHCLAP_EMBED_WORKERS`` environment variable)
+    fixes the count: 1 = one batch at a time over all of torch's threads (intra-op only).
     """
     total = max(1, torch.get_num_threads())
-    if workers is None and os.environ.get("SMOOTHCLAP_EMBED_WORKERS"):
+    if workers is None and os.environ.get("SMOOTHCLAP_EMBED_WORKERS", "").strip().isdigit():
         workers = int(os.environ["SMOOTHCLAP_EMBED_WORKERS"])
     if workers is None:
         if not (_thread_safe(tower) and _on_cpu(tower)):
-            return 1, None
+            return ForwardPlan(1, None)
         workers = min(total, MAX_WORKERS)
     workers = max(1, int(workers))
-    if workers == 1:
-        return 1, None
-    return workers, max(1, total // workers)
+    return ForwardPlan(1, None) if workers == 1 else ForwardPlan(workers, max(1, total // workers))
 
 
 # -- the pipeline ------------------------------------------------------------------------------------
@@ -123,21 +133,28 @@ def _malloc_trim():
 
 
 release_memory = _malloc_trim()
+#: Trim after every TRIM_EVERY batches of a worker: after every batch costs ~5% (the next batch
+#: page-faults its activations back in); every 8th keeps most of the memory benefit.
+TRIM_EVERY = 8
+
+
+#: What the last extraction run did (for benchmarks and debugging): its forward plan.
+last_run: dict = {}
 
 
 class _Pipeline:
-    """producer (one thread) -> bounded queue -> ``workers`` forward threads -> results to the caller.
+    """producer (one thread) -> bounded queue -> forward worker threads -> results to the caller.
 
     ``produce(emit_batch, emit_msg, stopped)`` runs in the reader thread: it calls
     ``emit_batch(payload, inputs)`` for each batch and ``emit_msg(msg)`` for anything the caller must
     see in order (e.g. a bad file). ``forward(inputs)`` runs in a worker and returns an array.
-    Iterating yields ``("batch", payload, array)`` and ``("msg", msg, None)``; any exception in a
-    thread is re-raised in the caller, and leaving the iteration early stops and joins all threads.
+    Iterating :meth:`run` yields ``("batch", payload, array)`` and ``("msg", msg, None)``; any
+    exception in a thread is re-raised in the caller, and closing it stops and joins all threads.
     """
 
-    def __init__(self, produce, forward, workers: int, threads: int | None, prefetch: int):
-        self.produce, self.forward = produce, forward
-        self.workers, self.threads = workers, threads
+    def __init__(self, produce, forward, plan: ForwardPlan, prefetch: int):
+        self.produce, self.forward, self.plan = produce, forward, plan
+        self.workers = plan.workers
         self.work: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
         self.results: queue.Queue = queue.Queue()
         self.stop = threading.Event()
@@ -165,9 +182,13 @@ class _Pipeline:
                     break
 
     def _worker(self) -> None:
+        done_here = 0
         try:
-            if self.threads is not None:
-                torch.set_num_threads(self.threads)  # per-thread setting (OpenMP / MKL)
+            if self.plan.threads is not None:
+                # torch sets a thread's OpenMP / MKL thread count lazily, from a process-wide value,
+                # at its first parallel op; trigger that first, so the per-thread setting sticks.
+                torch.get_num_threads()
+                torch.set_num_threads(self.plan.threads)
             while not self.stop.is_set():
                 try:
                     item = self.work.get(timeout=0.1)
@@ -182,7 +203,9 @@ class _Pipeline:
                         self.warm.set()
                 else:
                     out = self.forward(inputs)
-                release_memory()
+                done_here += 1
+                if done_here % TRIM_EVERY == 0:
+                    release_memory()
                 self.results.put(("batch", payload, out))
         except BaseException as e:  # noqa: BLE001 - handed to the caller
             self.results.put(("error", e, None))
@@ -190,7 +213,7 @@ class _Pipeline:
             self.results.put(("done", None, None))
 
     def run(self):
-        restore = torch.get_num_threads() if self.threads is not None else None
+        restore = torch.get_num_threads() if self.plan.threads is not None else None
         threads = [threading.Thread(target=self._reader, name="smoothclap-read", daemon=True)]
         threads += [threading.Thread(target=self._worker, name=f"smoothclap-forward-{k}", daemon=True)
                     for k in range(self.workers)]
@@ -213,6 +236,8 @@ class _Pipeline:
             if restore is not None:
                 # A worker's set_num_threads also sets the default that new threads start with.
                 torch.set_num_threads(restore)
+            last_run.clear()
+            last_run.update(plan=self.plan._asdict())
 
 
 def _duration(path: str) -> float:
@@ -276,7 +301,7 @@ def embed_audio_files(
         return out, ok
     # Global length order from the headers: batches of near-equal length, no decoding needed.
     todo.sort(key=lambda i: _duration(files[i]))
-    n_workers, threads = forward_plan(tower, workers)
+    plan = forward_plan(tower, workers)
     batch_size = max(1, int(batch_size))
 
     def produce(emit_batch, emit_msg, stopped):
@@ -303,10 +328,10 @@ def embed_audio_files(
 
     # Clips decoded ahead: a queue of one batch per worker (reading is ~10x faster than the forward),
     # so at most (2 x workers + 1) batches of audio are in memory, whatever the corpus size.
-    prefetch = min(max(1, chunk_size // batch_size), n_workers)
+    prefetch = min(max(1, chunk_size // batch_size), plan.workers)
     bar = tqdm(total=sum(len(members[i]) for i in todo), desc=desc or f"embed {tower.spec}", unit="clip",
                disable=not progress)
-    pipe = _Pipeline(produce, forward, n_workers, threads, prefetch).run()
+    pipe = _Pipeline(produce, forward, plan, prefetch).run()
     try:
         for kind, payload, emb in pipe:
             if kind == "msg":
@@ -351,7 +376,7 @@ def embed_texts(tower, texts: Sequence[str], *, cache_dir=None, batch_size: int 
     if todo:
         batch_size = max(1, int(batch_size))
         batches = [todo[b0 : b0 + batch_size] for b0 in range(0, len(todo), batch_size)]
-        n_workers, threads = forward_plan(tower, workers)
+        plan = forward_plan(tower, workers)
 
         def produce(emit_batch, emit_msg, stopped):
             for b in batches:
@@ -359,7 +384,7 @@ def embed_texts(tower, texts: Sequence[str], *, cache_dir=None, batch_size: int 
                     return
 
         bar = tqdm(total=len(todo), desc=desc or f"embed {tower.spec}", unit="text", disable=not progress)
-        pipe = _Pipeline(produce, lambda b: tower.embed(b).numpy(), n_workers, threads, 2 * n_workers).run()
+        pipe = _Pipeline(produce, lambda b: tower.embed(b).numpy(), plan, 2 * plan.workers).run()
         try:
             for _, batch, emb in pipe:
                 for t, v in zip(batch, emb):
@@ -378,5 +403,5 @@ def to_tensor(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
 
 
-__all__ = ["embed_audio_files", "embed_texts", "forward_plan", "preprocessing_key", "to_tensor",
+__all__ = ["embed_audio_files", "embed_texts", "forward_plan", "ForwardPlan", "preprocessing_key", "to_tensor",
            "MAX_WORKERS", "THREAD_SAFE_TOWERS"]

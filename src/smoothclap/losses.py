@@ -9,6 +9,11 @@ Notation (DESIGN.md section 2), batch of B pairs:
     q_a2a = row-softmax(l l^T / tau_a),  q_t2t = row-softmax(e e^T / tau_t)     (stop-gradient)
     q = (1 - gamma) q_a2a + gamma q_t2t;  y = (1 - beta) I + beta q
     L = 1/2 [CE(y, p_a2t) + CE(y^T, p_t2a)],  CE(y, p) = -mean_i sum_j y_ij log p_ij
+
+Cost (``benchmarks/bench_loss.py``): the soft loss is one autograd node with a closed-form
+gradient (:class:`_SoftContrastiveCE`), and the target sources are frozen, so a trainer
+L2-normalises them once per corpus (:func:`unit_rows`, ``sources_normalized=True``) instead of once
+per batch. beta = 0 takes ClipLoss's own path.
 """
 from __future__ import annotations
 
@@ -24,16 +29,27 @@ def clip_logits(z_audio: torch.Tensor, z_text: torch.Tensor, scale: torch.Tensor
     return scale * z_audio @ z_text.T
 
 
-def similarity_targets(emb: torch.Tensor, tau: float, topk: int | None = None) -> torch.Tensor:
+def unit_rows(emb: torch.Tensor | None) -> torch.Tensor | None:
+    """``[N, k]`` -> the rows L2-normalised, float32, detached (a target source, ready for
+    ``sources_normalized=True``). ``None`` stays ``None``."""
+    if emb is None:
+        return None
+    with torch.no_grad():
+        return F.normalize(emb.detach().float(), dim=-1)
+
+
+def similarity_targets(emb: torch.Tensor, tau: float, topk: int | None = None,
+                       normalized: bool = False) -> torch.Tensor:
     """Row-softmax of cosine similarities of ``emb`` ``[B, k]`` at temperature ``tau`` -> ``[B, B]``.
 
     ``topk``: keep only each row's k largest similarities (the diagonal is always one of them,
     cosine 1) before the softmax, so every row spreads its mass over at most k - 1 neighbours.
+    ``normalized``: the rows of ``emb`` are already unit length (:func:`unit_rows`).
     Computed without gradient: targets are constants of the loss (stop-gradient).
     """
     with torch.no_grad():
-        e = F.normalize(emb.detach().float(), dim=-1)
-        logits = e @ e.T / tau
+        e = emb.detach().float() if normalized else unit_rows(emb)
+        logits = torch.mm(e, e.T).div_(tau)
         if topk is not None and topk < logits.shape[1]:
             if topk < 1:
                 raise ValueError(f"topk must be >= 1, got {topk}")
@@ -62,11 +78,13 @@ def soft_targets(
     batch_size: int | None = None,
     device: torch.device | str | None = None,
     topk: int | None = None,
+    normalized: bool = False,
 ) -> SoftTargets:
     """SmoothCLAP targets y = (1 - beta) I + beta [(1 - gamma) q_a2a + gamma q_t2t].
 
     local_audio: ``[B, k_a]`` frozen local-feature audio embeddings (needed when beta > 0, gamma < 1).
     desc_text: ``[B, k_t]`` frozen text embeddings of the paralinguistic descriptions (when gamma > 0).
+    normalized: both have unit-length rows already (:func:`unit_rows`), so they are not normalised here.
     """
     ref = local_audio if local_audio is not None else desc_text
     if batch_size is None:
@@ -74,24 +92,28 @@ def soft_targets(
             raise ValueError("soft_targets needs batch_size when no embeddings are given")
         batch_size = ref.shape[0]
     device = device if device is not None else (ref.device if ref is not None else "cpu")
-    eye = torch.eye(batch_size, device=device)
     if not 0.0 <= beta <= 1.0 or not 0.0 <= gamma <= 1.0:
         raise ValueError(f"beta and gamma must lie in [0, 1], got beta={beta}, gamma={gamma}")
     if beta == 0.0:
-        return SoftTargets(y=eye)
+        return SoftTargets(y=torch.eye(batch_size, device=device))
     q_a2a = q_t2t = None
-    q = torch.zeros(batch_size, batch_size, device=device)
-    if gamma < 1.0:
-        if local_audio is None:
-            raise ValueError("beta > 0 and gamma < 1 need local-feature audio embeddings")
-        q_a2a = similarity_targets(local_audio, tau_a, topk).to(device)
-        q = q + (1.0 - gamma) * q_a2a
-    if gamma > 0.0:
-        if desc_text is None:
-            raise ValueError("beta > 0 and gamma > 0 need description text embeddings")
-        q_t2t = similarity_targets(desc_text, tau_t, topk).to(device)
-        q = q + gamma * q_t2t
-    y = (1.0 - beta) * eye + beta * q
+    if gamma < 1.0 and local_audio is None:
+        raise ValueError("beta > 0 and gamma < 1 need local-feature audio embeddings")
+    if gamma > 0.0 and desc_text is None:
+        raise ValueError("beta > 0 and gamma > 0 need description text embeddings")
+    with torch.no_grad():
+        if gamma < 1.0:
+            q_a2a = similarity_targets(local_audio, tau_a, topk, normalized).to(device)
+        if gamma > 0.0:
+            q_t2t = similarity_targets(desc_text, tau_t, topk, normalized).to(device)
+        if q_t2t is None:
+            q = q_a2a
+        elif q_a2a is None:
+            q = q_t2t
+        else:
+            q = torch.add(q_a2a, q_t2t, alpha=gamma / (1.0 - gamma)).mul_(1.0 - gamma)
+        y = q.mul(beta)
+        y.diagonal().add_(1.0 - beta)
     return SoftTargets(y=y, q=q, q_a2a=q_a2a, q_t2t=q_t2t)
 
 
@@ -100,9 +122,42 @@ def soft_cross_entropy(target: torch.Tensor, logits: torch.Tensor) -> torch.Tens
     return -(target * F.log_softmax(logits, dim=1)).sum(1).mean()
 
 
+class _SoftContrastiveCE(torch.autograd.Function):
+    """L = 1/2 [CE(y, p_a2t) + CE(y^T, p_t2a)] from logits S ``[B, B]`` and constant targets y ``[B, B]``.
+
+    p_a2t is S's row softmax and p_t2a^T its column softmax, so
+    L = -1/(2B) sum_ij y_ij (log rowsoftmax(S)_ij + log colsoftmax(S)_ij), and the gradient is
+    dL/dS = 1/(2B) [rowsoftmax(S) * y.sum(1)[:, None] + colsoftmax(S) * y.sum(0)[None, :] - 2 y]
+    (rows of y sum to 1, columns need not). One node instead of autograd's graph of softmaxes,
+    products and means: at batch 32 the step is dominated by per-op overhead.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        log_row = torch.log_softmax(logits, dim=1)
+        log_col = torch.log_softmax(logits, dim=0)
+        loss = torch.mul(log_row.add(log_col), y).sum().mul_(-0.5 / logits.shape[0])
+        ctx.save_for_backward(log_row, log_col, y)
+        return loss
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        log_row, log_col, y = ctx.saved_tensors
+        g = log_row.exp().mul_(y.sum(1, keepdim=True))
+        g.addcmul_(log_col.exp(), y.sum(0, keepdim=True)).sub_(y, alpha=2.0)
+        return g.mul_(grad * (0.5 / y.shape[0])), None
+
+
+def soft_contrastive_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """1/2 [CE(y, p_a2t) + CE(y^T, p_t2a)] for logits ``[B, B]`` (differentiable) and targets y
+    ``[B, B]`` (constant: no gradient flows into them)."""
+    return _SoftContrastiveCE.apply(logits, y.detach().to(logits.dtype))
+
+
 def _entropy(target: torch.Tensor) -> torch.Tensor:
-    """mean_i H(y_i) with 0 log 0 = 0."""
-    return -(torch.xlogy(target, target)).sum(1).mean()
+    """mean_i H(y_i) with 0 log 0 = 0, for target ``[B, B']``."""
+    return torch.xlogy(target, target).sum().div_(-target.shape[0])
 
 
 class ClipLoss(nn.Module):
@@ -128,17 +183,20 @@ class SmoothClapLoss(nn.Module):
         super().__init__()
         self.beta, self.gamma, self.tau_a, self.tau_t, self.topk = beta, gamma, tau_a, tau_t, topk
 
-    def targets(self, local_audio, desc_text, batch_size, device) -> SoftTargets:
+    def targets(self, local_audio, desc_text, batch_size, device, normalized: bool = False) -> SoftTargets:
         return soft_targets(local_audio, desc_text, self.beta, self.gamma, self.tau_a, self.tau_t,
-                            batch_size=batch_size, device=device, topk=self.topk)
+                            batch_size=batch_size, device=device, topk=self.topk, normalized=normalized)
 
     def loss_from_logits(self, logits: torch.Tensor, t: SoftTargets) -> dict:
-        y = t.y.to(logits.dtype)
-        ce_a2t = soft_cross_entropy(y, logits)
-        ce_t2a = soft_cross_entropy(y.T, logits.T)
-        loss = 0.5 * (ce_a2t + ce_t2a)
+        """Loss of logits ``[B, B]`` against targets ``t`` (one-hot when ``t.q`` is None: ClipLoss)."""
+        if t.q is None:  # beta = 0: hard targets, exactly ClipLoss (entropy 0, so KL = loss)
+            labels = torch.arange(logits.shape[0], device=logits.device)
+            loss = 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+            return {"loss": loss, "kl": loss.detach(), "logits": logits, "targets": t}
+        loss = soft_contrastive_ce(logits, t.y)
         with torch.no_grad():
-            kl = loss.detach() - 0.5 * (_entropy(y) + _entropy(y.T))
+            # mean row entropy of y equals that of y^T (same entries, same number of rows)
+            kl = loss.detach() - _entropy(t.y)
         return {"loss": loss, "kl": kl, "logits": logits, "targets": t}
 
     def forward(
@@ -148,10 +206,12 @@ class SmoothClapLoss(nn.Module):
         scale: torch.Tensor,
         local_audio: torch.Tensor | None = None,
         desc_text: torch.Tensor | None = None,
+        sources_normalized: bool = False,
     ) -> dict:
-        """z_audio, z_text ``[B, d]`` normalised; local_audio ``[B, k_a]``; desc_text ``[B, k_t]``."""
+        """z_audio, z_text ``[B, d]`` normalised; local_audio ``[B, k_a]``; desc_text ``[B, k_t]``
+        (``sources_normalized``: their rows are unit length already, see :func:`unit_rows`)."""
         logits = clip_logits(z_audio, z_text, scale)
-        t = self.targets(local_audio, desc_text, logits.shape[0], logits.device)
+        t = self.targets(local_audio, desc_text, logits.shape[0], logits.device, sources_normalized)
         return self.loss_from_logits(logits, t)
 
 

@@ -31,7 +31,7 @@ from .config import RunConfig
 from .distributed import (DistEnv, GlobalBatchLoss, all_gather_object, barrier, broadcast_object,
                           current_env, local_slice, wrap_ddp)
 from .io import atomic_save, atomic_write_json
-from .losses import target_diagnostics
+from .losses import target_diagnostics, unit_rows
 from .targets import build_loss
 from .model import SmoothClapConfig, SmoothClapModel
 
@@ -169,10 +169,12 @@ def _train_cached(cfg: RunConfig, prepared, run_dir, progress, resume, callback,
     if env.enabled and env.rank > 0:  # every process its own dropout stream
         torch.manual_seed(cfg.train.seed + 7919 * env.rank)
 
-    local = torch.from_numpy(prepared.local) if prepared.local is not None else None
+    # Target sources are frozen: L2-normalised once here, not once per batch in the loss.
+    local = unit_rows(torch.from_numpy(prepared.local)) if prepared.local is not None else None
     cap_emb = torch.from_numpy(prepared.caption_emb)
-    desc = torch.from_numpy(prepared.desc_emb) if prepared.desc_emb is not None else None
+    desc = unit_rows(torch.from_numpy(prepared.desc_emb)) if prepared.desc_emb is not None else None
     caption_desc = uses_caption_as_description(cfg, prepared)
+    cap_unit = unit_rows(cap_emb) if caption_desc else None  # captions as the description source
     labels = torch.as_tensor(prepared.label_ids)
     n = audio.shape[0]
     if n < 2:
@@ -227,11 +229,11 @@ def _train_cached(cfg: RunConfig, prepared, run_dir, progress, resume, callback,
             if desc is not None:
                 d_b = desc[mine].to(device)
             elif caption_desc:
-                d_b = cap_emb[cap_idx[mine]].to(device)
+                d_b = cap_unit[cap_idx[mine]].to(device)
             else:
                 d_b = None
             out = gloss(za, zt, scale, local_audio=local[mine].to(device) if local is not None else None,
-                        desc_text=d_b, sizes=sizes)
+                        desc_text=d_b, sizes=sizes, sources_normalized=True)
             opt.zero_grad(set_to_none=True)
             out["loss"].backward()
             opt.step()
