@@ -110,6 +110,19 @@ def dedupe_stems(files: Iterable[Path], skips: SkipLog) -> list[Path]:
     return sorted(seen.values())
 
 
+def parsed(items: Iterable, parse: Callable, skips: SkipLog, file=lambda item: item):
+    """Yield ``(item, parse(item))`` for every item whose name parses. A ``ValueError`` from
+    ``parse`` marks a bad file: raised as :class:`BadInputError` naming ``file(item)`` and the
+    reason, or counted and logged when ``skips`` skips."""
+    for item in items:
+        try:
+            info = parse(item)
+        except ValueError as e:
+            skips.handle(BadInputError(file(item), str(e)))
+            continue
+        yield item, info
+
+
 def norm_split(value) -> str | None:
     """Partition names to ``train`` / ``dev`` / ``test`` (``devel``/``development`` -> ``dev``)."""
     if value is None or (isinstance(value, float) and value != value):

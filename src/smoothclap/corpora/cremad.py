@@ -14,7 +14,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import BadInputError, SkipLog
-from ._common import check_root, child, dedupe_stems, finish, list_audio, locate, merge_map, missing, norm_gender
+from ._common import (check_root, child, dedupe_stems, finish, list_audio, locate, merge_map, missing, norm_gender,
+                      parsed)
 
 CORPUS = "crema-d"
 LANGUAGE = "en"
@@ -105,23 +106,17 @@ def load(
     files = dedupe_stems(list_audio(audio_dir), skips)
     if not files:
         raise BadInputError(audio_dir, "no .wav or .flac files in the CREMA-D AudioWAV folder")
-    rows = []
-    for f in files:
-        try:
-            info = parse_name(f.stem)
-        except ValueError as e:
-            skips.handle(BadInputError(f, str(e)))
-            continue
-        rows.append(
-            {
-                "file": f,
-                "label": labels[info["emotion_code"]],
-                "speaker": info["speaker"],
-                "gender": genders.get(info["speaker"]),
-                "split": None,
-                "emotion_code": info["emotion_code"],
-                "sentence": info["sentence"],
-                "level": info["level"],
-            }
-        )
+    rows = [
+        {
+            "file": f,
+            "label": labels[info["emotion_code"]],
+            "speaker": info["speaker"],
+            "gender": genders.get(info["speaker"]),
+            "split": None,
+            "emotion_code": info["emotion_code"],
+            "sentence": info["sentence"],
+            "level": info["level"],
+        }
+        for f, info in parsed(files, lambda f: parse_name(f.stem), skips)
+    ]
     return finish(rows, CORPUS, LANGUAGE, skips, with_duration)

@@ -11,7 +11,7 @@ import re
 import pandas as pd
 
 from ..errors import BadInputError, SkipLog
-from ._common import check_root, child, dedupe_stems, finish, list_audio, locate, merge_map, missing
+from ._common import check_root, child, dedupe_stems, finish, list_audio, locate, merge_map, missing, parsed
 
 CORPUS = "emodb"
 LANGUAGE = "de"
@@ -78,21 +78,15 @@ def load(
     files = dedupe_stems(list_audio(wav_dir), skips)
     if not files:
         raise BadInputError(wav_dir, "no .wav or .flac files in the EmoDB wav folder")
-    rows = []
-    for f in files:
-        try:
-            info = parse_name(f.stem)
-        except ValueError as e:
-            skips.handle(BadInputError(f, str(e)))
-            continue
-        rows.append(
-            {
-                "file": f,
-                "label": labels[info["emotion_code"]],
-                "speaker": info["speaker"],
-                "gender": SPEAKERS[info["speaker"]],
-                "split": None,
-                **{k: info[k] for k in ("text", "version", "emotion_code")},
-            }
-        )
+    rows = [
+        {
+            "file": f,
+            "label": labels[info["emotion_code"]],
+            "speaker": info["speaker"],
+            "gender": SPEAKERS[info["speaker"]],
+            "split": None,
+            **{k: info[k] for k in ("text", "version", "emotion_code")},
+        }
+        for f, info in parsed(files, lambda f: parse_name(f.stem), skips)
+    ]
     return finish(rows, CORPUS, LANGUAGE, skips, with_duration)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import BadInputError, SkipLog
-from ._common import check_root, child, dedupe_stems, finish, list_audio, merge_map, missing, subdirs
+from ._common import check_root, child, dedupe_stems, finish, list_audio, merge_map, missing, subdirs, parsed
 
 CORPUS = "savee"
 LANGUAGE = "en"
@@ -87,26 +87,16 @@ def load(
         for f in dedupe_stems(list_audio(where), skips):
             m = _FLAT.match(f.stem)
             items.append((f, m.group(1).upper() if m else None, m.group(2) if m else f.stem))
-    rows = []
-    for f, spk, token in items:
-        try:
-            if spk is None:
-                raise ValueError("malformed SAVEE file name (expected <SPK>_<code><nn>, e.g. DC_sa01)")
-            code, take = parse_code(token)
-        except ValueError as e:
-            skips.handle(BadInputError(f, str(e)))
-            continue
-        rows.append(
-            {
-                "file": f,
-                "label": labels[code],
-                "speaker": spk,
-                "gender": "male",
-                "split": None,
-                "emotion_code": code,
-                "take": take,
-            }
-        )
+    def parse(item) -> tuple[str, str]:
+        if item[1] is None:
+            raise ValueError("malformed SAVEE file name (expected <SPK>_<code><nn>, e.g. DC_sa01)")
+        return parse_code(item[2])
+
+    rows = [
+        {"file": f, "label": labels[code], "speaker": spk, "gender": "male", "split": None,
+         "emotion_code": code, "take": take}
+        for (f, spk, _), (code, take) in parsed(items, parse, skips, file=lambda item: item[0])
+    ]
     if not rows and not skips.count:
         raise BadInputError(root, "no SAVEE audio found")
     return finish(rows, CORPUS, LANGUAGE, skips, with_duration)

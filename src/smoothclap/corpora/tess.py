@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import BadInputError, SkipLog
-from ._common import check_root, dedupe_stems, finish, list_audio, merge_map, missing, subdirs
+from ._common import check_root, dedupe_stems, finish, list_audio, merge_map, missing, subdirs, parsed
 
 CORPUS = "tess"
 LANGUAGE = "en"
@@ -68,6 +68,15 @@ def parse_name(stem: str, folder_speaker: str) -> dict:
     return {"word": "_".join(parts[1:-1]).lower(), "emotion_code": emo}
 
 
+def _parse_in_folder(f: Path, folder_speaker: str, folder_emotion: str) -> dict:
+    """:func:`parse_name`, and the file's emotion must be its folder's."""
+    info = parse_name(f.stem, folder_speaker)
+    if info["emotion_code"] != folder_emotion:
+        raise ValueError(f"file emotion disagrees with folder (file {info['emotion_code']!r}, "
+                         f"folder {f.parent.name})")
+    return info
+
+
 def _emotion_dirs(root: Path) -> list[tuple[Path, str, str]]:
     def find(d: Path):
         return [(x, *fi) for x in subdirs(d) if (fi := folder_info(x.name))]
@@ -102,28 +111,11 @@ def load(
         seen[spk, emo] = d
     labels = merge_map(LABELS, label_map)
     skips = SkipLog(skip=skip_bad)
-    rows = []
-    for d, spk, emo in dirs:
-        for f in dedupe_stems(list_audio(d), skips):
-            try:
-                info = parse_name(f.stem, spk)
-                if info["emotion_code"] != emo:
-                    raise ValueError(
-                        f"file emotion disagrees with folder (file {info['emotion_code']!r}, folder {d.name})"
-                    )
-            except ValueError as e:
-                skips.handle(BadInputError(f, str(e)))
-                continue
-            rows.append(
-                {
-                    "file": f,
-                    "label": labels[info["emotion_code"]],
-                    "speaker": spk,
-                    "gender": "female",
-                    "split": None,
-                    **info,
-                }
-            )
+    rows = [
+        {"file": f, "label": labels[info["emotion_code"]], "speaker": spk, "gender": "female", "split": None, **info}
+        for d, spk, emo in dirs
+        for f, info in parsed(dedupe_stems(list_audio(d), skips), lambda f: _parse_in_folder(f, spk, emo), skips)
+    ]
     if not rows and not skips.count:
         raise BadInputError(root, "TESS folders hold no .wav or .flac files")
     return finish(rows, CORPUS, LANGUAGE, skips, with_duration)
