@@ -22,14 +22,16 @@ sys.path.insert(0, str(REPO / "src"))  # run from a checkout without installing
 DEFAULT_DATA = Path(os.environ.get("SMOOTHCLAP_DATA", REPO.parent / "shared" / "data"))
 
 
-def parser(description: str) -> argparse.ArgumentParser:
+def parser(description: str, background_load: bool = False) -> argparse.ArgumentParser:
+    """The options every benchmark shares (``--background-load`` where the timing honours it)."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="small sizes, fewer repeats (a smoke run)")
     p.add_argument("--data", default=str(DEFAULT_DATA), help="folder with emodb/ ravdess/ tess/")
     p.add_argument("--out", default=None, help="JSON result path (default benchmarks/results/<name>.json)")
     p.add_argument("--repeats", type=int, default=None, help="repeats per timing (best is kept)")
-    p.add_argument("--background-load", type=int, default=0, metavar="K",
-                   help="run K busy-loop processes meanwhile (simulates a shared machine)")
+    if background_load:
+        p.add_argument("--background-load", type=int, default=0, metavar="K",
+                       help="run K busy-loop processes meanwhile (simulates a shared machine)")
     return p
 
 

@@ -21,7 +21,7 @@ import _common as C
 
 
 def main() -> None:
-    ap = C.parser(__doc__.splitlines()[0])
+    ap = C.parser(__doc__.splitlines()[0], background_load=True)
     ap.add_argument("--n", type=int, default=None, help="clips (default 384; --quick 48)")
     ap.add_argument("--tower", default="whisper-tiny-en")
     ap.add_argument("--batch-size", type=int, default=16)

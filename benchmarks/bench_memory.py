@@ -27,6 +27,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -74,16 +75,21 @@ def child(stage: str, n: int, cache: str, data: str) -> None:
     _get_smile("eGeMAPSv02")
     res: dict = {"stage": stage, "n": n}
     tracemalloc.start()  # Python objects and numpy buffers (decoded audio included); not torch's
+    t0 = time.perf_counter()
     if stage == "extract":
         _reset_peak()
         base = _status()["VmRSS"]
+        t0 = time.perf_counter()
         prep = prepare(cfg, table, cache_dir=cache, progress=False)
+        res["stage_seconds"] = {k: round(v, 3) for k, v in prep.timings.items()}
     else:
         prep = prepare(cfg, table, cache_dir=cache, progress=False)  # warm: reads the cache
         tracemalloc.reset_peak()
         _reset_peak()
         base = _status()["VmRSS"]
+        t0 = time.perf_counter()
         train(cfg, prep, run_dir=None, progress=False)
+    res["seconds"] = time.perf_counter() - t0
     st = _status()
     py_now, py_peak = tracemalloc.get_traced_memory()
     results = prep.audio.nbytes + prep.caption_emb.nbytes + (prep.desc_emb.nbytes if prep.desc_emb is not None else 0)
@@ -139,7 +145,13 @@ def main() -> None:
                 print(f"[{variant}] {stage} {what}: peak growth N -> 4N {a[key]:.1f} -> {b[key]:.1f} MiB "
                       f"(+{extra:.1f}; allowed {allowed:.1f} = results/index growth + {SLACK_MIB:.0f} MiB slack): "
                       f"{C.verdict(extra <= allowed)}")
-    res = {"benchmark": "memory", "sizes": [n, 4 * n], "max_clip_seconds": MAX_SECONDS, "tuned_env": TUNED_ENV,
+    # What the tuned environment costs in speed (separate processes, run one after the other).
+    slow = {f"{stage}_{size}": runs[f"tuned_{stage}_{size}"]["seconds"] / runs[f"default_{stage}_{size}"]["seconds"]
+            for stage in ("extract", "train") for size in (n, 4 * n)}
+    a, b = runs[f"default_extract_{4 * n}"], runs[f"tuned_extract_{4 * n}"]
+    slow["audio_embeddings_4n"] = b["stage_seconds"]["audio_embeddings"] / a["stage_seconds"]["audio_embeddings"]
+    print("time tuned / default: " + ", ".join(f"{k} {v:.2f}x" for k, v in slow.items()))
+    res = {"benchmark": "memory", "time_tuned_vs_default": slow, "sizes": [n, 4 * n], "max_clip_seconds": MAX_SECONDS, "tuned_env": TUNED_ENV,
            "runs": runs, "verdicts": verdicts, "slack_mib": SLACK_MIB,
            "met_python": all(v["met"] for k, v in verdicts.items() if k.endswith("_python")),
            "met_rss_default": all(v["met"] for k, v in verdicts.items() if k.startswith("default") and k.endswith("_rss")),

@@ -86,7 +86,7 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         child(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5], int(sys.argv[6]))
         return
-    ap = C.parser(__doc__.splitlines()[0])
+    ap = C.parser(__doc__.splitlines()[0], background_load=True)
     ap.add_argument("--n", type=int, default=None, help="clips for the whisper workload (default 64; --quick 32)")
     args = ap.parse_args()
     n = args.n or (32 if args.quick else 64)
@@ -94,21 +94,19 @@ def main() -> None:
     m = C.machine()
     print(C.describe_machine(m))
     times: dict = {}
-    bg = C.background_load(args.background_load)
-    bg.__enter__()
-    for _ in range(repeats):
-        for workload in ("whisper", "train"):
-            for name, cfg in CONFIGS.items():
-                if workload == "train" and cfg["workers"] > 1:
-                    continue
-                env = {**os.environ, **cfg["env"]}
-                p = subprocess.run([sys.executable, __file__, "--child", workload, str(cfg["threads"]),
-                                    str(cfg["workers"]), args.data, str(n)], capture_output=True, text=True, env=env)
-                line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
-                if p.returncode or not line:
-                    raise SystemExit(f"{workload}/{name} failed:\n{p.stderr[-3000:]}")
-                times.setdefault(workload, {}).setdefault(name, []).append(json.loads(line[0][7:])["seconds"])
-    bg.__exit__(None, None, None)
+    with C.background_load(args.background_load):  # stopped even when a run fails
+        for _ in range(repeats):
+            for workload in ("whisper", "train"):
+                for name, cfg in CONFIGS.items():
+                    if workload == "train" and cfg["workers"] > 1:
+                        continue
+                    env = {**os.environ, **cfg["env"]}
+                    p = subprocess.run([sys.executable, __file__, "--child", workload, str(cfg["threads"]),
+                                        str(cfg["workers"]), args.data, str(n)], capture_output=True, text=True, env=env)
+                    line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
+                    if p.returncode or not line:
+                        raise SystemExit(f"{workload}/{name} failed:\n{p.stderr[-3000:]}")
+                    times.setdefault(workload, {}).setdefault(name, []).append(json.loads(line[0][7:])["seconds"])
     import statistics
 
     res = {"benchmark": "threads", "repeats": repeats, "whisper_clips": n, "seconds": times,

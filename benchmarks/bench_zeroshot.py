@@ -23,7 +23,7 @@ LABELS = ["neutral", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
 
 
 def main() -> None:
-    ap = C.parser(__doc__.splitlines()[0])
+    ap = C.parser(__doc__.splitlines()[0], background_load=True)
     ap.add_argument("--n", type=int, default=None, help="clips (default 192; --quick 48)")
     ap.add_argument("--no-per-clip", action="store_true", help="skip the (slow) per-clip loop")
     args = ap.parse_args()

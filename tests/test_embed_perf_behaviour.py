@@ -264,3 +264,14 @@ def test_predict_files_matches_predict_and_skips(clips, tmp_path):
     assert ok.tolist() == [True] * 7 + [False]
     assert preds[:7] == ref_preds and preds[7] is None and np.isnan(probs[7]).all()
     np.testing.assert_allclose(probs[:7], ref_probs, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("every,expected", [(1, 6), (4, 1), (0, 0)])
+def test_heap_trimmed_after_every_kth_batch(clips, monkeypatch, every, expected):
+    """Workers hand freed heap back to the OS every TRIM_EVERY batches (0 = never): what keeps the
+    extraction peak from growing with corpus size (benchmarks/bench_memory.py)."""
+    calls = []
+    monkeypatch.setattr(E, "release_memory", lambda: calls.append(1))
+    monkeypatch.setattr(E, "TRIM_EVERY", every)
+    embed_audio_files(StatsTower(), clips[:6], batch_size=1, progress=False, workers=1)
+    assert len(calls) == expected

@@ -459,3 +459,18 @@ def test_end_to_end_features_to_captions(features, clips):
     caps = b.captions(bins, ["neutral"] * len(bins), rng=0)
     assert all("neutral" in c for c in caps)
     assert b.descriptions(bins)[list(names).index(clips["loud"])].split(", ")[2] == "loud"
+
+
+@needs_opensmile
+def test_cache_entries_found_without_column_list(clips, tmp_path, monkeypatch):
+    """A run that ends on a bad file may leave entries but no columns.json (the pool's workers
+    write entries, the parent writes the list): the next run must still use the entries."""
+    files = [clips["low"], clips["high"]]
+    first = extract_egemaps(files, num_workers=1, progress=False, cache_dir=tmp_path)
+    (col,) = tmp_path.rglob("columns.json")
+    col.unlink()
+    calls = _count_smile_calls(monkeypatch)
+    again = extract_egemaps(files, num_workers=1, progress=False, cache_dir=tmp_path)
+    assert calls["n"] == 0
+    pd.testing.assert_frame_equal(first, again)
+    assert col.exists()

@@ -117,16 +117,12 @@ def _malloc_trim():
     """glibc's ``malloc_trim(0)`` (a no-op elsewhere): hand freed heap pages back to the OS.
 
     Each batch allocates activations of a new shape; glibc keeps the freed blocks (its mmap
-    threshold adapts upwards), the heap fragments, and the process' resident memory creeps up
-    with the number of batches (measured: +560 MiB after 512 clips with 2 workers, +240 MiB with a
-    trim after every batch; see ``benchmarks/bench_memory.py``). A trim costs well under a
-    millisecond here, against hundreds of milliseconds per batch.
+    threshold adapts upwards), the heaps of the worker threads fragment, and resident memory
+    creeps up with the number of distinct batch shapes, i.e. with corpus size. A trim costs well
+    under a millisecond here, against hundreds of milliseconds per batch (see :data:`TRIM_EVERY`).
 
-    Where memory matters more than speed, start Python with ``MALLOC_MMAP_THRESHOLD_=131072``:
-    glibc then maps every activation buffer afresh and the resident peak stays flat with corpus
-    size (measured +14 MiB from 128 to 512 clips instead of +86), but extraction runs about 1.4x
-    slower (page faults on every batch). Thresholds of 8 and 32 MiB did not stop the growth.
-    Not the default for that reason.
+    Flatter still, at more cost: start Python with ``MALLOC_MMAP_THRESHOLD_=131072`` (glibc maps
+    every activation buffer afresh): figures in ``BENCHMARKS.md``, section "Performance".
     """
     try:
         import ctypes
@@ -139,9 +135,11 @@ def _malloc_trim():
 
 
 release_memory = _malloc_trim()
-#: Trim after every TRIM_EVERY batches of a worker: after every batch costs ~5% (the next batch
-#: page-faults its activations back in); every 8th keeps most of the memory benefit.
-TRIM_EVERY = 8
+#: Trim after every TRIM_EVERY batches of a worker (``SMOOTHCLAP_TRIM_EVERY``, 0 = never). Every
+#: batch: about 6% slower than every 8th (the next batch page-faults its activations back in), but
+#: the extraction peak stays flat with corpus size (+32 MiB from 128 to 512 clips, against +221 MiB
+#: when trimming every 8th batch; ``benchmarks/bench_memory.py``).
+TRIM_EVERY = int(os.environ.get("SMOOTHCLAP_TRIM_EVERY", "1") or 1)
 
 
 #: What the last extraction run did (for benchmarks and debugging): its forward plan.
@@ -210,7 +208,7 @@ class _Pipeline:
                 else:
                     out = self.forward(inputs)
                 done_here += 1
-                if done_here % TRIM_EVERY == 0:
+                if TRIM_EVERY > 0 and done_here % TRIM_EVERY == 0:
                     release_memory()
                 self.results.put(("batch", payload, out))
         except BaseException as e:  # noqa: BLE001 - handed to the caller

@@ -201,7 +201,12 @@ def extract_egemaps(
         try:
             names = json.loads((root / "columns.json").read_text())
         except (FileNotFoundError, ValueError):
-            names = None
+            # No column list yet (e.g. the run that wrote the entries ended on a bad file before
+            # the list was written): take it from openSMILE, so finished entries are still found.
+            names = _names_or_empty(feature_set) or None
+            if names is not None:
+                data = json.dumps(names).encode()
+                _atomic_write_bytes(root / "columns.json", lambda f: f.write(data))
 
     results: dict[str, np.ndarray] = {}
     todo: list[tuple[str, str | None]] = []
