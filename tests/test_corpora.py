@@ -690,7 +690,7 @@ def test_manifest_errors(tmp_path):
 def _data_dir() -> Path | None:
     env = os.environ.get("SMOOTHCLAP_DATA")
     d = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
-    return d if d.is_dir() else None
+    return d.resolve() if d.is_dir() else None  # the loaders resolve links (../shared may be one)
 
 
 DATA = _data_dir()
