@@ -53,7 +53,7 @@ def main() -> None:
     n = args.n or (48 if args.quick else 240)
     repeats = args.repeats or (2 if args.quick else 3)
 
-    from smoothclap.paraling import _get_smile, extract_egemaps
+    from smoothclap.egemaps import _get_smile, extract_egemaps
 
     m = C.machine()
     table = C.real_files(args.data, n, seed=2)

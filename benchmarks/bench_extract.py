@@ -25,6 +25,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=None, help="clips (default 384; --quick 48)")
     ap.add_argument("--tower", default="whisper-tiny-en")
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--trim-every", type=int, default=1, help="towers.trim_every of the extraction (0 = never)")
     args = ap.parse_args()
     n = args.n or (48 if args.quick else 384)
     repeats = args.repeats or (2 if args.quick else 3)
@@ -55,7 +56,7 @@ def main() -> None:
     def extract():
         run["k"] += 1
         return embed_audio_files(tower, files, cache_dir=tmp / f"cache{run['k']}", batch_size=args.batch_size,
-                                 progress=False)
+                                 progress=False, trim_every=args.trim_every)
 
     def v0():
         run["k"] += 1

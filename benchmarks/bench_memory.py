@@ -55,14 +55,13 @@ def _reset_peak() -> None:
 
 
 def child(stage: str, n: int, cache: str, data: str) -> None:
-    import numpy as np
 
     from smoothclap.audio import read_audio
     from smoothclap.config import RunConfig
-    from smoothclap.paraling import _get_smile
-    from smoothclap.prepare import prepare
+    from smoothclap.egemaps import _get_smile
+    from smoothclap.trainer import prepare
     from smoothclap.towers import build_tower
-    from smoothclap.train import train
+    from smoothclap.trainer import train
 
     # Clips of at most MAX_SECONDS in both sizes: the longest batch sets the activation peak, so
     # both sizes get alike longest batches and the comparison is about the number of clips.

@@ -25,7 +25,7 @@ def main() -> None:
 
     from smoothclap.config import RunConfig
     from smoothclap.embed import forward_plan
-    from smoothclap.prepare import prepare
+    from smoothclap.trainer import prepare
     from smoothclap.towers import build_tower
 
     m = C.machine()

@@ -53,10 +53,10 @@ def main() -> None:
     from smoothclap.audio import read_audio
     from smoothclap.config import RunConfig
     from smoothclap.embed import forward_plan
-    from smoothclap.prepare import prepare
+    from smoothclap.trainer import prepare
     from smoothclap.targets import build_loss
     from smoothclap.towers import build_tower
-    from smoothclap.train import build_model, train
+    from smoothclap.trainer import build_model, train
 
     m = C.machine()
     table = C.real_files(args.data, n, seed=3)

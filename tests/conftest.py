@@ -18,7 +18,7 @@ def synth_root(tmp_path_factory) -> Path:
     """4 English voices x 2 sentences x 6 emotions (48 clips), written once per session."""
     if not have_synth_tools():
         pytest.skip("espeak-ng and sox are needed (apt-get install espeak-ng sox)")
-    from smoothclap.synth import synthesize_corpus
+    from smoothclap.experiments.synth import synthesize_corpus
 
     root = tmp_path_factory.mktemp("synth")
     synthesize_corpus(root, languages=("en",), voices_per_language=4, sentences_per_voice=2, seed=3, progress=False)

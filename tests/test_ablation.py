@@ -1,4 +1,4 @@
-"""The soft-target ablation (smoothclap.ablation) on three tiny corpora in the official layouts."""
+"""The soft-target ablation (smoothclap.experiments.ablation) on three tiny corpora in the official layouts."""
 from __future__ import annotations
 
 import json
@@ -7,8 +7,8 @@ import pytest
 
 pytest.importorskip("opensmile")
 
-from smoothclap.ablation import AblationConfig, run_ablation  # noqa: E402
-from smoothclap.benchmark import LocoConfig  # noqa: E402
+from smoothclap.experiments.ablation import AblationConfig, run_ablation  # noqa: E402
+from smoothclap.experiments.loco import LocoConfig  # noqa: E402
 
 
 def test_ablation_selects_on_training_speakers_and_reports(loco_root, shared_cache, tmp_path):

@@ -1,10 +1,9 @@
-"""The LOCO cross-corpus benchmark (smoothclap.benchmark) on three tiny corpora in the official
+"""The LOCO cross-corpus benchmark (smoothclap.experiments.loco) on three tiny corpora in the official
 EmoDB / RAVDESS / TESS layouts, made of the synthetic espeak-ng clips; plus a cheap real-data check."""
 from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +12,9 @@ import pytest
 
 pytest.importorskip("opensmile")
 
-from smoothclap import benchmark  # noqa: E402
-from smoothclap.benchmark import LocoConfig, linear_probe, run_loco, training_table, validation_folds  # noqa: E402
+from smoothclap.experiments import loco as benchmark  # noqa: E402
+from smoothclap.corpora import training_table  # noqa: E402
+from smoothclap.experiments.loco import LocoConfig, linear_probe, run_loco, validation_folds  # noqa: E402
 from smoothclap.tasks import TASKS  # noqa: E402
 
 def _cfg(root, cache, out, **kw):
@@ -54,7 +54,7 @@ def test_linear_probe_speaker_folds():
 
 
 def test_loco_loop_structure_and_no_leak(loco_root, shared_cache, tmp_path, monkeypatch):
-    import smoothclap.prepare as prep_mod
+    import smoothclap.experiments.loco as prep_mod
 
     seen: list[set] = []
     real_prepare = prep_mod.prepare
@@ -92,7 +92,7 @@ def test_loco_loop_structure_and_no_leak(loco_root, shared_cache, tmp_path, monk
 
 
 def test_validate_never_sees_heldout(loco_root, shared_cache, monkeypatch, capsys):
-    import smoothclap.prepare as prep_mod
+    import smoothclap.experiments.loco as prep_mod
 
     seen: list[set] = []
     real_prepare = prep_mod.prepare

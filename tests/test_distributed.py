@@ -66,7 +66,7 @@ def torchrun(args: list[str], nproc: int = 2, timeout: float = 150, expect_ok: b
 # -- shared fixtures ------------------------------------------------------------------------------
 def synthetic_prepared(n: int = 21, da: int = 12, dt: int = 10, epochs: int = 4, seed: int = 0):
     """A Prepared bundle of random embeddings (no towers): enough for the cached trainer."""
-    from smoothclap.prepare import Prepared
+    from smoothclap.trainer import Prepared
 
     rng = np.random.default_rng(seed)
     labels = [["a", "b", "c"][i % 3] for i in range(n)]
@@ -218,10 +218,10 @@ def _grads(model) -> dict[str, torch.Tensor]:
 def _worker_grads(env) -> list[dict]:
     import copy
 
-    from smoothclap.distributed import GlobalBatchLoss, all_gather_object, local_slice, wrap_ddp
+    from smoothclap.trainer.distributed import GlobalBatchLoss, all_gather_object, local_slice, wrap_ddp
     from smoothclap.losses import SmoothClapLoss
     from smoothclap.model import SmoothClapConfig, SmoothClapModel
-    from smoothclap.train import HeadsNet
+    from smoothclap.trainer.steps import HeadsNet
 
     res = []
     for beta in (0.0, 0.5):
@@ -231,7 +231,7 @@ def _worker_grads(env) -> list[dict]:
             g = torch.Generator().manual_seed(1)
             audio, text = torch.randn(batch, 12, generator=g), torch.randn(batch, 10, generator=g)
             local, desc = torch.randn(batch, 6, generator=g), torch.randn(batch, 5, generator=g)
-            model.fit_audio_standardizer(torch.randn(30, 12, generator=g))
+            model.fit_normalization(torch.randn(30, 12, generator=g).numpy())
             loss = SmoothClapLoss(beta=beta, gamma=0.5, tau_a=0.1, tau_t=0.1)
             ref = copy.deepcopy(model)
             ref_out = loss(ref.encode_audio_features(audio), ref.encode_text_features(text), ref.scale,
@@ -242,7 +242,8 @@ def _worker_grads(env) -> list[dict]:
             net = wrap_ddp(HeadsNet(model), env)
             mine, sizes = local_slice(torch.arange(batch), env)
             za, zt, s = net(audio[mine], text[mine])
-            out = GlobalBatchLoss(loss, env)(za, zt, s, local_audio=local[mine], desc_text=desc[mine], sizes=sizes)
+            out = GlobalBatchLoss(loss, env)(z_audio=za, z_text=zt, scale=s, local_audio=local[mine],
+                                             desc_text=desc[mine], sizes=sizes)
             out["loss"].backward()
             got = _grads(model)
             assert got.keys() == ref_g.keys()
@@ -260,8 +261,8 @@ def _worker_grads(env) -> list[dict]:
 
 
 def _worker_train(env, root: Path) -> dict:
-    from smoothclap.distributed import DistEnv, all_gather_object, barrier
-    from smoothclap.train import train
+    from smoothclap.trainer.distributed import DistEnv, all_gather_object, barrier
+    from smoothclap.trainer import train
 
     prep = synthetic_prepared()
     run = root / "run_cached_ddp"
@@ -289,8 +290,8 @@ def _worker_e2e(env, root: Path) -> list[dict]:
 
     from smoothclap import corpora
     from smoothclap.config import from_dict, RunConfig
-    from smoothclap.distributed import DistEnv, prepare_distributed
-    from smoothclap.e2e import E2ETrainer
+    from smoothclap.trainer.distributed import DistEnv, prepare_distributed
+    from smoothclap.trainer import Trainer as E2ETrainer
 
     data = yaml.safe_load((root / "cfg.yaml").read_text())
     data["train"].update(mode="e2e", crop_seconds=0.5, batch_size=6, select_split=None)
@@ -319,7 +320,7 @@ def _worker_e2e(env, root: Path) -> list[dict]:
 
 def _worker_ddp(root: Path) -> None:
     from smoothclap.cli import main
-    from smoothclap.distributed import init_distributed
+    from smoothclap.trainer.distributed import init_distributed
 
     env = init_distributed("cpu")
     assert env.world_size == 2

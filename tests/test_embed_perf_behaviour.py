@@ -104,9 +104,7 @@ def test_forward_plan(monkeypatch):
     assert forward_plan(StatsTower()) == (w, 4 // w)
     assert forward_plan(StatsTower(), workers=1) == (1, None)
     assert forward_plan(Plain(), workers=2) == (2, 2)
-    monkeypatch.setenv("SMOOTHCLAP_EMBED_WORKERS", "3")
-    assert forward_plan(StatsTower()) == (3, 1)
-    monkeypatch.delenv("SMOOTHCLAP_EMBED_WORKERS")
+    assert forward_plan(StatsTower(), workers=3) == (3, 1)  # towers.embed_workers in a run config
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     assert forward_plan(StatsTower()) == (1, None)
 
@@ -227,8 +225,9 @@ def test_whisper_worker_threads_match_simple_path(clips):
     one, _ = embed_audio_files(tower, files, batch_size=4, progress=False, workers=1)
     two, _ = embed_audio_files(tower, files, batch_size=4, progress=False, workers=2)
     # same batches; 1 worker uses torch's intra-op threads, 2 workers one thread each: the kernels
-    # may sum in another order, so equal up to float rounding (bit-identical on the dev machine)
-    np.testing.assert_allclose(one, two, rtol=0, atol=1e-6)
+    # may sum in another order, so equal up to float rounding (bit-identical on an idle machine;
+    # up to 2.1e-6 on features of size ~4 measured with other processes on the cores)
+    np.testing.assert_allclose(one, two, rtol=0, atol=1e-5)
     np.testing.assert_allclose(two, ref, rtol=0, atol=1e-5)  # vs one clip per batch (masked padding)
 
 
@@ -252,7 +251,8 @@ def test_predict_files_matches_predict_and_skips(clips, tmp_path):
     torch.manual_seed(0)
     model = SmoothClapModel(SmoothClapConfig(audio_tower="stats-test", text_tower="sum-text", audio_dim=4,
                                              text_dim=3, embed_dim=8, standardize_audio=False)).eval()
-    model._towers = {"audio": StatsTower(), "text": SumText()}
+    model.set_tower("audio", StatsTower())
+    model.set_tower("text", SumText())
     clf = ZeroShotClassifier(model, ["angry", "sad", "happy"], templates="ensemble")
     bad = tmp_path / "silent.wav"
     sf.write(bad, np.zeros(16000, np.float32), 16000)
@@ -268,10 +268,9 @@ def test_predict_files_matches_predict_and_skips(clips, tmp_path):
 
 @pytest.mark.parametrize("every,expected", [(1, 6), (4, 1), (0, 0)])
 def test_heap_trimmed_after_every_kth_batch(clips, monkeypatch, every, expected):
-    """Workers hand freed heap back to the OS every TRIM_EVERY batches (0 = never): what keeps the
+    """Workers hand freed heap back to the OS every ``trim_every`` batches (0 = never): what keeps the
     extraction peak from growing with corpus size (benchmarks/bench_memory.py)."""
     calls = []
     monkeypatch.setattr(E, "release_memory", lambda: calls.append(1))
-    monkeypatch.setattr(E, "TRIM_EVERY", every)
-    embed_audio_files(StatsTower(), clips[:6], batch_size=1, progress=False, workers=1)
+    embed_audio_files(StatsTower(), clips[:6], batch_size=1, progress=False, workers=1, trim_every=every)
     assert len(calls) == expected

@@ -1,4 +1,4 @@
-"""configs/paper.yaml: the paper's setting, and an end-to-end offline run of it with tiny randomly
+"""The shipped ``paper`` config: the paper's setting, and an end-to-end offline run of it with tiny randomly
 initialised stand-ins of the same model classes (Wav2Vec2Model, BertModel) saved to local folders
 and an MSP-Podcast fixture tree in the release layout (Audios/, Labels/labels_consensus.csv)."""
 from __future__ import annotations
@@ -13,8 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from smoothclap.config import load_config  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-PAPER = REPO / "configs" / "paper.yaml"
+PAPER = "paper"  # the shipped config, by name
 
 
 def test_paper_config_values():

@@ -18,8 +18,8 @@ from smoothclap.config import RunConfig, loss_preset  # noqa: E402
 from smoothclap.errors import BadInputError, SkipLog  # noqa: E402
 from smoothclap.evaluate import zero_shot_evaluate  # noqa: E402
 from smoothclap.model import SmoothClapModel  # noqa: E402
-from smoothclap.prepare import prepare  # noqa: E402
-from smoothclap.train import train  # noqa: E402
+from smoothclap.trainer import prepare  # noqa: E402
+from smoothclap.trainer import train  # noqa: E402
 
 
 @pytest.fixture
@@ -63,7 +63,7 @@ def test_prepare_train_evaluate(corpus, cache, tmp_path, monkeypatch):
 
     monkeypatch.setattr(type(build_tower("whisper-tiny-en")), "forward_waves", boom)
     monkeypatch.setattr(type(build_tower("minilm-l6")), "forward_texts", boom)
-    import smoothclap.paraling as paraling
+    import smoothclap.egemaps as paraling
 
     monkeypatch.setattr(paraling, "_extract_one", boom)
     prep2 = prepare(cfg, corpus, cache_dir=cache, progress=False)
@@ -124,20 +124,21 @@ def test_feature_norm_group_recorded_and_applied(corpus, cache):
     cfg = _cfg(cache)
     cfg.model.feature_norm_group = "speaker"
     prep = prepare(cfg, corpus, cache_dir=cache, progress=False)
-    for spk in prep.table["speaker"].unique():
-        m = (prep.table["speaker"] == spk).to_numpy()
-        np.testing.assert_allclose(prep.audio[m].mean(0), 0, atol=1e-4)
     res = train(cfg, prep, progress=False)
     # the model must remember it, or test clips are scored without the normalisation
     assert res.model.config.feature_norm_group == "speaker"
-    raw = prepare(_cfg(cache), corpus, cache_dir=cache, progress=False).audio
+    # it normalises the training clips per speaker, with each speaker's own statistics
+    x = res.model.normalize_audio_features(prep.audio, prep.groups).numpy()
+    for spk in prep.table["speaker"].unique():
+        m = (prep.table["speaker"] == spk).to_numpy()
+        np.testing.assert_allclose(x[m].mean(0), 0, atol=1e-4)
+    raw = prep.audio  # the bundle holds the towers' raw features; the model normalises them
     ev = zero_shot_evaluate(res.model, corpus, features=raw, progress=False)
-    from smoothclap.targets import standardize
     from smoothclap.zeroshot import ZeroShotClassifier
 
     clf = ZeroShotClassifier(res.model, ev.metrics["labels"])
-    _, p_norm = clf.predict_features(standardize(raw, "zscore", corpus["speaker"].astype(str).to_numpy()))
-    _, p_raw = clf.predict_features(raw)
+    _, p_norm = clf.predict_features(raw, corpus["speaker"].astype(str).to_numpy())
+    _, p_raw = clf.predict_features(raw)  # no groups: the stored training statistics instead
     got = ev.predictions.filter(like="p_").to_numpy()
     np.testing.assert_allclose(got, p_norm, atol=1e-5)
     assert not np.allclose(got, p_raw, atol=1e-3)

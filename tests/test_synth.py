@@ -1,4 +1,4 @@
-"""Synthetic emotional-speech corpus (smoothclap.synth): layout, determinism, resume, acoustics, split."""
+"""Synthetic emotional-speech corpus (smoothclap.experiments.synth): layout, determinism, resume, acoustics, split."""
 from __future__ import annotations
 
 import shutil
@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from smoothclap import synth
+from smoothclap.experiments import synth
 
 needs_tools = pytest.mark.skipif(
     shutil.which("espeak-ng") is None or shutil.which("sox") is None,

@@ -10,7 +10,8 @@ import torch
 
 from smoothclap.config import RunConfig, loss_preset
 from smoothclap.losses import similarity_targets, soft_targets
-from smoothclap.targets import apply_target_options, build_loss, calibrate_tau, standardize, target_statistic
+from smoothclap.normalize import standardize  # noqa: E402
+from smoothclap.targets import apply_target_options, build_loss, calibrate_tau, target_statistic
 
 
 def test_topk_sparsifies_rows():
@@ -75,7 +76,7 @@ def test_calibrate_tau_reaches_value(kind, value):
 
 def _bundle(n=64):
     rng = np.random.default_rng(3)
-    from smoothclap.prepare import Prepared
+    from smoothclap.trainer import Prepared
 
     return Prepared(table=pd.DataFrame({"file": [f"{i}.wav" for i in range(n)], "label": ["a"] * n,
                                         "corpus": np.repeat(["x", "y"], n // 2)}),

@@ -85,6 +85,18 @@ def normalize_loudness(wav: np.ndarray, mode: str) -> np.ndarray:
     raise ValueError(f"unknown loudness normalisation {mode!r}: none, peak or rms:<dBFS>")
 
 
+def content_hash(path: str | Path, skip) -> str | None:
+    """:func:`file_hash` of ``path``, or None after handing a missing / unreadable file to ``skip``
+    (a :class:`~smoothclap.errors.SkipLog`: raises unless it skips)."""
+    try:
+        return file_hash(path)
+    except FileNotFoundError:
+        skip.handle(BadInputError(path, "file not found"))
+    except OSError as e:
+        skip.handle(BadInputError(path, f"unreadable file ({e.__class__.__name__}: {e})"))
+    return None
+
+
 def file_hash(path: str | Path, chunk: int = 1 << 20) -> str:
     """sha1 of the file's bytes: the content key of every cache."""
     h = hashlib.sha1()
@@ -95,12 +107,3 @@ def file_hash(path: str | Path, chunk: int = 1 << 20) -> str:
                 break
             h.update(b)
     return h.hexdigest()
-
-
-def duration_seconds(path: str | Path) -> float:
-    """Duration from the header (no decoding). Raises BadInputError when unreadable."""
-    try:
-        info = sf.info(str(path))
-    except Exception as e:
-        raise BadInputError(path, f"unreadable audio ({e.__class__.__name__}: {e})") from None
-    return info.frames / info.samplerate

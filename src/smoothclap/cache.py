@@ -1,14 +1,20 @@
-"""On-disk cache of frozen-tower embeddings.
+"""The one on-disk cache: frozen-tower embeddings and eGeMAPS functionals, one ``.npy`` per item.
 
-One ``.npy`` per item under ``<root>/emb/<tower>/<key[:2]>/<key>.npy``; the key hashes the audio
-content (or the text) together with the preprocessing, and the tower folder is named from the
-tower's spec, so changing the tower, the file or the preprocessing never reuses a stale entry.
-Writes are atomic, so an interrupted run keeps everything it finished and nothing half-written.
+Layout under the cache root (default :data:`DEFAULT_CACHE_DIR`, ``cache_dir`` in every config and
+``--cache-dir`` on every command)::
+
+    <root>/emb/<tower slug>/<key[:2]>/<key>.npy            tower embeddings (EmbeddingCache)
+    <root>/egemaps/<feature set>-<version>/<h[:2]>/<h>.npy  openSMILE functionals (smoothclap.egemaps)
+
+An audio key hashes the file's bytes together with the preprocessing (sample rate, loudness
+normalisation); a text key hashes the string; the tower folder is named from the tower's
+``cache_key``, so changing the tower, the file or the preprocessing never reuses a stale entry.
+Entries are written with the one atomic writer (:mod:`smoothclap.io`) and verified when read (a
+torn or wrongly shaped entry counts as missing and is recomputed); loading never unpickles.
 """
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from pathlib import Path
 
@@ -16,14 +22,13 @@ import numpy as np
 
 from .io import atomic_save
 
-
-def _save(path: str, vec: np.ndarray) -> None:
-    with open(path, "wb") as f:  # closed before the atomic rename
-        np.save(f, vec)
+#: Where caches live unless a config / command says otherwise (``cache_dir``, ``--cache-dir``).
+DEFAULT_CACHE_DIR = "~/.cache/smoothclap"
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("SMOOTHCLAP_CACHE", "~/.cache/smoothclap")).expanduser()
+def cache_root(cache_dir: str | Path | None) -> Path | None:
+    """``cache_dir`` as an expanded Path (``"~"`` never becomes a folder); None = caching off."""
+    return None if cache_dir in (None, "") else Path(cache_dir).expanduser()
 
 
 def text_key(text: str) -> str:
@@ -39,31 +44,49 @@ def _slug(spec: str) -> str:
     return f"{readable}-{hashlib.sha1(spec.encode()).hexdigest()[:8]}"
 
 
-class EmbeddingCache:
-    """Key -> vector store for one tower. ``root=None`` disables caching (everything recomputes)."""
+def _save(path: str, vec: np.ndarray) -> None:
+    with open(path, "wb") as f:  # closed before the atomic rename
+        np.save(f, vec, allow_pickle=False)
 
-    def __init__(self, root: str | Path | None, tower_key: str):
-        self.enabled = root is not None
-        self.dir = Path(root).expanduser() / "emb" / _slug(tower_key) if root is not None else None
+
+class ArrayCache:
+    """Key -> 1-d float array, one ``<dir>/<key[:2]>/<key>.npy`` each. ``folder=None`` disables it."""
+
+    def __init__(self, folder: str | Path | None, dtype=np.float32):
+        self.dir = Path(folder).expanduser() if folder is not None else None
+        self.dtype = dtype
+
+    @property
+    def enabled(self) -> bool:
+        return self.dir is not None
 
     def _path(self, key: str) -> Path:
         return self.dir / key[:2] / f"{key}.npy"
 
-    def get(self, key: str) -> np.ndarray | None:
+    def get(self, key: str, length: int | None = None) -> np.ndarray | None:
+        """The entry, or None when absent, unreadable, not 1-d or not ``length`` long."""
         if not self.enabled:
             return None
         try:  # one open() instead of exists() + open(): warm runs touch every entry
-            return np.load(self._path(key))
-        except FileNotFoundError:
+            arr = np.load(self._path(key), allow_pickle=False)
+        except (FileNotFoundError, ValueError, OSError, EOFError):
+            return None  # a missing or corrupt entry is recomputed, never trusted
+        if arr.ndim != 1 or (length is not None and arr.shape[0] != length):
             return None
-        except (ValueError, OSError, EOFError):
-            return None  # a corrupt entry is recomputed, never trusted
+        return arr
 
     def put(self, key: str, vec: np.ndarray) -> None:
         if not self.enabled:
             return
-        vec = np.ascontiguousarray(vec, dtype=np.float32)
+        vec = np.ascontiguousarray(vec, dtype=self.dtype)
         atomic_save(self._path(key), lambda t: _save(t, vec))
 
     def __contains__(self, key: str) -> bool:
         return self.enabled and self._path(key).exists()
+
+
+class EmbeddingCache(ArrayCache):
+    """Embeddings of one tower under ``<root>/emb/<slug of tower_key>``. ``root=None``: disabled."""
+
+    def __init__(self, root: str | Path | None, tower_key: str):
+        super().__init__(Path(root).expanduser() / "emb" / _slug(tower_key) if root is not None else None)

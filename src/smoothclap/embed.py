@@ -18,7 +18,7 @@ distinct string once. How they are fast (figures: ``BENCHMARKS.md``, section "Pe
   resident memory creeps up far less with the number of differently shaped batches.
 * **Inter-op instead of intra-op parallelism on CPU.** Towers known to be thread-safe run ``W``
   batches at once, in ``W`` threads with ``torch.get_num_threads() // W`` intra-op threads each
-  (``W = min(torch threads, 4)``; ``workers=`` or ``SMOOTHCLAP_EMBED_WORKERS`` overrides, 1 =
+  (``W = min(torch threads, 4)``; ``workers=`` / ``towers.embed_workers`` overrides, 1 =
   one batch at a time over all threads). Why: with OpenMP's default (spinning) wait policy, a
   2-thread forward on a 2-core machine that other processes also use spends much of its time in
   barriers waiting for a descheduled sibling; independent batches per thread have none. Measured
@@ -32,7 +32,6 @@ distinct string once. How they are fast (figures: ``BENCHMARKS.md``, section "Pe
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 from typing import NamedTuple, Sequence
@@ -42,7 +41,7 @@ import soundfile as sf
 import torch
 from tqdm.auto import tqdm
 
-from .audio import SAMPLE_RATE, file_hash, read_audio
+from .audio import SAMPLE_RATE, content_hash, read_audio
 from .cache import EmbeddingCache, audio_key, text_key
 from .errors import BadInputError, SkipLog
 
@@ -50,9 +49,11 @@ log = logging.getLogger("smoothclap")
 
 #: Upper bound on forward worker threads (each holds one batch of activations).
 MAX_WORKERS = 4
-#: Tower classes whose ``embed`` may run in several threads at once (stateless forward after the
-#: first call). A tower can opt in or out with a ``thread_safe`` attribute.
-THREAD_SAFE_TOWERS = frozenset({"WhisperTinyEnTower", "HFAudioTower", "HFTextTower"})
+#: Trim the heap after every this many batches of a forward worker (``towers.trim_every``; 0 =
+#: never). Every batch: about 6% slower than every 8th (the next batch page-faults its activations
+#: back in), but the extraction peak stays flat with corpus size (+32 MiB from 128 to 512 clips,
+#: against +221 MiB when trimming every 8th batch; ``benchmarks/bench_memory.py``).
+TRIM_EVERY = 1
 
 
 def preprocessing_key(sample_rate: int = SAMPLE_RATE, loudness: str | None = None) -> str:
@@ -62,10 +63,7 @@ def preprocessing_key(sample_rate: int = SAMPLE_RATE, loudness: str | None = Non
 
 # -- forward plan ----------------------------------------------------------------------------------
 def _thread_safe(tower) -> bool:
-    flag = getattr(tower, "thread_safe", None)
-    if flag is not None:
-        return bool(flag)
-    return type(tower).__name__ in THREAD_SAFE_TOWERS
+    return bool(getattr(tower, "thread_safe", False))
 
 
 def _on_cpu(tower) -> bool:
@@ -95,12 +93,10 @@ def forward_plan(tower, workers: int | None = None) -> ForwardPlan:
     Default: a CPU tower known to be thread-safe, with at least 2 torch threads, gets
     ``W = min(torch threads, MAX_WORKERS)`` workers with ``torch threads // W`` threads each (W
     batches at once, no OpenMP barriers between them); other towers one worker with torch's
-    threads as they are. ``workers`` (or the ``SMOOTHCLAP_EMBED_WORKERS`` environment variable)
-    fixes the count: 1 = one batch at a time over all of torch's threads (intra-op only).
+    threads as they are. ``workers`` (``towers.embed_workers`` in a run config) fixes the count:
+    1 = one batch at a time over all of torch's threads (intra-op only).
     """
     total = max(1, torch.get_num_threads())
-    if workers is None and os.environ.get("SMOOTHCLAP_EMBED_WORKERS", "").strip().isdigit():
-        workers = int(os.environ["SMOOTHCLAP_EMBED_WORKERS"])
     if workers is None:
         if not (_thread_safe(tower) and _on_cpu(tower)):
             return ForwardPlan(1, None)
@@ -122,7 +118,8 @@ def _malloc_trim():
     under a millisecond here, against hundreds of milliseconds per batch (see :data:`TRIM_EVERY`).
 
     Flatter still, at more cost: start Python with ``MALLOC_MMAP_THRESHOLD_=131072`` (glibc maps
-    every activation buffer afresh): figures in ``BENCHMARKS.md``, section "Performance".
+    every activation buffer afresh): figures in ``BENCHMARKS.md``, section "Performance". How
+    often: :data:`TRIM_EVERY`.
     """
     try:
         import ctypes
@@ -135,11 +132,6 @@ def _malloc_trim():
 
 
 release_memory = _malloc_trim()
-#: Trim after every TRIM_EVERY batches of a worker (``SMOOTHCLAP_TRIM_EVERY``, 0 = never). Every
-#: batch: about 6% slower than every 8th (the next batch page-faults its activations back in), but
-#: the extraction peak stays flat with corpus size (+32 MiB from 128 to 512 clips, against +221 MiB
-#: when trimming every 8th batch; ``benchmarks/bench_memory.py``).
-TRIM_EVERY = int(os.environ.get("SMOOTHCLAP_TRIM_EVERY", "1") or 1)
 
 
 #: What the last extraction run did (for benchmarks and debugging): its forward plan.
@@ -156,8 +148,9 @@ class _Pipeline:
     exception in a thread is re-raised in the caller, and closing it stops and joins all threads.
     """
 
-    def __init__(self, produce, forward, plan: ForwardPlan, prefetch: int):
+    def __init__(self, produce, forward, plan: ForwardPlan, prefetch: int, trim_every: int = TRIM_EVERY):
         self.produce, self.forward, self.plan = produce, forward, plan
+        self.trim_every = int(trim_every)
         self.workers = plan.workers
         self.work: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
         self.results: queue.Queue = queue.Queue()
@@ -208,7 +201,7 @@ class _Pipeline:
                 else:
                     out = self.forward(inputs)
                 done_here += 1
-                if TRIM_EVERY > 0 and done_here % TRIM_EVERY == 0:
+                if self.trim_every > 0 and done_here % self.trim_every == 0:
                     release_memory()
                 self.results.put(("batch", payload, out))
         except BaseException as e:  # noqa: BLE001 - handed to the caller
@@ -265,20 +258,25 @@ def embed_audio_files(
     progress: bool = True,
     desc: str | None = None,
     workers: int | None = None,
+    loudness: str | None = None,
+    trim_every: int = TRIM_EVERY,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Embed audio files with ``tower``.
 
     Returns ``(emb, ok)``: emb ``[N, tower.dim]`` float32 (rows of skipped files are NaN) and
     ok ``[N]`` bool. Bad files raise BadInputError unless ``skip.skip`` (finished items stay cached).
     ``chunk_size`` bounds the clips decoded ahead of the tower; ``workers`` forces the number of
-    forward threads (see :func:`forward_plan`).
+    forward threads (see :func:`forward_plan`); ``loudness`` levels every waveform before the tower
+    (:func:`smoothclap.audio.normalize_loudness`, part of the cache key); ``trim_every``: see
+    :data:`TRIM_EVERY`.
     """
     skip = skip if skip is not None else SkipLog(skip=False)
-    if hasattr(tower, "embed_files"):  # e.g. openSMILE: its own parallel, cached extractor
+    if hasattr(tower, "embed_files") and loudness in (None, "none"):
+        # e.g. openSMILE: its own parallel, cached extractor (on the waveforms as recorded)
         return tower.embed_files(files, cache_dir=cache_dir, skip=skip, progress=progress)
     files = [str(f) for f in files]
     cache = EmbeddingCache(cache_dir, tower.cache_key)
-    pre = preprocessing_key(tower.sample_rate)
+    pre = preprocessing_key(tower.sample_rate, loudness)
     n = len(files)
     out = np.full((n, tower.dim), np.nan, dtype=np.float32)
     ok = np.zeros(n, dtype=bool)
@@ -286,14 +284,10 @@ def embed_audio_files(
     groups: dict[str, list[int]] = {}  # one computation per distinct content (or path, uncached)
     for i, f in enumerate(files):
         if cache.enabled:
-            try:
-                keys[i] = audio_key(file_hash(f), pre)
-            except FileNotFoundError:
-                skip.handle(BadInputError(f, "file not found"))
+            h = content_hash(f, skip)
+            if h is None:
                 continue
-            except OSError as e:
-                skip.handle(BadInputError(f, f"unreadable ({e})"))
-                continue
+            keys[i] = audio_key(h, pre)
             v = cache.get(keys[i])
             if v is not None and v.shape == (tower.dim,):
                 out[i], ok[i] = v, True
@@ -315,7 +309,7 @@ def embed_audio_files(
             if stopped():
                 return
             try:
-                waves.append(read_audio(files[i], sample_rate=tower.sample_rate))
+                waves.append(read_audio(files[i], sample_rate=tower.sample_rate, loudness=loudness))
                 idx.append(i)
             except BadInputError as e:
                 emit_msg((i, e))
@@ -335,7 +329,7 @@ def embed_audio_files(
     prefetch = min(max(1, chunk_size // batch_size), plan.workers)
     bar = tqdm(total=sum(len(members[i]) for i in todo), desc=desc or f"embed {tower.spec}", unit="clip",
                disable=not progress)
-    pipe = _Pipeline(produce, forward, plan, prefetch).run()
+    pipe = _Pipeline(produce, forward, plan, prefetch, trim_every).run()
     try:
         for kind, payload, emb in pipe:
             if kind == "msg":
@@ -363,7 +357,7 @@ def embed_audio_files(
 # -- text --------------------------------------------------------------------------------------------
 def embed_texts(tower, texts: Sequence[str], *, cache_dir=None, batch_size: int = 64,
                 progress: bool = True, desc: str | None = None,
-                workers: int | None = None) -> np.ndarray:
+                workers: int | None = None, trim_every: int = TRIM_EVERY) -> np.ndarray:
     """Embed strings (each distinct string once). Returns ``[N, tower.dim]`` float32 in input order."""
     cache = EmbeddingCache(cache_dir, tower.cache_key)
     uniq = list(dict.fromkeys(texts))
@@ -388,7 +382,7 @@ def embed_texts(tower, texts: Sequence[str], *, cache_dir=None, batch_size: int 
                     return
 
         bar = tqdm(total=len(todo), desc=desc or f"embed {tower.spec}", unit="text", disable=not progress)
-        pipe = _Pipeline(produce, lambda b: tower.embed(b).numpy(), plan, 2 * plan.workers).run()
+        pipe = _Pipeline(produce, lambda b: tower.embed(b).numpy(), plan, 2 * plan.workers, trim_every).run()
         try:
             for _, batch, emb in pipe:
                 for t, v in zip(batch, emb):
@@ -403,9 +397,5 @@ def embed_texts(tower, texts: Sequence[str], *, cache_dir=None, batch_size: int 
     return np.stack([table[t] for t in texts]).astype(np.float32)
 
 
-def to_tensor(x: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-
-
-__all__ = ["embed_audio_files", "embed_texts", "forward_plan", "ForwardPlan", "preprocessing_key", "to_tensor",
-           "MAX_WORKERS", "THREAD_SAFE_TOWERS"]
+__all__ = ["embed_audio_files", "embed_texts", "forward_plan", "ForwardPlan", "preprocessing_key",
+           "MAX_WORKERS", "TRIM_EVERY"]

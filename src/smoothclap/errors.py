@@ -39,6 +39,3 @@ class SkipLog:
 
     def by_reason(self) -> dict[str, int]:
         return dict(Counter(reason.split(" (")[0] for _, reason in self.items))
-
-    def merge(self, other: "SkipLog") -> None:
-        self.items.extend(other.items)

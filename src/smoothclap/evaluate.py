@@ -1,20 +1,31 @@
 """The one evaluation loop: a model, a table of clips with labels, label prompts -> metrics.
 
-Corpora and tasks are data; this loop is the same for all of them.
+Corpora and tasks are data; this loop is the same for all of them. :func:`zero_shot_evaluate`
+scores a table (features computed and cached through the model, or given); :func:`evaluate_table`
+is ``smoothclap evaluate --manifest/--corpus``: it refuses corpora that trained the model, scores,
+and writes the report.
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from .embed import embed_audio_files
 from .errors import SkipLog
 from .metrics import classification_metrics
+from .normalize import group_ids
 from .zeroshot import ZeroShotClassifier
+
+log = logging.getLogger("smoothclap")
+
+
+class TrainedCorpusError(ValueError):
+    """Scoring a corpus that trained the model (refused unless explicitly allowed)."""
 
 
 @dataclass
@@ -25,21 +36,49 @@ class EvalResult:
     seconds: float = 0.0
 
 
-def audio_features(tower, files: Sequence[str], *, cache_dir=None, skip: SkipLog | None = None,
-                   progress: bool = True, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """Frozen audio-tower features of ``files`` (cached): ``([N, audio_dim], ok [N])``."""
-    return embed_audio_files(tower, list(files), cache_dir=cache_dir, skip=skip,
-                             progress=progress, batch_size=batch_size, desc="audio (eval)")
+def table_groups(model, table: pd.DataFrame) -> np.ndarray | None:
+    """The groups of ``table``'s rows for ``model``'s feature normalisation (its
+    ``feature_norm_group`` column), or None (no normalisation, or no such column: then the model's
+    stored training statistics are used, with a warning)."""
+    col = getattr(model.config, "feature_norm_group", None)
+    if not col:
+        return None
+    g = group_ids(table, col)
+    if g is None:
+        log.warning("the model normalises features per %s, but the table has no %r column: using the "
+                    "model's training statistics", col, col)
+    return g
+
+
+def check_not_trained_on(model, corpora: Sequence[str], allow: bool = False, what: str = "") -> str | None:
+    """Refuse (:class:`TrainedCorpusError`) to score corpora listed in ``model.config.trained_on``
+    (names compared through the corpus registry's aliases); with ``allow`` return a loud warning
+    instead. None when no scored corpus trained the model."""
+    from .corpora import canonical
+
+    trained = {canonical(c) for c in (getattr(model.config, "trained_on", None) or [])}
+    overlap = sorted({canonical(c) for c in corpora} & trained)
+    if not overlap:
+        return None
+    msg = (f"{what + ': ' if what else ''}corpus {', '.join(map(repr, overlap))} TRAINED this model "
+           f"(trained_on={model.config.trained_on}); its scores are not zero-shot")
+    if not allow:
+        raise TrainedCorpusError(f"refusing to score {msg}; pass allow_trained_corpus / "
+                                 "--allow-trained-corpus to override")
+    log.warning("WARNING: %s", msg)
+    return "WARNING: " + msg
 
 
 def zero_shot_evaluate(model, table: pd.DataFrame, labels: Sequence[str] | None = None, *,
                        prompts: dict[str, str] | None = None, templates=None, cache_dir=None,
                        skip: SkipLog | None = None, progress: bool = True,
-                       features: np.ndarray | None = None) -> EvalResult:
-    """Classify ``table`` (columns file, label) zero-shot among ``labels`` (default: the table's).
+                       features: np.ndarray | None = None, batch_size: int = 16) -> EvalResult:
+    """Classify ``table`` (columns file, label; the model's group column when it normalises per
+    group) zero-shot among ``labels`` (default: the table's).
 
     Labels outside ``labels`` are an error (a task spec must name every class it scores).
-    ``features`` (``[N, audio_dim]``) skips the tower when the caller already has them.
+    ``features`` (raw audio-tower features ``[N, audio_dim]``) skips the tower when the caller
+    already has them.
     """
     t0 = time.perf_counter()
     skip = skip if skip is not None else SkipLog()
@@ -49,20 +88,16 @@ def zero_shot_evaluate(model, table: pd.DataFrame, labels: Sequence[str] | None 
         raise ValueError(f"labels {unknown} in the evaluation table are not among the task's labels {labels}")
     files = table["file"].astype(str).tolist()
     if features is None:
-        features, ok = audio_features(model.tower("audio"), files, cache_dir=cache_dir, skip=skip, progress=progress)
+        features, ok = model.file_features(files, cache_dir=cache_dir, skip=skip, progress=progress,
+                                           batch_size=batch_size, desc="audio (eval)")
     else:
         ok = np.isfinite(features).all(1)
-    clf = ZeroShotClassifier(model, labels, prompts=prompts, templates=templates)
     keep = np.flatnonzero(ok)
-    feats = features[keep]
-    group = getattr(model.config, "feature_norm_group", None)
-    if group:
-        # the model was trained on per-corpus / per-speaker standardised features: standardise the
-        # test clips the same way, from their own statistics (no labels involved)
-        from .targets import group_ids, standardize
-
-        feats = standardize(feats, "zscore", group_ids(table.iloc[keep], group))
-    preds, probs = clf.predict_features(feats)
+    if len(keep) == 0:
+        raise ValueError("no clip left to score (every file was skipped)")
+    groups = table_groups(model, table)
+    clf = ZeroShotClassifier(model, labels, prompts=prompts, templates=templates)
+    preds, probs = clf.predict_features(features[keep], None if groups is None else groups[keep])
     y_true = table["label"].astype(str).to_numpy()[keep]
     m = classification_metrics(y_true, preds, labels)
     m["skipped"] = skip.count
@@ -70,3 +105,43 @@ def zero_shot_evaluate(model, table: pd.DataFrame, labels: Sequence[str] | None 
     for j, lab in enumerate(labels):
         df[f"p_{lab}"] = probs[:, j]
     return EvalResult(metrics=m, predictions=df, skipped=skip, seconds=time.perf_counter() - t0)
+
+
+def evaluate_table(model, table: pd.DataFrame, *, labels: Sequence[str] | None = None, prompts=None,
+                   templates=None, cache_dir=None, skip_bad: bool = False, allow_trained_corpus: bool = False,
+                   out_dir=None, model_name: str = "", progress: bool = True) -> EvalResult:
+    """``smoothclap evaluate --manifest/--corpus``: refuse corpora the model trained on, score the
+    table zero-shot and, with ``out_dir``, write ``metrics.json``, ``predictions.csv``,
+    ``confusion.png`` and ``report.md``. Skipped rows of the table's reading (``table.attrs``) and
+    of the audio are counted together."""
+    from .io import atomic_write_json, atomic_write_text
+    from .plots import plot_confusion
+
+    corpora = set(table["corpus"].dropna().astype(str)) if "corpus" in table.columns else set()
+    warning = check_not_trained_on(model, corpora, allow=allow_trained_corpus)
+    skip = SkipLog(skip=skip_bad)
+    ev = zero_shot_evaluate(model, table, labels, prompts=prompts, templates=templates, cache_dir=cache_dir,
+                            skip=skip, progress=progress)
+    read_skips = table.attrs.get("skipped")
+    skipped = list(getattr(read_skips, "items", [])) + list(skip.items)
+    ev.metrics["skipped"] = len(skipped)
+    ev.metrics["warning"] = warning
+    if out_dir is not None:
+        out = Path(out_dir)
+        m = ev.metrics
+        atomic_write_json(out / "metrics.json", {**m, "trained_on": model.config.trained_on,
+                                                 "skipped_files": skipped})
+        atomic_write_text(out / "predictions.csv", ev.predictions.to_csv(index=False))
+        plot_confusion(m["confusion"], m["labels"], f"UAR {m['uar']:.3f}", out / "confusion.png")
+        atomic_write_text(out / "report.md", f"# evaluation\n\nmodel: `{model_name}` (trained on "
+                          f"{model.config.trained_on})\n\n{metrics_markdown(m)}\n\n![confusion](confusion.png)\n")
+    return ev
+
+
+def metrics_markdown(m: dict) -> str:
+    """One-row Markdown table of an evaluation's metrics."""
+    from .plots import markdown_table
+
+    row = {"n": m["n"], "UAR": m["uar"], "WA": m["wa"], "macro-F1": m["macro_f1"], "chance": m["chance_uar"],
+           "skipped": m.get("skipped", 0)}
+    return markdown_table([row], list(row))

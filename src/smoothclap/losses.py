@@ -3,7 +3,7 @@
 Structure follows open_clip: logits, targets and the loss are separate steps, so the distributed
 trainer can gather features first and every process builds the same global targets.
 
-Notation (DESIGN.md section 2), batch of B pairs:
+Notation (docs/method.md), batch of B pairs:
     S = s * z_a z_t^T                       [B, B]
     p_a2t = row-softmax(S), p_t2a = row-softmax(S^T)
     q_a2a = row-softmax(l l^T / tau_a),  q_t2t = row-softmax(e e^T / tau_t)     (stop-gradient)

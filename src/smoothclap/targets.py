@@ -1,7 +1,8 @@
 """Soft-target construction from a run config: target geometry and the loss the trainer uses.
 
-Section 10 of DESIGN.md found raw frozen embeddings so similar (mean pairwise cosine 0.87-0.96)
-that q at tau 0.07 is nearly uniform, i.e. label smoothing. The options here change that:
+Raw frozen embeddings are so similar (mean pairwise cosine 0.87-0.96 within a corpus, see
+``docs/method.md``) that q at tau 0.07 is nearly uniform, i.e. label smoothing. The options here
+change that:
 
 * ``target_standardize``: centre / z-score / whiten the local-feature and description embeddings
   with training statistics (globally or per corpus / speaker) before the cosine;
@@ -21,47 +22,9 @@ import numpy as np
 import torch
 
 from .losses import SmoothClapLoss, similarity_targets
+from .normalize import standardize
 
 log = logging.getLogger("smoothclap")
-
-
-def standardize(x: np.ndarray, mode: str, groups: np.ndarray | None = None, eps: float = 1e-6) -> np.ndarray:
-    """Standardise rows of ``x`` ``[N, k]`` with statistics of ``x`` itself (training data),
-    per group when ``groups`` ``[N]`` is given. mode: none | center | zscore | whiten."""
-    if mode == "none":
-        return x
-    x = np.asarray(x, dtype=np.float64)
-    if groups is None:
-        groups = np.zeros(len(x), dtype=int)
-    out = np.empty_like(x)
-    for g in np.unique(groups):
-        idx = np.flatnonzero(groups == g)
-        xs = x[idx]
-        mu = xs.mean(0)
-        xc = xs - mu
-        if mode == "center":
-            out[idx] = xc
-        elif mode == "zscore":
-            out[idx] = xc / np.maximum(xs.std(0), eps)
-        elif mode == "whiten":
-            # PCA whitening with shrinkage: tiny groups stay well-conditioned.
-            cov = xc.T @ xc / max(len(xs) - 1, 1)
-            shrink = 1e-3 * np.trace(cov) / cov.shape[0] + eps
-            w, v = np.linalg.eigh(cov + shrink * np.eye(cov.shape[0]))
-            out[idx] = xc @ v / np.sqrt(w)
-        else:
-            raise ValueError(f"unknown standardisation {mode!r}")
-    return out.astype(np.float32)
-
-
-def group_ids(table, column: str | None) -> np.ndarray | None:
-    """Group of each row for per-group standardisation; a table without the column is one group
-    (e.g. a test corpus scored on its own)."""
-    if column is None:
-        return None
-    if column not in table.columns:
-        return np.zeros(len(table), dtype=int)
-    return table[column].astype(str).fillna("?").to_numpy()
 
 
 def apply_target_options(cfg, prepared):
@@ -75,7 +38,7 @@ def apply_target_options(cfg, prepared):
         col = lc.target_standardize_group
         if col not in prepared.table.columns:
             raise ValueError(f"loss.target_standardize_group={col!r}: the training table has no such column")
-        groups = prepared.table[col].astype(str).to_numpy()
+        groups = prepared.table[col].astype(str).fillna("?").to_numpy()
     changes = {}
     if prepared.local is not None:
         changes["local"] = standardize(prepared.local, lc.target_standardize, groups)

@@ -5,9 +5,9 @@ Mont), how results average (one pool of clips, or per fold such as IEMOCAP's fiv
 averaged), the prompt word(s) of every class and the prompt template. :func:`run_task` is the
 single generic evaluation loop; ``smoothclap evaluate --task NAME`` and the LOCO benchmark use it.
 
-The paper's eight tasks follow DESIGN.md section 3 exactly (bare label words; IEMOCAP uses
-``"this person is feeling {label}."``). Where DESIGN leaves prompt words open they are taken from
-the ParaCLAP evaluation code (KeiKinn/ParaCLAP, ``Data/*.py``), the protocol SmoothCLAP reports:
+The paper's eight tasks follow its protocol (bare label words; IEMOCAP uses ``"this person is
+feeling {label}."``; ``docs/protocols.md``). Where the paper leaves prompt words open they are taken
+from the ParaCLAP evaluation code (KeiKinn/ParaCLAP, ``Data/*.py``), the protocol SmoothCLAP reports:
 
 =============  ==========================================================================
 task           prompt words (data label -> prompt)
@@ -25,16 +25,15 @@ emodb          anger boredom disgust fear happiness sadness neutral (all 535 cli
 savee          anger disgust fear happiness neutral sadness surprise (all clips)
 =============  ==========================================================================
 
-Corpora are found under a data root by folder name (see :data:`Task.folders`, matched
-case-insensitively, ignoring ``-``/``_``/``.``/spaces): ``emodb``, ``ravdess``, ``tess``,
-``iemocap``, ``crema-d``, ``aibo``, ``alc``, ``sld``, ``savee``, ``msp-podcast``. When the data root
-itself is the corpus root, that works too.
+Corpora are found under a data root by folder name (the corpus' name, aliases and release folder
+names in :data:`smoothclap.corpora.CORPORA`, matched case-insensitively, ignoring
+``-``/``_``/``.``/spaces): ``emodb``, ``ravdess``, ``tess``, ``iemocap``, ``crema-d``, ``aibo``,
+``alc``, ``sld``, ``savee``, ``msp-podcast``. When the data root itself is the corpus root, that
+works too. To add a task: one :class:`Task` row in ``_TASK_LIST``.
 """
 from __future__ import annotations
 
 import logging
-import os
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,16 +42,14 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from . import corpora
 from .errors import BadInputError, SkipLog
+from .evaluate import TrainedCorpusError, check_not_trained_on, zero_shot_evaluate  # noqa: F401
 
 log = logging.getLogger("smoothclap")
 
-#: Column names of the paper's UAR table (DESIGN.md section 3).
+#: Column names of the paper's UAR table (docs/protocols.md).
 PAPER_METHODS = ("CLAP", "Pengi", "ParaCLAP", "SmoothCLAP")
-
-
-class TrainedCorpusError(ValueError):
-    """Scoring a corpus that trained the model (refused unless explicitly allowed)."""
 
 
 class CorpusNotFound(FileNotFoundError):
@@ -74,7 +71,6 @@ class Task:
         fold_by: None = one pool; a column name = score each value separately and average.
         fold_label: what a fold is called in reports (default: the column name).
         loader_options: keyword options for the loader (e.g. ``{"classes": 5}``).
-        folders: candidate folder names under a data root.
         language: of the speech.
         metrics: what the report shows (UAR first: the paper's metric).
         paper: the paper's reported UAR per method (``PAPER_METHODS``), or empty.
@@ -90,7 +86,6 @@ class Task:
     fold_by: str | None = None
     fold_label: str | None = None
     loader_options: dict = field(default_factory=dict)
-    folders: tuple[str, ...] = ()
     language: str = "en"
     metrics: tuple[str, ...] = ("uar", "wa", "macro_f1")
     paper: dict = field(default_factory=dict)
@@ -127,107 +122,85 @@ def _paper(clap, pengi, paraclap, smooth) -> dict:
 _TASK_LIST = [
     Task("iemocap", "iemocap", ("neutral", "happy", "angry", "sad"),
          prompts={"angry": "anger", "sad": "sadness"}, template="this person is feeling {label}.",
-         fold_by="split", fold_label="session", folders=("iemocap", "iemocap_full_release"),
+         fold_by="split", fold_label="session",
          paper=_paper(.353, .345, .600, .606),
          description="IEMOCAP 4 classes (excited merged into happy), each of 5 sessions, averaged"),
     Task("ravdess", "ravdess",
          ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"),
-         folders=("ravdess", "audio_speech_actors_01-24"), paper=_paper(.199, .148, .228, .175),
+         paper=_paper(.199, .148, .228, .175),
          description="RAVDESS speech, 8 classes, all 1440 speech files"),
     Task("crema-d", "crema-d", ("sad", "angry", "disgust", "fear", "happy", "neutral"),
-         folders=("crema-d", "cremad"), paper=_paper(.230, .245, .177, .266),
+         paper=_paper(.230, .245, .177, .266),
          description="CREMA-D, 6 classes, all clips"),
     Task("tess", "tess", ("neutral", "happy", "sad", "angry", "fear", "disgust", "pleasant surprise"),
-         prompts={"sad": "sadness"}, folders=("tess",), paper=_paper(.232, .177, .170, .275),
+         prompts={"sad": "sadness"}, paper=_paper(.232, .177, .170, .275),
          description="TESS, 7 classes, all 2800 clips"),
     Task("aibo-2", "aibo", ("idl", "neg"), prompts={"idl": "non-negative", "neg": "negative"},
-         split="test", loader_options={"classes": 2}, folders=("aibo", "fau-aibo", "fauaibo"),
+         split="test", loader_options={"classes": 2},
          language="de", paper=_paper(.500, .470, .526, .555),
          description="FAU Aibo (IS2009) 2 classes IDL vs NEG, test school Mont"),
     Task("aibo-5", "aibo", ("angry", "emphatic", "neutral", "motherese", "rest"),
-         split="test", loader_options={"classes": 5}, folders=("aibo", "fau-aibo", "fauaibo"),
+         split="test", loader_options={"classes": 5},
          language="de", paper=_paper(.211, .185, .197, .204),
          description="FAU Aibo (IS2009) 5 classes A E N P R, test school Mont"),
     Task("alc", "alc", ("al", "nal"),
          prompts={"al": "intoxicated with alcohol", "nal": "not intoxicated with alcohol"},
-         split="test", folders=("alc", "is2011"), language="de", paper=_paper(.511, .473, .537, .541),
+         split="test", language="de", paper=_paper(.511, .473, .537, .541),
          description="ALC (IS2011 intoxication), AL vs NAL, test partition"),
     Task("sld", "sld", ("l", "nl"), prompts={"l": "likeable", "nl": "not likeable"},
-         split="test", folders=("sld", "is2012"), language="de", paper=_paper(.472, .485, .507, .496),
+         split="test", language="de", paper=_paper(.472, .485, .507, .496),
          description="SLD (IS2012 likability), L vs NL, test partition"),
     Task("emodb", "emodb", ("anger", "boredom", "disgust", "fear", "happiness", "sadness", "neutral"),
-         folders=("emodb", "emo-db", "berlin"), language="de",
+         language="de",
          description="EmoDB, 7 classes, all 535 clips (German speech, English label words)"),
     Task("savee", "savee", ("anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise"),
-         folders=("savee",), description="SAVEE, 7 classes, all clips"),
+         description="SAVEE, 7 classes, all clips"),
 ]
 
 #: Task name -> Task. The paper's eight tasks first, then EmoDB and SAVEE.
 TASKS: dict[str, Task] = {t.name: t for t in _TASK_LIST}
-#: The paper's eight tasks (DESIGN.md section 3), in its order.
+#: The paper's eight tasks (docs/protocols.md), in its order.
 PAPER_TASKS = ("iemocap", "ravdess", "crema-d", "tess", "aibo-2", "aibo-5", "alc", "sld")
 
-
-def _key(name: str) -> str:
-    return re.sub(r"[\s_\-.]", "", str(name).lower())
+#: Other names of tasks (keys as :func:`smoothclap.corpora.key` makes them).
+_TASK_ALIASES = {"aibo": "aibo-2", "fauaibo": "aibo-2", "aibo2cl": "aibo-2", "aibo2class": "aibo-2"}
 
 
 def get_task(name: str) -> Task:
     """Task by name (case-insensitive; ``-``/``_``/``.`` ignored; ``aibo`` = ``aibo-2``)."""
-    k = _key(name)
+    k = corpora.key(name)
     for t in TASKS.values():
-        if _key(t.name) == k:
+        if corpora.key(t.name) == k:
             return t
-    if k in ("aibo", "fauaibo", "aibo2cl", "aibo2class"):
-        return TASKS["aibo-2"]
+    if k in _TASK_ALIASES:
+        return TASKS[_TASK_ALIASES[k]]
     raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
 
 
 def canonical_corpus(name: str) -> str:
-    """Canonical corpus name (``"CREMA-D"`` -> ``"crema-d"``); unknown names lower-cased."""
-    from . import corpora
-
-    try:
-        loader = corpora.get_loader(name)
-    except ValueError:
-        return str(name).lower()
-    for canon, fn in corpora.REGISTRY.items():
-        if fn is loader:
-            return canon
-    return str(name).lower()
+    """Canonical corpus name (see :func:`smoothclap.corpora.canonical`)."""
+    return corpora.canonical(name)
 
 
 def find_corpus_root(task: Task, data_root) -> Path:
-    """``<data_root>/<folder>`` for the first of ``task.folders`` (or the corpus name) present,
-    matched case-insensitively; else ``data_root`` itself when it holds the corpus' layout."""
-    root = Path(data_root).expanduser()
-    if not root.is_dir():
-        raise CorpusNotFound(f"data root {root} is not a folder")
-    wanted = {_key(f) for f in (*task.folders, task.corpus)}
+    """The task's corpus folder under ``data_root`` (:func:`smoothclap.corpora.find_root`)."""
     try:
-        entries = sorted(os.scandir(root), key=lambda e: e.name)
-    except OSError as e:
-        raise CorpusNotFound(f"cannot list {root}: {e}") from e
-    for e in entries:
-        if e.is_dir() and _key(e.name) in wanted:
-            return Path(e.path)
-    if _key(root.name) in wanted:
-        return root
-    raise CorpusNotFound(f"no folder for corpus {task.corpus!r} under {root} "
-                         f"(expected one of: {', '.join(task.folders or (task.corpus,))})")
+        return corpora.find_root(task.corpus, data_root)
+    except FileNotFoundError as e:
+        raise CorpusNotFound(str(e)) from None
 
 
 def load_task_table(task: Task, data_root, *, skip_bad: bool = False) -> pd.DataFrame:
     """The rows the task scores: loader table, filtered by split, labels checked."""
-    from . import corpora
-
     root = find_corpus_root(task, data_root)
     df = corpora.load(task.corpus, root, skip_bad=skip_bad, **task.loader_options)
+    skipped = df.attrs.get("skipped")
     if task.split is not None:
         if "split" not in df.columns:
             raise BadInputError(root, f"task {task.name} needs a split column (split == {task.split!r})")
         df = df[df["split"].astype(str) == task.split]
     df = df.reset_index(drop=True)
+    df.attrs["skipped"] = skipped
     if df.empty:
         raise BadInputError(root, f"task {task.name}: no clips left (protocol: {task.protocol})")
     unknown = sorted(set(df["label"].astype(str)) - set(task.labels))
@@ -236,38 +209,22 @@ def load_task_table(task: Task, data_root, *, skip_bad: bool = False) -> pd.Data
     return df
 
 
-def check_not_trained_on(task: Task, model, allow: bool = False) -> str | None:
-    """Refuse (TrainedCorpusError) to score a corpus in ``model.config.trained_on``; with
-    ``allow`` return a loud warning string instead. None when the corpus was not in training."""
-    trained = [canonical_corpus(c) for c in (getattr(model.config, "trained_on", None) or [])]
-    corpus = canonical_corpus(task.corpus)
-    if corpus not in trained:
-        return None
-    msg = (f"task {task.name}: corpus {corpus!r} TRAINED this model (trained_on={model.config.trained_on}); "
-           f"its scores are not zero-shot")
-    if not allow:
-        raise TrainedCorpusError(f"refusing to score {msg}; pass allow_trained_corpus / "
-                                 "--allow-trained-corpus to override")
-    log.warning("WARNING: %s", msg)
-    return "WARNING: " + msg
-
-
 def score_table(task: Task, model, table: pd.DataFrame, *, features: np.ndarray | None = None,
                 templates=None, cache_dir=None, skip: SkipLog | None = None, progress: bool = False) -> dict:
     """Score ``table`` (already the task's rows) with the task's prompts and protocol.
 
-    ``features``: the model's frozen audio-tower features of ``table`` rows (``[N, d]``); computed
-    (and cached) when None. Returns the result dict of :func:`run_task` (without corpus lookup).
+    ``features``: the model's raw audio-tower features of ``table`` rows (``[N, audio_dim]``);
+    computed (and cached) through the model when None. Returns the result dict of :func:`run_task`
+    (without corpus lookup).
     """
-    from .evaluate import audio_features, zero_shot_evaluate
+    from .cache import cache_root
 
     t0 = time.perf_counter()
     skip = skip if skip is not None else SkipLog()
     table = table.reset_index(drop=True)
-    cache_dir = Path(cache_dir).expanduser() if cache_dir else None  # "~" must never become a folder
     if features is None:
-        features, _ = audio_features(model.tower("audio"), table["file"].astype(str), cache_dir=cache_dir,
-                                     skip=skip, progress=progress)
+        features, _ = model.file_features(table["file"].astype(str).tolist(), cache_dir=cache_root(cache_dir),
+                                          skip=skip, progress=progress, desc="audio (eval)")
     features = np.asarray(features, dtype=np.float32)
     if len(features) != len(table):
         raise ValueError(f"features have {len(features)} rows, table {len(table)}")
@@ -333,12 +290,13 @@ def run_task(task: Task | str, model, data_root, *, cache_dir=None, allow_traine
     DataFrame; :func:`result_json` drops it for JSON).
     """
     task = get_task(task) if isinstance(task, str) else task
-    warning = check_not_trained_on(task, model, allow=allow_trained_corpus)
+    warning = check_not_trained_on(model, [task.corpus], allow=allow_trained_corpus, what=f"task {task.name}")
     table = load_task_table(task, data_root, skip_bad=skip_bad)
     skip = SkipLog(skip=skip_bad)
     res = score_table(task, model, table, templates=templates, cache_dir=cache_dir, skip=skip, progress=progress)
     res["warning"] = warning
-    res["skipped_files"] = list(skip.items) + list(getattr(table.attrs.get("skipped"), "items", []))
+    res["skipped_files"] = list(getattr(table.attrs.get("skipped"), "items", [])) + list(skip.items)
+    res["skipped"] = len(res["skipped_files"])
     return res
 
 
@@ -359,6 +317,50 @@ def tasks_present(data_root, names: Sequence[str] | None = None) -> tuple[list[T
         except CorpusNotFound as e:
             missing[t.name] = str(e)
     return found, missing
+
+
+@dataclass
+class TaskRun:
+    """What :func:`evaluate_tasks` returns: results (one dict per scored task), tasks skipped
+    because their corpus is missing, and tasks refused or failed (name -> reason)."""
+
+    results: list
+    missing: dict
+    errors: dict
+    report: Path | None = None
+
+
+def evaluate_tasks(model, names: str | Sequence[str], data_root, *, cache_dir=None, templates=None,
+                   allow_trained_corpus: bool = False, skip_bad: bool = False, out_dir=None,
+                   model_name: str = "", progress: bool = False) -> TaskRun:
+    """``smoothclap evaluate --task NAME[,NAME]|all``: run each task; with several tasks a task
+    whose corpus is missing, refused (trained on it) or in a wrong layout is reported and the
+    others are scored; a single named task raises instead. Writes the report to ``out_dir``."""
+    names = [n.strip() for n in (names.split(",") if isinstance(names, str) else names) if n.strip()]
+    missing: dict[str, str] = {}
+    if names == ["all"]:
+        tasks, missing = tasks_present(data_root)
+        if not tasks:
+            raise CorpusNotFound(f"no task corpus found under {data_root} (known tasks: {', '.join(TASKS)})")
+    else:
+        tasks = [get_task(n) for n in names]
+    results, errors = [], {}
+    for task in tasks:
+        try:
+            res = run_task(task, model, data_root, cache_dir=cache_dir, allow_trained_corpus=allow_trained_corpus,
+                           templates=templates, skip_bad=skip_bad, progress=progress)
+        except (TrainedCorpusError, CorpusNotFound, BadInputError) as e:
+            if len(tasks) == 1:
+                raise
+            (missing if isinstance(e, CorpusNotFound) else errors)[task.name] = str(e)
+            continue
+        results.append(res)
+    run = TaskRun(results, missing, errors)
+    if out_dir is not None:
+        run.report = write_task_report(results, out_dir, model_path=model_name,
+                                       trained_on=getattr(model.config, "trained_on", None),
+                                       missing=missing, errors=errors)
+    return run
 
 
 def _fmt(v) -> str:
@@ -383,7 +385,7 @@ def write_task_report(results: Sequence[dict], out_dir, *, model_path: str = "",
     """``out_dir``: report.md (table + figures), results.json, per task predictions CSV and a
     confusion-matrix PNG (pooled over folds)."""
     from .io import atomic_write_json, atomic_write_text
-    from .report import plot_confusion
+    from .plots import plot_confusion
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -393,7 +395,7 @@ def write_task_report(results: Sequence[dict], out_dir, *, model_path: str = "",
         plot_confusion(r["confusion"], r["labels"], f"{r['task']}: UAR {r['uar']:.3f} (n={r['n']})", png)
         figs.append(png.name)
         if "predictions" in r:
-            r["predictions"].to_csv(out / f"predictions_{r['task']}.csv", index=False)
+            atomic_write_text(out / f"predictions_{r['task']}.csv", r["predictions"].to_csv(index=False))
     lines = ["# Zero-shot evaluation", "",
              f"Model: `{model_path}`", f"Trained on: {', '.join(trained_on or []) or 'unknown'}", "",
              "Metric: UAR (unweighted average recall; for per-fold tasks the mean over folds ± sd); "

@@ -1,4 +1,4 @@
-"""Frozen encoders ("towers") behind one interface, named by spec strings.
+"""Encoders ("towers") behind one interface, named by spec strings.
 
 =====================  =====  ==================================================================
 spec                   kind   what
@@ -11,17 +11,25 @@ spec                   kind   what
 ``hf:<id or folder>``  either any transformers audio model (wav2vec2, HuBERT, WavLM) or text
                               model (BERT, RoBERTa); options after ``?``: ``pool=mean|cls``,
                               ``layer=-1``, ``modality=audio|text``, e.g.
-                              ``hf:bert-base-uncased?pool=cls``
+                              ``hf:bert-base-uncased?pool=cls``. ``hf:./name`` is a folder
+                              relative to the model folder the spec was saved in.
 ``a+b``                audio  concatenation of audio towers, e.g. ``whisper-tiny-en+egemaps``
 =====================  =====  ==================================================================
+
+To add a tower: a module with an :class:`AudioTower` or :class:`TextTower` subclass, one branch in
+:func:`_build` for its spec, and a row in this table (and in ``docs/architecture.md``).
 """
 from __future__ import annotations
 
+from pathlib import Path
 from urllib.parse import parse_qsl
 
 from .base import AudioTower, TextTower, masked_mean  # noqa: F401
 
 _CACHE: dict[tuple[str, str], object] = {}
+
+#: Spec names known without options (``hf:`` and ``a+b`` take arguments).
+KNOWN_SPECS = ("whisper-tiny-en", "egemaps", "minilm-l6")
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
@@ -30,12 +38,44 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
     return base, dict(parse_qsl(query))
 
 
-def build_tower(spec: str, device: str = "cpu", shared: bool = True):
-    """Build (or reuse, when ``shared``) the tower named by ``spec``."""
-    key = (spec, device)
+def resolve_spec(spec: str, base_dir: str | Path | None = None) -> str:
+    """``hf:./name?...`` -> ``hf:<base_dir>/name?...`` (a tower saved inside a model folder); other
+    specs unchanged. Raises ValueError for a relative spec without ``base_dir``."""
+    if not spec.startswith("hf:./"):
+        return spec
+    if base_dir is None:
+        raise ValueError(f"tower spec {spec!r} is relative to a model folder, but none is known")
+    rel, q, query = spec[len("hf:./"):].partition("?")
+    return f"hf:{(Path(base_dir) / rel).resolve()}{q}{query}"
+
+
+def check_spec(spec: str, kind: str | None = None) -> None:
+    """ValueError naming the spec when it is not a tower spec (checked before any work)."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"empty tower spec {spec!r}")
+    base, _ = parse_spec(spec)
+    if base.startswith("hf:") or base.startswith("hf-clap:"):
+        if len(base.split(":", 1)[1]) == 0:
+            raise ValueError(f"tower spec {spec!r} names no model")
+        return
+    parts = base.split("+")
+    unknown = [p for p in parts if p not in KNOWN_SPECS]
+    if unknown:
+        raise ValueError(f"unknown tower spec {spec!r}; known: {', '.join(KNOWN_SPECS)}, hf:<id or folder>, a+b")
+    if kind == "text" and (len(parts) > 1 or parts[0] in ("whisper-tiny-en", "egemaps")):
+        raise ValueError(f"{spec!r} is an audio tower, not a text tower")
+    if kind == "audio" and "minilm-l6" in parts:
+        raise ValueError(f"{spec!r} is a text tower, not an audio tower")
+
+
+def build_tower(spec: str, device: str = "cpu", shared: bool = True, base_dir: str | Path | None = None):
+    """Build (or reuse, when ``shared``) the tower named by ``spec`` on ``device``; relative
+    ``hf:./`` specs resolve against ``base_dir`` (a model folder)."""
+    spec = resolve_spec(spec, base_dir)
+    key = (spec, str(device))
     if shared and key in _CACHE:
         return _CACHE[key]
-    tower = _build(spec, device)
+    tower = _build(spec, str(device))
     if shared:
         _CACHE[key] = tower
     return tower
@@ -64,6 +104,5 @@ def _build(spec: str, device: str):
         from .hf import build_hf_tower
 
         return build_hf_tower(base[3:], opts, spec=spec, device=device)
-    raise ValueError(
-        f"unknown tower spec {spec!r}; known: whisper-tiny-en, egemaps, minilm-l6, hf:<id or folder>, a+b"
-    )
+    check_spec(spec)
+    raise ValueError(f"unknown tower spec {spec!r}")

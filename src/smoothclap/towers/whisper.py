@@ -171,6 +171,7 @@ class WhisperTinyEnTower(AudioTower):
     spec = "whisper-tiny-en"
     dim = 384
     n_layers = 4
+    thread_safe = True  # stateless forward once loaded
 
     def __init__(self, model_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu"):
         super().__init__()

@@ -25,11 +25,16 @@ from typing import Sequence
 
 import numpy as np
 
-from .benchmark import (LocoConfig, _summary, build_config, load_corpus, machine_info, training_table,
-                        validation_folds)
-from .config import RunConfig, loss_preset
-from .io import atomic_write_json, atomic_write_text
-from .report import markdown_table
+from ..cache import cache_root
+from ..config import RunConfig
+from ..corpora import training_table
+from ..io import atomic_write_json, atomic_write_text
+from ..plots import markdown_table
+from ..targets import apply_target_options
+from ..tasks import get_task, score_table
+from ..trainer import prepare, train
+from .loco import LocoConfig, _summary, build_config, load_corpus, test_features, validation_folds
+from .report import machine_info
 
 log = logging.getLogger("smoothclap")
 
@@ -81,14 +86,11 @@ class _Bundles:
         self.store: dict = {}
 
     def get(self, cfg: RunConfig, table_key: str, table):
-        from .prepare import prepare
-        from .targets import apply_target_options
-
         key = (table_key, cfg.towers.audio, cfg.towers.local, cfg.model.feature_norm_group, cfg.captions.group_by,
                cfg.loss.text_target)
         if key not in self.store:
             base = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, target_standardize="none"))
-            cache = Path(self.lc.cache_dir).expanduser() if self.lc.cache_dir else None
+            cache = cache_root(self.lc.cache_dir)
             self.store[key] = prepare(base, table, cache_dir=cache, progress=False, need_local=True, need_desc=True)
         return apply_target_options(cfg, self.store[key])
 
@@ -96,38 +98,18 @@ class _Bundles:
 def _train_score(lc, cfg, prepared, seeds, tests: dict, feats: dict) -> tuple[dict, list[dict]]:
     """Train ``cfg`` per seed, score each test table with its task; returns per-test run lists and
     the last-epoch history records (diagnostics)."""
-    import torch
-
-    from .tasks import get_task, score_table
-    from .train import train
-
     out = {n: [] for n in tests}
     hist = []
-    before = torch.get_num_threads()
-    if getattr(lc, "train_threads", None):
-        torch.set_num_threads(lc.train_threads)
-    try:
-        for seed in seeds:
-            c = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=int(seed)))
-            res = train(c, prepared, run_dir=None, progress=False)
-            hist.append(res.history[-1])
-            for n, df in tests.items():
-                corpus = n.split("/")[0]
-                r = score_table(get_task(corpus), res.model, df, features=feats[n])
-                r["seed"] = int(seed)
-                out[n].append(r)
-    finally:
-        torch.set_num_threads(before)
+    for seed in seeds:
+        c = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=int(seed)))
+        res = train(c, prepared, run_dir=None, progress=False)
+        hist.append(res.history[-1])
+        for n, df in tests.items():
+            corpus = n.split("/")[0]
+            r = score_table(get_task(corpus), res.model, df, features=feats[n])
+            r["seed"] = int(seed)
+            out[n].append(r)
     return out, hist
-
-
-def _features(cfg: RunConfig, tables: dict, cache_dir) -> dict:
-    from .evaluate import audio_features
-    from .towers import build_tower
-
-    tower = build_tower(cfg.towers.audio)
-    return {n: audio_features(tower, df["file"].astype(str), cache_dir=cache_dir, progress=False)[0]
-            for n, df in tables.items()}
 
 
 def _diag_summary(hist: list[dict]) -> dict:
@@ -142,7 +124,7 @@ def run_ablation(ac: AblationConfig) -> dict:
     tables = {c: load_corpus(c, lc.data_root) for c in corpora}
     shared_grid = ac.shared_grid or SHARED_GRID
     target_grid = ac.target_grid or TARGET_GRID
-    cache = Path(lc.cache_dir).expanduser() if lc.cache_dir else None
+    cache = cache_root(lc.cache_dir)
     results: dict = {"config": {**dataclasses.asdict(lc), "val_seeds": list(ac.val_seeds)},
                      "shared_grid": shared_grid, "target_grid": target_grid, "heldout": {},
                      "machine": machine_info()}
@@ -159,9 +141,9 @@ def run_ablation(ac: AblationConfig) -> dict:
             feats = None
             for method, tname, tov in options:
                 cfg = _method_config(lc, shared, tov)
-                if feats is None:
-                    feats = _features(cfg, va_tables, cache)
                 prepared = bundles.get(cfg, "val", tr_table)
+                if feats is None:
+                    feats = test_features(cfg, prepared, va_tables, cache)
                 runs, hist = _train_score(lc, cfg, prepared, ac.val_seeds, va_tables, feats)
                 score = float(np.mean([np.mean([r["uar"] for r in rs]) for rs in runs.values()]))
                 name = sname if method == "CLAP" else f"{sname} / {tname}"
@@ -182,7 +164,7 @@ def run_ablation(ac: AblationConfig) -> dict:
             cfg = _method_config(lc, shared, None if m == "CLAP" else target_grid[c["target"]])
             prepared = bundles.get(cfg, "full", full_table)
             assert h not in prepared.trained_on
-            runs, hist = _train_score(lc, cfg, prepared, lc.seeds, test, _features(cfg, test, cache))
+            runs, hist = _train_score(lc, cfg, prepared, lc.seeds, test, test_features(cfg, prepared, test, cache))
             final[m] = {"choice": k, **_summary(runs[h]), "diagnostics": _diag_summary(hist) if m == "SmoothCLAP" else {},
                         "chance": runs[h][0]["chance_uar"]}
         diff = np.array(final["SmoothCLAP"]["uar"]) - np.array(final["CLAP"]["uar"])

@@ -2,10 +2,11 @@
 
 For each held-out corpus H:
 
-1. one training bundle (:func:`smoothclap.prepare.prepare`) from the other corpora: cached frozen
-   audio embeddings, captions from the (normalised, see :data:`TRAIN_LABELS`) emotion word plus
-   binned eGeMAPS phrases with the bins fitted on the training corpora only, local features and
-   descriptions for the soft targets (so CLAP and SmoothCLAP share it);
+1. one training bundle (:func:`smoothclap.trainer.prepare`) from the other corpora: cached frozen
+   audio embeddings, captions from the emotion word (mapped to the shared caption vocabulary,
+   :func:`smoothclap.corpora.training_table`) plus binned eGeMAPS phrases with the bins fitted on
+   the training corpora only, local features and descriptions for the soft targets (so CLAP and
+   SmoothCLAP share it);
 2. CLAP (loss preset ``clap``: beta = 0) and SmoothCLAP (preset ``smoothclap``) trained with
    identical settings for every seed;
 3. H classified zero-shot with its own task's label prompts (:mod:`smoothclap.tasks`);
@@ -18,14 +19,12 @@ H never trains anything: the training table is built without it, and every model
 Choices (towers, head size, epochs, caption design, normalisation) can be selected with
 :func:`validate`, which only ever sees the training corpora of a fold: by default it trains on one
 training corpus and scores the other zero-shot, both ways ("inner LOCO"); ``scheme="speakers"``
-holds out speakers of the training corpora instead.
+holds out speakers of the training corpora instead. The protocol: ``docs/protocols.md``.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,29 +33,19 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .config import RunConfig, load_config, loss_preset
-from .io import atomic_write_json, atomic_write_text
+from .. import corpora
+from ..cache import DEFAULT_CACHE_DIR, cache_root
+from ..config import RunConfig, load_config, loss_preset
+from ..corpora import training_table
+from ..tasks import get_task, load_task_table, score_table
+from ..trainer import build_model, prepare, train
+from .report import METHODS, loco_table, machine_info, write_loco_report, write_round_files
 
 log = logging.getLogger("smoothclap")
 
 #: Corpora of the LOCO benchmark (each is also a task in :mod:`smoothclap.tasks`).
 LOCO_CORPORA = ("emodb", "ravdess", "tess")
 
-#: Training-caption vocabulary: corpus label -> the common emotion word used in training captions
-#: (adjectives, so "speaker is angry" reads well in every template). Labels not listed keep their
-#: name. Held-out corpora are always scored with their own task's label prompts instead.
-TRAIN_LABELS: dict[str, dict[str, str]] = {
-    "emodb": {"anger": "angry", "boredom": "bored", "disgust": "disgusted", "fear": "fearful",
-              "happiness": "happy", "sadness": "sad", "neutral": "neutral"},
-    "ravdess": {"disgust": "disgusted"},  # neutral calm happy sad angry fearful surprised stay
-    "tess": {"disgust": "disgusted", "fear": "fearful", "pleasant surprise": "surprised"},
-    "savee": {"anger": "angry", "disgust": "disgusted", "fear": "fearful", "happiness": "happy",
-              "sadness": "sad", "surprise": "surprised"},
-    "crema-d": {"disgust": "disgusted", "fear": "fearful"},
-    "iemocap": {},
-}
-
-METHODS = ("CLAP", "SmoothCLAP")
 
 #: What :func:`validate` compares by default, in two stages (a coordinate search): stage 1 picks
 #: the audio features (tower and feature normalisation), stage 2 adds one training / caption change
@@ -127,14 +116,11 @@ class LocoConfig:
     validation_scheme: str = "corpus"           # "corpus" (inner LOCO) or "speakers"
     validation_seeds: tuple[int, ...] = (0, 1)
     grid: dict | list | None = None             # candidates or stages; default: DEFAULT_GRID
-    cache_dir: str | None = "~/.cache/smoothclap"
+    cache_dir: str | None = DEFAULT_CACHE_DIR
     out_dir: str | None = "runs/loco"
     num_workers: int = 2
     save_models: bool = True
     progress: bool = False
-    # torch threads while training heads: 1 avoids OpenMP barrier spinning on small, shared CPUs
-    # (measured 10x slower runs with 2 threads on a busy 2-core machine); None = leave as is
-    train_threads: int | None = 1
 
 
 # ------------------------------------------------------------------------------------------------
@@ -143,26 +129,7 @@ class LocoConfig:
 
 def load_corpus(name: str, data_root, **opts) -> pd.DataFrame:
     """The corpus' table as its task scores it (all speech files), found under ``data_root``."""
-    from .tasks import get_task, load_task_table
-
     return load_task_table(get_task(name), data_root, **opts)
-
-
-def training_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """Concatenate training corpora; ``label`` becomes the common caption vocabulary
-    (:data:`TRAIN_LABELS`), the corpus' own word is kept in ``label_original``."""
-    parts = []
-    for name, df in tables.items():
-        df = df.copy()
-        if "corpus" not in df.columns:
-            df["corpus"] = name
-        mapping = TRAIN_LABELS.get(name, {})
-        df["label_original"] = df["label"].astype(str)
-        df["label"] = df["label_original"].map(lambda x: mapping.get(x, x))
-        if "speaker" in df.columns:  # speaker ids repeat across corpora (EmoDB "03", RAVDESS "03")
-            df["speaker"] = [None if s is None or s != s else f"{name}:{s}" for s in df["speaker"]]
-        parts.append(df)
-    return pd.concat(parts, ignore_index=True)
 
 
 def build_config(lc: LocoConfig, extra: Sequence[str] = (), method: str = "SmoothCLAP") -> RunConfig:
@@ -181,15 +148,23 @@ def build_config(lc: LocoConfig, extra: Sequence[str] = (), method: str = "Smoot
 
 
 def _cache(lc: LocoConfig):
-    return Path(lc.cache_dir).expanduser() if lc.cache_dir else None
+    return cache_root(lc.cache_dir)
 
 
 def _check_heldout(model, heldout: str) -> None:
-    from .tasks import canonical_corpus
-
-    trained = {canonical_corpus(c) for c in (model.config.trained_on or [])}
-    if canonical_corpus(heldout) in trained:  # a bug, never a setting
+    trained = {corpora.canonical(c) for c in (model.config.trained_on or [])}
+    if corpora.canonical(heldout) in trained:  # a bug, never a setting
         raise AssertionError(f"held-out corpus {heldout} is in trained_on={model.config.trained_on}")
+
+
+def test_features(cfg: RunConfig, prepared, tables: dict[str, pd.DataFrame], cache_dir, progress: bool = False
+                  ) -> dict[str, np.ndarray]:
+    """Raw audio-tower features of each test table, extracted once through a model of ``cfg``
+    (its tower and preprocessing: the same for every seed and method)."""
+    extractor = build_model(cfg, prepared)
+    return {name: extractor.file_features(df["file"].astype(str).tolist(), cache_dir=cache_dir,
+                                          progress=progress, desc="audio (eval)")[0]
+            for name, df in tables.items()}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -204,11 +179,6 @@ def train_and_score(lc: LocoConfig, train_tables: dict[str, pd.DataFrame], test_
     Returns ``{"prepared": ..., "scores": {test: {method: [result dict per seed]}}, "histories",
     "examples", "models" (seed-0 models when ``keep_models``), "timings"}``.
     """
-    from .evaluate import audio_features
-    from .prepare import prepare
-    from .tasks import get_task, score_table
-    from .towers import build_tower
-
     timings: dict[str, float] = {}
     t = time.perf_counter()
     overlap = set(train_tables) & set(test_tables)
@@ -221,9 +191,7 @@ def train_and_score(lc: LocoConfig, train_tables: dict[str, pd.DataFrame], test_
     timings["prepare"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    tower = build_tower(cfg_s.towers.audio)
-    feats = {name: audio_features(tower, df["file"].astype(str), cache_dir=cache, progress=lc.progress)[0]
-             for name, df in test_tables.items()}
+    feats = test_features(cfg_s, prepared, test_tables, cache, lc.progress)
     timings["test_features"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -233,7 +201,7 @@ def train_and_score(lc: LocoConfig, train_tables: dict[str, pd.DataFrame], test_
         cfg_m = build_config(lc, extra, method)
         for seed in seeds:
             cfg = dataclasses.replace(cfg_m, train=dataclasses.replace(cfg_m.train, seed=int(seed)))
-            res = _train(lc, cfg, prepared)
+            res = train(cfg, prepared, run_dir=None, progress=False)
             if seed == seeds[0]:
                 histories[method] = res.history
                 examples[method] = res.example_targets
@@ -246,34 +214,7 @@ def train_and_score(lc: LocoConfig, train_tables: dict[str, pd.DataFrame], test_
                 scores[name][method].append(r)
     timings["train_and_score"] = time.perf_counter() - t
     return {"prepared": prepared, "scores": scores, "histories": histories, "examples": examples,
-            "models": models, "timings": timings, "config": cfg_s}
-
-
-_WARNED: list = []
-
-
-def _train(lc: LocoConfig, cfg: RunConfig, prepared):
-    import torch
-
-    from .train import train
-
-    before = torch.get_num_threads()
-    if lc.train_threads:
-        torch.set_num_threads(lc.train_threads)
-    try:
-        res = train(cfg, prepared, run_dir=None, progress=False)
-    finally:
-        torch.set_num_threads(before)
-    # The bundle's audio was normalised per group (cfg.model.feature_norm_group); the model must
-    # say so, or test clips are scored un-normalised. Guard against a trainer that drops it.
-    want = getattr(cfg.model, "feature_norm_group", None)
-    if want and getattr(res.model.config, "feature_norm_group", None) != want:
-        if not _WARNED:
-            log.warning("the trainer did not record model.feature_norm_group=%r in the model config; "
-                        "setting it (warned once)", want)
-            _WARNED.append(True)
-        res.model.config.feature_norm_group = want
-    return res
+            "models": models, "timings": timings, "config": cfg_s, "features": feats}
 
 
 def _mean_uar(scores: dict) -> float:
@@ -360,22 +301,16 @@ def validate(lc: LocoConfig, train_tables: dict[str, pd.DataFrame], grid=None) -
 
 def _train_and_score_speakers(lc, tr, va, seeds, extra) -> dict:
     """Speaker hold-out: training and validation share corpus names, so score directly."""
-    from .evaluate import audio_features
-    from .prepare import prepare
-    from .tasks import get_task, score_table
-    from .towers import build_tower
-
     cfg_s = build_config(lc, extra, "SmoothCLAP")
     cache = _cache(lc)
     prepared = prepare(cfg_s, training_table(tr), cache_dir=cache, progress=False, need_local=True, need_desc=True)
-    tower = build_tower(cfg_s.towers.audio)
-    feats = {n: audio_features(tower, df["file"].astype(str), cache_dir=cache, progress=False)[0] for n, df in va.items()}
+    feats = test_features(cfg_s, prepared, va, cache)
     scores = {n: {m: [] for m in METHODS} for n in va}
     for method in METHODS:
         cfg_m = build_config(lc, extra, method)
         for seed in seeds:
             cfg = dataclasses.replace(cfg_m, train=dataclasses.replace(cfg_m.train, seed=int(seed)))
-            model = _train(lc, cfg, prepared).model
+            model = train(cfg, prepared, run_dir=None, progress=False).model
             for n, df in va.items():
                 scores[n][method].append(score_table(get_task(n), model, df, features=feats[n]))
     return scores
@@ -395,7 +330,7 @@ def linear_probe(features: np.ndarray, labels: Sequence[str], speakers: Sequence
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from .metrics import classification_metrics
+    from ..metrics import classification_metrics
 
     x = np.asarray(features, dtype=np.float64)
     y = np.asarray(labels, dtype=object).astype(str)
@@ -436,24 +371,21 @@ def _summary(runs: list[dict]) -> dict:
 def run_loco(lc: LocoConfig) -> dict:
     """Run the benchmark; writes ``results.json``, ``report.md`` and figures to ``lc.out_dir``
     (when set) and returns the results dict (``"table_md"`` holds the Markdown table)."""
-    from .evaluate import audio_features
-    from .tasks import get_task
-    from .towers import build_tower
-
     t_all = time.perf_counter()
-    corpora = [c.lower() for c in lc.corpora]
-    if len(corpora) < 2:
+    names = [c.lower() for c in lc.corpora]
+    if len(names) < 2:
         raise ValueError("LOCO needs at least 2 corpora")
-    tables = {c: load_corpus(c, lc.data_root) for c in corpora}
-    heldouts = [h.lower() for h in (lc.heldout or corpora)]
+    tables = {c: load_corpus(c, lc.data_root) for c in names}
+    heldouts = [h.lower() for h in (lc.heldout or names)]
     out_dir = Path(lc.out_dir) if lc.out_dir else None
-    results: dict = {"config": dataclasses.asdict(lc), "heldout": {}, "train_labels": TRAIN_LABELS,
+    results: dict = {"config": dataclasses.asdict(lc), "heldout": {},
+                     "train_labels": {c: corpora.caption_words(c) for c in names},
                      "machine": machine_info()}
     for h in heldouts:
         if h not in tables:
-            raise ValueError(f"held-out corpus {h!r} is not among {corpora}")
+            raise ValueError(f"held-out corpus {h!r} is not among {names}")
         t_h = time.perf_counter()
-        train_tables = {c: tables[c] for c in corpora if c != h}
+        train_tables = {c: tables[c] for c in names if c != h}
         entry: dict = {"trained_on": sorted(train_tables), "n_train": int(sum(len(d) for d in train_tables.values())),
                        "n_test": int(len(tables[h]))}
         extra: list[str] = []
@@ -485,14 +417,12 @@ def run_loco(lc: LocoConfig) -> dict:
         entry["caption_example"] = _caption_examples(rnd["prepared"])
         if lc.probe:
             t = time.perf_counter()
-            feats, _ = audio_features(build_tower(cfg.towers.audio), tables[h]["file"].astype(str),
-                                      cache_dir=_cache(lc), progress=False)
-            entry["probe"] = linear_probe(feats, tables[h]["label"], tables[h]["speaker"])
+            entry["probe"] = linear_probe(rnd["features"][h], tables[h]["label"], tables[h]["speaker"])
             entry["timings"]["probe"] = time.perf_counter() - t
         entry["seconds"] = time.perf_counter() - t_h
         results["heldout"][h] = entry
         if out_dir is not None:
-            _write_round_files(out_dir, h, rnd, entry, lc)
+            write_round_files(out_dir, h, rnd, entry, lc.seeds, lc.save_models)
         log.info("held out %s: CLAP %.3f, SmoothCLAP %.3f (%.0f s)", h, entry["methods"]["CLAP"]["mean"],
                  entry["methods"]["SmoothCLAP"]["mean"], entry["seconds"])
     results["wall_seconds"] = time.perf_counter() - t_all
@@ -506,129 +436,3 @@ def _caption_examples(prepared, k: int = 3) -> list[str]:
     idx = prepared.caption_index[0]
     step = max(1, len(idx) // k)
     return [prepared.caption_texts[int(i)] for i in idx[::step][:k]]
-
-
-def _write_round_files(out_dir: Path, h: str, rnd: dict, entry: dict, lc: LocoConfig) -> None:
-    from .report import plot_confusion, plot_history
-
-    figs = out_dir / "figures"
-    for m in METHODS:
-        r = rnd["scores"][h][m][0]
-        plot_confusion(r["confusion"], r["labels"],
-                       f"{m} seed {lc.seeds[0]}, held out {h} (trained on {'+'.join(entry['trained_on'])}): "
-                       f"UAR {r['uar']:.3f}", figs / f"confusion_{h}_{m.lower()}.png")
-    if "probe" in entry:
-        p = entry["probe"]
-        plot_confusion(p["confusion"], p["labels"], f"linear probe in {h} ({p['n_folds']} speaker folds): "
-                       f"UAR {p['uar']:.3f}", figs / f"confusion_{h}_probe.png")
-    plot_history(rnd["histories"], figs / f"training_{h}.png")
-    if lc.save_models:
-        for m, model in rnd["models"].items():
-            model.save_pretrained(out_dir / "models" / f"heldout-{h}" / m.lower())
-
-
-def _f(x, nd=3) -> str:
-    return "–" if x is None else f"{x:.{nd}f}"
-
-
-def loco_table(results: dict) -> str:
-    head = ["held out (trained on)", "n", "chance", "CLAP", "SmoothCLAP", "SmoothCLAP wins",
-            "linear probe (speaker folds)", "paper CLAP / SmoothCLAP"]
-    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join("---" for _ in head) + " |"]
-    for h, e in results["heldout"].items():
-        ms = e["methods"]
-        probe = e.get("probe")
-        paper = e.get("paper") or {}
-        lines.append("| " + " | ".join([
-            f"{h} ({' + '.join(e['trained_on'])})", str(e["n_test"]), _f(e["chance"]),
-            f"{ms['CLAP']['mean']:.3f} ± {ms['CLAP']['sd']:.3f}",
-            f"{ms['SmoothCLAP']['mean']:.3f} ± {ms['SmoothCLAP']['sd']:.3f}",
-            f"{e['wins']['smoothclap']}/{e['wins']['n']}",
-            f"{probe['uar']:.3f} ({probe['n_folds']})" if probe else "–",
-            f"{_f(paper.get('CLAP'))} / {_f(paper.get('SmoothCLAP'))}" if paper else "–",
-        ]) + " |")
-    return "\n".join(lines)
-
-
-def plot_loco(results: dict, path) -> Path:
-    from .report import _plt, _savefig
-
-    plt = _plt()
-    hs = list(results["heldout"])
-    fig, ax = plt.subplots(figsize=(1.8 + 2.0 * len(hs), 3.4))
-    w = 0.22
-    for j, (name, color) in enumerate([("CLAP", "tab:blue"), ("SmoothCLAP", "tab:orange"), ("probe", "tab:gray")]):
-        xs = np.arange(len(hs)) + (j - 1) * w
-        if name == "probe":
-            ys = [results["heldout"][h].get("probe", {}).get("uar", np.nan) for h in hs]
-            ax.bar(xs, ys, w, color=color, label="linear probe (in-corpus)")
-        else:
-            ys = [results["heldout"][h]["methods"][name]["mean"] for h in hs]
-            es = [results["heldout"][h]["methods"][name]["sd"] for h in hs]
-            ax.bar(xs, ys, w, yerr=es, color=color, label=f"{name} zero-shot", capsize=3)
-    for i, h in enumerate(hs):
-        ax.hlines(results["heldout"][h]["chance"], i - 1.5 * w, i + 1.5 * w, colors="k", linestyles="dashed", lw=1)
-    ax.set_xticks(range(len(hs)), hs)
-    ax.set_ylabel("UAR")
-    ax.set_ylim(0, 1)
-    ax.set_title("LOCO zero-shot (mean ± sd over seeds); dashed: chance", fontsize=9)
-    ax.legend(fontsize=7)
-    return _savefig(fig, Path(path))
-
-
-def machine_info() -> dict:
-    import torch
-
-    return {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-            "cuda": bool(torch.cuda.is_available()), "platform": platform.platform()}
-
-
-def write_loco_report(results: dict, out_dir) -> Path:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    plot_loco(results, out / "figures" / "loco_uar.png")
-    lc = results["config"]
-    lines = ["# Cross-corpus zero-shot benchmark (leave one corpus out)", "",
-             f"Corpora: {', '.join(lc['corpora'])} under `{lc['data_root']}`. Seeds: {list(lc['seeds'])}. "
-             f"Wall time: {results['wall_seconds']:.0f} s on {results['machine']['cpus']} CPU(s), "
-             f"CUDA: {results['machine']['cuda']}.", "",
-             "Cells: zero-shot UAR on the held-out corpus, mean ± sd over seeds; prompts = the held-out "
-             "task's own label words (smoothclap.tasks). SmoothCLAP wins: seeds where SmoothCLAP's UAR "
-             "beats CLAP's (paired: same seed, same data). Linear probe: in-corpus, speaker-independent "
-             "folds (count in brackets), the same frozen audio embeddings. Paper: SmoothCLAP paper's "
-             "zero-shot UARs (MSP-Podcast training, wav2vec2 / BERT), context only.", "",
-             results["table_md"], "", "![UAR](figures/loco_uar.png)", "", "## Per held-out corpus", ""]
-    for h, e in results["heldout"].items():
-        lines += [f"### {h} (trained on {' + '.join(e['trained_on'])})", "",
-                  f"- towers: audio `{e['towers']['audio']}`, text `{e['towers']['text']}`; overrides: "
-                  f"{e['overrides'] or 'none'}",
-                  f"- clips: {e['n_train']} training, {e['n_test']} held out; models' trained_on = "
-                  f"{e['trained_on_models']}",
-                  "- prompts: " + "; ".join(f"{k} -> {' / '.join(v)}" for k, v in e["prompt_texts"].items()),
-                  "- per seed UAR: " + "; ".join(f"{m} " + ", ".join(f"{u:.3f}" for u in e["methods"][m]["uar"])
-                                                for m in METHODS),
-                  f"- WA (mean): CLAP {e['methods']['CLAP']['wa_mean']:.3f}, SmoothCLAP "
-                  f"{e['methods']['SmoothCLAP']['wa_mean']:.3f}; macro-F1: CLAP "
-                  f"{e['methods']['CLAP']['macro_f1_mean']:.3f}, SmoothCLAP {e['methods']['SmoothCLAP']['macro_f1_mean']:.3f}",
-                  "- example training captions: " + " | ".join(f"`{c}`" for c in e["caption_example"]),
-                  f"- seconds: {e['seconds']:.0f} (" + ", ".join(f"{k} {v:.0f}" for k, v in e["timings"].items()) + ")"]
-        if "validation" in e:
-            v = e["validation"]
-            lines += [f"- validation ({v['scheme']} scheme, seeds {v['seeds']}, training corpora only) chose "
-                      f"**{v['best']}**:", "",
-                      "| candidate | val UAR | CLAP | SmoothCLAP | s |", "| --- | --- | --- | --- | --- |"]
-            for name, c in sorted(v["candidates"].items(), key=lambda kv: -kv[1]["score"]):
-                cl = np.mean([f["CLAP"] for f in c["per_fold"]])
-                sm = np.mean([f["SmoothCLAP"] for f in c["per_fold"]])
-                lines.append(f"| {name} | {c['score']:.3f} | {cl:.3f} | {sm:.3f} | {c['seconds']:.0f} |")
-        lines += ["", f"![{h} CLAP](figures/confusion_{h}_clap.png) ![{h} SmoothCLAP](figures/confusion_{h}_smoothclap.png)"
-                  + (f" ![{h} probe](figures/confusion_{h}_probe.png)" if "probe" in e else ""), ""]
-    lines += ["## Training-caption vocabulary", "",
-              "Training labels are mapped to one vocabulary for captions (held-out corpora keep their own "
-              "prompt words):", ""]
-    for c, m in results["train_labels"].items():
-        if c in lc["corpora"] and m:
-            lines.append(f"- {c}: " + ", ".join(f"{k} -> {v}" for k, v in m.items()))
-    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
-    atomic_write_json(out / "results.json", results)
-    return out / "report.md"

@@ -12,15 +12,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from .config import RunConfig, loss_preset
-from .evaluate import audio_features, zero_shot_evaluate
-from .io import atomic_write_json, atomic_write_text
-from .prepare import prepare
-from .report import markdown_table, plot_confusion, plot_history, plot_targets
-from .towers import build_tower
-from .train import train
+from ..config import RunConfig, loss_preset
+from ..corpora import read_manifest
+from ..evaluate import zero_shot_evaluate
+from ..io import atomic_write_json, atomic_write_text
+from ..plots import markdown_table, plot_confusion, plot_history, plot_targets
+from ..trainer import prepare, train
+from .loco import test_features
+from .synth import split_holdout, synthesize_corpus
 
 log = logging.getLogger("smoothclap")
 
@@ -46,9 +46,8 @@ def _stage(timings: dict, name: str, t0: float) -> float:
 
 
 def run_demo(dc: DemoConfig) -> dict:
-    from .corpora import read_manifest
-    from .synth import split_holdout, synthesize_corpus
-
+    """Synthesise, train both methods for every seed, score, write ``report.md``; returns
+    ``{"table_md", "timings", "out_dir", "summary"}``."""
     out = Path(dc.out_dir)
     cache = Path(dc.cache_dir) if dc.cache_dir else out / "cache"
     timings: dict[str, float] = {}
@@ -71,8 +70,7 @@ def run_demo(dc: DemoConfig) -> dict:
     t = _stage(timings, "features, captions, embeddings", t)
 
     tests = {name: table[table["split"] == name].reset_index(drop=True) for name in ("test_en", "test_de")}
-    feats = {name: audio_features(build_tower(base.towers.audio), df["file"], cache_dir=cache,
-                                  progress=dc.progress)[0] for name, df in tests.items()}
+    feats = test_features(base, prepared, tests, cache, dc.progress)
     t = _stage(timings, "test-set embeddings", t)
 
     labels = sorted(train_table["label"].unique())
@@ -81,7 +79,7 @@ def run_demo(dc: DemoConfig) -> dict:
     for mname, lcfg in methods.items():
         for seed in dc.seeds:
             cfg = replace(base, loss=lcfg, train=replace(base.train, seed=seed),
-                          out_dir=str(out / "runs" / f"{mname.lower()}-seed{seed}"))
+                          out_dir=str(out / "runs" / f"{lcfg.preset}-seed{seed}"))
             res = train(cfg, prepared, run_dir=cfg.out_dir, progress=dc.progress)
             if seed == dc.seeds[0]:
                 histories[mname] = res.history

@@ -2,7 +2,7 @@
 
 Launch any command with ``torchrun`` instead of ``python`` and it runs distributed::
 
-    torchrun --nproc-per-node 8 -m smoothclap train --config configs/paper.yaml
+    torchrun --nproc-per-node 8 -m smoothclap train --config paper
     torchrun --nproc-per-node 8 -m smoothclap embed --corpus msp-podcast --data-root D --tower T
 
 ``torchrun`` sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` / ``MASTER_PORT``;
@@ -36,12 +36,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .device import resolve_device
+from ..device import resolve_device
 
 log = logging.getLogger("smoothclap")
 
-#: minutes a process waits in a collective (e.g. while rank 0 prepares data) before failing.
-DEFAULT_TIMEOUT_MIN = float(os.environ.get("SMOOTHCLAP_DIST_TIMEOUT_MIN", "180"))
+#: minutes a process waits in a collective (e.g. while rank 0 prepares data) before failing
+#: (``train.dist_timeout_min`` in a run config).
+DEFAULT_TIMEOUT_MIN = 180.0
 
 
 @dataclass(frozen=True)
@@ -140,12 +141,6 @@ def all_gather_object(obj, env: DistEnv) -> list:
 
 
 # -- batches --------------------------------------------------------------------------------------
-def split_sizes(n: int, world_size: int) -> list[int]:
-    """Sizes of the ``world_size`` contiguous slices of a batch of ``n`` (as ``torch.tensor_split``)."""
-    q, r = divmod(n, world_size)
-    return [q + (1 if i < r else 0) for i in range(world_size)]
-
-
 def local_slice(idx: torch.Tensor, env: DistEnv) -> tuple[torch.Tensor, list[int]]:
     """This process's contiguous slice of global batch ``idx`` and the sizes of all slices.
 
@@ -205,10 +200,12 @@ def gather_tensor(x: torch.Tensor | None, sizes: Sequence[int], env: DistEnv) ->
 class GlobalBatchLoss(nn.Module):
     """Distributed-aware wrapper of the trainer's loss object (``targets.build_loss``).
 
-    ``forward(z_audio, z_text, scale, local_audio, desc_text, sizes)`` takes this process's slice
-    (``[b_r, d]``, ``[b_r, k]``) and ``sizes`` (all slices' lengths), gathers everything into the
-    global batch (features with gradients, target sources without) and returns the wrapped loss's
-    output on the global batch: identical on every process. Single-process: the loss itself.
+    ``forward(sizes=None, **batch)`` takes this process's slice of the batch structure (the
+    projected features ``z_audio`` / ``z_text`` ``[b_r, d]``, the ``scale``, and every target
+    source ``[b_r, k]`` the batch builder made) and ``sizes`` (all slices' lengths), gathers every
+    tensor into the global batch (``z_*`` with gradients, the rest without) and returns the
+    wrapped loss's output on the global batch: identical on every process. Non-tensors and the
+    scale pass through. Single-process: the loss itself.
     """
 
     def __init__(self, loss_fn: nn.Module, env: DistEnv):
@@ -216,17 +213,20 @@ class GlobalBatchLoss(nn.Module):
         self.loss_fn = loss_fn
         self.env = env
 
-    def forward(self, z_audio, z_text, scale, local_audio=None, desc_text=None, sizes=None, **kw) -> dict:
-        """``kw`` goes to the wrapped loss (e.g. ``sources_normalized``)."""
+    def forward(self, sizes=None, **batch) -> dict:
         if not self.env.enabled:
-            return self.loss_fn(z_audio, z_text, scale, local_audio=local_audio, desc_text=desc_text, **kw)
+            return self.loss_fn(**batch)
         if sizes is None:
-            sizes = [int(s) for s in all_gather_object(int(z_audio.shape[0]), self.env)]
-        za = gather_with_grad(z_audio, sizes, self.env)
-        zt = gather_with_grad(z_text, sizes, self.env)
-        la = gather_tensor(local_audio, sizes, self.env)
-        dt = gather_tensor(desc_text, sizes, self.env)
-        return self.loss_fn(za, zt, scale, local_audio=la, desc_text=dt, **kw)
+            sizes = [int(s) for s in all_gather_object(int(batch["z_audio"].shape[0]), self.env)]
+        out = {}
+        for k, v in batch.items():
+            if k == "scale" or not torch.is_tensor(v):
+                out[k] = v
+            elif k.startswith("z_"):
+                out[k] = gather_with_grad(v, sizes, self.env)
+            else:
+                out[k] = gather_tensor(v, sizes, self.env)
+        return self.loss_fn(**out)
 
 
 def wrap_ddp(module: nn.Module, env: DistEnv, find_unused_parameters: bool = False) -> nn.Module:
@@ -266,8 +266,8 @@ def set_rng_state(st: dict, device: torch.device | None = None) -> None:
 
 # -- sharded extraction ---------------------------------------------------------------------------
 def embed_sharded(tower, files: Sequence[str], *, env: DistEnv, cache_dir=None, batch_size: int = 16,
-                  skip=None, progress: bool = True, desc: str | None = None, gather: bool = True):
-    """:func:`smoothclap.embed.embed_audio_files` split over processes.
+                  skip=None, progress: bool = True, desc: str | None = None, gather: bool = True, **kw):
+    """:func:`smoothclap.embed.embed_audio_files` split over processes (``kw``: its options).
 
     Process r embeds ``files[r::W]``, writing each item to the cache (atomically) as soon as its
     batch is done; a rerun after a crash computes only the items not yet cached. With ``gather``
@@ -275,19 +275,19 @@ def embed_sharded(tower, files: Sequence[str], *, env: DistEnv, cache_dir=None, 
     skipped files of all ranks are merged into rank 0's ``skip``; without it every rank returns
     ``(None, None)`` after a barrier (cache warm-up). Single-process: the plain function.
     """
-    from .embed import embed_audio_files
-    from .errors import SkipLog
+    from ..embed import embed_audio_files
+    from ..errors import SkipLog
 
     files = [str(f) for f in files]
     if not env.enabled:
         return embed_audio_files(tower, files, cache_dir=cache_dir, batch_size=batch_size, skip=skip,
-                                 progress=progress, desc=desc)
+                                 progress=progress, desc=desc, **kw)
     skip = skip if skip is not None else SkipLog(skip=False)
     mine = list(range(env.rank, len(files), env.world_size))
     own_skip = SkipLog(skip=skip.skip)
     emb, ok = embed_audio_files(tower, [files[i] for i in mine], cache_dir=cache_dir, batch_size=batch_size,
                                 skip=own_skip, progress=progress,
-                                desc=(desc or f"embed {tower.spec}") + f" [rank {env.rank}/{env.world_size}]")
+                                desc=(desc or f"embed {tower.spec}") + f" [rank {env.rank}/{env.world_size}]", **kw)
     if not gather:
         skip.items.extend(own_skip.items)
         barrier(env)
@@ -309,21 +309,21 @@ def embed_sharded(tower, files: Sequence[str], *, env: DistEnv, cache_dir=None, 
 
 
 def warm_audio_cache(spec: str, files: Sequence[str], env: DistEnv, *, cache_dir, batch_size: int = 16,
-                     progress: bool = True, desc: str | None = None) -> None:
+                     progress: bool = True, desc: str | None = None, **kw) -> None:
     """Embed ``files`` with tower ``spec`` on this process's device, split over the processes, into
     the cache (bad files are left for the caller to report). Every process returns after a barrier."""
-    from .errors import SkipLog
-    from .towers import build_tower
+    from ..errors import SkipLog
+    from ..towers import build_tower
 
     tower = build_tower(spec, device=str(env.device), shared=False)
     embed_sharded(tower, files, env=env, cache_dir=cache_dir, batch_size=batch_size, skip=SkipLog(skip=True),
-                  progress=progress and env.is_main, desc=desc or f"audio {spec}", gather=False)
+                  progress=progress and env.is_main, desc=desc or f"audio {spec}", gather=False, **kw)
     del tower
     barrier(env)
 
 
 def prepare_distributed(cfg, table, env: DistEnv, *, cache_dir=None, progress: bool = True, skip=None):
-    """:func:`smoothclap.prepare.prepare` for a (possibly) distributed run.
+    """:func:`smoothclap.trainer.bundle.prepare` for a (possibly) distributed run.
 
     1. Every process embeds its shard of the clips with the audio (and local-feature) tower on its
        own device and, when captions use eGeMAPS, extracts its shard of the functionals; all go
@@ -333,9 +333,11 @@ def prepare_distributed(cfg, table, env: DistEnv, *, cache_dir=None, progress: b
     Multi-machine runs should give every machine the same ``cache_dir`` (shared storage): rank 0
     recomputes what it cannot see.
     """
-    from .errors import SkipLog
-    from .prepare import needs_local, prepare
+    from ..cache import cache_root
+    from ..errors import SkipLog
+    from .bundle import needs_local, prepare
 
+    cache_dir = cache_root(cache_dir)
     skip = skip if skip is not None else SkipLog(skip=cfg.data.skip_bad)
     if not env.enabled and env.device.type == "cpu":
         return prepare(cfg, table, cache_dir=cache_dir, progress=progress, skip=skip)
@@ -346,9 +348,10 @@ def prepare_distributed(cfg, table, env: DistEnv, *, cache_dir=None, progress: b
             specs.append(cfg.towers.local)
         for spec in specs:
             warm_audio_cache(spec, files, env, cache_dir=cache_dir, batch_size=cfg.towers.batch_size,
-                             progress=progress)
+                             progress=progress, loudness=cfg.model.loudness, workers=cfg.towers.embed_workers,
+                             trim_every=cfg.towers.trim_every)
         if cfg.captions.variables and env.enabled:
-            from .paraling import extract_egemaps
+            from ..egemaps import extract_egemaps
 
             extract_egemaps(files[env.rank :: env.world_size], cache_dir=cache_dir, num_workers=cfg.train.num_workers,
                             skip=SkipLog(skip=True), progress=progress and env.is_main)
@@ -357,3 +360,61 @@ def prepare_distributed(cfg, table, env: DistEnv, *, cache_dir=None, progress: b
     if env.is_main:
         prepared = prepare(cfg, table, cache_dir=cache_dir, progress=progress, skip=skip)
     return broadcast_object(prepared, env)
+
+
+# -- the embed command -------------------------------------------------------------------------------
+@dataclass
+class EmbedRun:
+    """What :func:`embed_corpus` did (rank 0; other ranks get None)."""
+
+    embeddings: np.ndarray          # [N, dim], NaN rows for skipped clips
+    ok: np.ndarray                  # [N]
+    seconds: float
+    world_size: int
+    skipped: list                   # (path, reason) of the table's reading and of the audio
+    output: str | None = None
+
+
+def embed_corpus(table, spec: str, *, device: str = "auto", cache_dir=None, batch_size: int = 16,
+                 skip_bad: bool = False, progress: bool = True, output=None, loudness: str | None = None,
+                 workers: int | None = None) -> EmbedRun | None:
+    """``smoothclap embed``: run tower ``spec`` over the table's files once, into the cache (under
+    ``torchrun`` split over the processes, see :func:`embed_sharded`). With ``output`` rank 0
+    writes the array (``.npy``, atomically) and ``<output>.files.csv`` beside it: one row per
+    array row (file, ok, reason)."""
+    import time
+
+    import pandas as pd
+
+    from ..cache import cache_root
+    from ..errors import SkipLog
+    from ..io import atomic_save, atomic_write_text
+    from ..towers import build_tower
+
+    env = init_distributed(device)
+    try:
+        skip = SkipLog(skip=skip_bad)
+        t = time.perf_counter()
+        tower = build_tower(spec, device=str(env.device))
+        files = table["file"].astype(str).tolist()
+        emb, ok = embed_sharded(tower, files, env=env, cache_dir=cache_root(cache_dir), batch_size=batch_size,
+                                skip=skip, progress=progress and env.is_main, loudness=loudness, workers=workers)
+        if not env.is_main:
+            return None
+        read = list(getattr(table.attrs.get("skipped"), "items", []))
+        run = EmbedRun(embeddings=emb, ok=ok, seconds=time.perf_counter() - t, world_size=env.world_size,
+                       skipped=read + list(skip.items))
+        if output:
+            out = str(output)
+            def write(tmp):
+                with open(tmp, "wb") as f:
+                    np.save(f, emb, allow_pickle=False)
+
+            atomic_save(out, write)
+            why = dict(skip.items)
+            listing = pd.DataFrame({"file": files, "ok": ok, "reason": [why.get(f, "") for f in files]})
+            atomic_write_text(f"{out}.files.csv", listing.to_csv(index=False))
+            run.output = out
+        return run
+    finally:
+        cleanup()

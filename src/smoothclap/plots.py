@@ -1,4 +1,4 @@
-"""Reports: Markdown tables and PNG plots (confusion matrices, soft-target heatmaps, curves)."""
+"""Markdown tables and PNG figures (confusion matrices, soft-target heatmaps, training curves)."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,0 +1,59 @@
+"""Rows of a split; several corpus tables -> one training table with one caption vocabulary."""
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+
+from ..errors import BadInputError
+from .registry import caption_words, canonical
+
+log = logging.getLogger("smoothclap")
+
+
+def rows_of_split(df: pd.DataFrame, split: str | None, name: str, *, all_if_unsplit: bool = True) -> pd.DataFrame:
+    """Rows of ``df`` whose ``split`` is ``split`` (None: all rows). A table without split values
+    (no column, or every cell empty) keeps every row when ``all_if_unsplit`` (a manifest without a
+    split column trains on all its rows), else it is an error; so is a split that matches nothing.
+    Errors name ``name`` and the splits present."""
+    if split is None:
+        return df
+    values = df["split"] if "split" in df.columns else pd.Series([None] * len(df), index=df.index)
+    have = values.notna() & (values.astype(str) != "None")
+    if not have.any():
+        if all_if_unsplit:
+            log.info("%s has no split values: all %d rows are used (split %r does not apply)", name, len(df), split)
+            return df
+        raise BadInputError(name, f"no split values, so no rows of split {split!r}")
+    out = df[values.astype(str) == str(split)]
+    if out.empty:
+        found = sorted(values[have].astype(str).unique())
+        raise BadInputError(name, f"no rows of split {split!r} (splits here: {', '.join(found)})")
+    return out
+
+
+def training_table(tables: dict[str, pd.DataFrame], label_map: dict | None = None, *, vocabulary: bool = True,
+                   per_source_maps: dict[str, dict] | None = None) -> pd.DataFrame:
+    """Concatenate corpus tables (name -> table) for training.
+
+    ``label`` becomes the caption word: the row's corpus' entry in the caption vocabulary
+    (:func:`smoothclap.corpora.caption_words`, when ``vocabulary``), then ``per_source_maps[name]``,
+    then ``label_map`` (both label -> word; later ones win). The corpus' own word is kept in
+    ``label_original``. Speaker ids are prefixed with the corpus (``"emodb:03"``): ids repeat
+    across corpora (EmoDB "03", RAVDESS "03"). A table without a ``corpus`` column is corpus ``name``.
+    """
+    parts = []
+    for name, df in tables.items():
+        df = df.copy()
+        if "corpus" not in df.columns:
+            df["corpus"] = name
+        corpus = [name if c is None or c != c else str(c) for c in df["corpus"]]
+        extra = {str(k): str(v) for k, v in ((per_source_maps or {}).get(name) or {}).items()}
+        extra.update({str(k): str(v) for k, v in (label_map or {}).items()})
+        vocab = {c: {**(caption_words(canonical(c)) if vocabulary else {}), **extra} for c in set(corpus)}
+        df["label_original"] = df["label"].astype(str)
+        df["label"] = [vocab[c].get(x, x) for c, x in zip(corpus, df["label_original"])]
+        if "speaker" in df.columns:
+            df["speaker"] = [None if s is None or s != s else f"{c}:{s}" for c, s in zip(corpus, df["speaker"])]
+        parts.append(df)
+    return pd.concat(parts, ignore_index=True)

@@ -1,0 +1,234 @@
+"""Corpus table -> features and captions -> cached frozen-tower embeddings: the training bundle,
+and the batch builder that hands the loss what it needs.
+
+Everything the trainer needs is computed here once and cached on disk: raw audio-tower features,
+local-feature embeddings for q_a2a, eGeMAPS functionals and their quantile bins (fitted on the
+training table only), one caption per clip per epoch (template drawn with an epoch-seeded rng),
+the text embedding of each distinct caption string, and the description embeddings for q_t2t.
+Feature normalisation is the model's (:meth:`SmoothClapModel.fit_normalization`); the bundle
+carries each clip's group for it.
+
+To add a soft-target source: compute it per clip in :func:`prepare` (a field of
+:class:`Prepared`), hand it out per batch in :meth:`BatchBuilder.sources`, and read it in the loss
+(:mod:`smoothclap.losses`). Nothing else changes: the distributed loss gathers every tensor it is
+given, and the loop passes the batch dict through.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..bins import ParalingBinner
+from ..cache import cache_root
+from ..captions import CaptionBuilder
+from ..config import RunConfig
+from ..device import resolve_device
+from ..embed import embed_audio_files, embed_texts
+from ..errors import BadInputError, SkipLog
+from ..losses import unit_rows
+from ..normalize import group_ids
+from ..targets import apply_target_options
+
+log = logging.getLogger("smoothclap")
+
+
+@dataclass
+class Prepared:
+    """Training bundle. N clips kept, M distinct caption strings, E epochs of captions."""
+
+    table: pd.DataFrame                  # N rows (bad clips removed), index 0..N-1
+    audio: np.ndarray                    # [N, audio_dim] raw audio-tower features
+    local: np.ndarray | None             # [N, local_dim] local-feature embeddings (q_a2a) or None
+    caption_texts: list[str]             # [M] distinct captions
+    caption_emb: np.ndarray              # [M, text_dim]
+    caption_index: list[np.ndarray]      # E arrays [N]: caption of clip i in epoch e
+    desc_texts: list[str] | None         # [N] descriptions (q_t2t) or None
+    desc_emb: np.ndarray | None          # [N, text_dim] or None
+    label_ids: np.ndarray                # [N] int, for diagnostics only
+    label_names: list[str]
+    binner: ParalingBinner | None
+    trained_on: list[str]
+    groups: np.ndarray | None = None     # [N] group of each clip for model.feature_norm_group
+    skipped: SkipLog = field(default_factory=SkipLog)
+    timings: dict = field(default_factory=dict)
+
+
+def needs_local(cfg: RunConfig) -> bool:
+    return cfg.loss.beta > 0 and cfg.loss.gamma < 1
+
+
+def needs_desc(cfg: RunConfig) -> bool:
+    return cfg.loss.beta > 0 and cfg.loss.gamma > 0
+
+
+def uses_caption_as_description(cfg: RunConfig, prepared: Prepared) -> bool:
+    """``loss.text_target: caption``: q_t2t comes from the (frozen) caption embeddings."""
+    return prepared.desc_emb is None and cfg.loss.text_target == "caption" and needs_desc(cfg)
+
+
+def _check_table(cfg: RunConfig, table: pd.DataFrame) -> None:
+    for col in ("file", "label"):
+        if col not in table.columns:
+            raise BadInputError("training table", f"lacks column {col!r} (has {list(table.columns)})")
+    for key, col in (("model.feature_norm_group", cfg.model.feature_norm_group),
+                     ("captions.group_by", cfg.captions.group_by),
+                     ("loss.target_standardize_group", cfg.loss.target_standardize_group)):
+        if col and col not in table.columns:
+            raise BadInputError("training table", f"{key}={col!r} but the table has no {col!r} column")
+
+
+def prepare(cfg: RunConfig, table: pd.DataFrame, *, cache_dir=None, progress: bool = True,
+            skip: SkipLog | None = None, binner: ParalingBinner | None = None,
+            need_local: bool | None = None, need_desc: bool | None = None) -> Prepared:
+    """Build the training bundle for ``table`` (columns: file, label; optional gender, speaker,
+    corpus, arousal, valence). ``binner`` given = reuse its fitted bins; else fit on ``table``.
+    ``need_local`` / ``need_desc`` force the soft-target sources on (e.g. to share one bundle
+    between a CLAP and a SmoothCLAP run); by default they follow ``cfg.loss``.
+
+    A clip bad for any tower (or for eGeMAPS) is one skipped clip, counted once in ``skip``.
+    """
+    from ..towers import build_tower
+
+    _check_table(cfg, table)
+    skip = skip if skip is not None else SkipLog(skip=cfg.data.skip_bad)
+    cache_dir = cache_root(cache_dir)
+    timings: dict[str, float] = {}
+    table = table.reset_index(drop=True)
+    files = table["file"].astype(str).tolist()
+    ok = np.ones(len(files), dtype=bool)
+    tc = cfg.towers
+    kw = dict(cache_dir=cache_dir, batch_size=tc.batch_size, progress=progress, workers=tc.embed_workers,
+              trim_every=tc.trim_every, loudness=cfg.model.loudness)
+    stage_skips: list[SkipLog] = []
+
+    def stage_skip() -> SkipLog:
+        s = SkipLog(skip=skip.skip)
+        stage_skips.append(s)
+        return s
+
+    t = time.perf_counter()
+    # frozen towers run on the configured device (GPU when there is one); embeddings come back to CPU
+    device = str(resolve_device(tc.device))
+    audio_tower = build_tower(tc.audio, device=device)
+    audio, a_ok = embed_audio_files(audio_tower, files, skip=stage_skip(), desc=f"audio {tc.audio}", **kw)
+    ok &= a_ok
+    timings["audio_embeddings"] = time.perf_counter() - t
+
+    need_local = needs_local(cfg) if need_local is None else need_local
+    need_desc = needs_desc(cfg) if need_desc is None else need_desc
+    local = None
+    if need_local:
+        spec = tc.local or tc.audio
+        if spec == tc.audio:
+            local = audio  # the paper's default: the audio tower's own frozen embedding
+        else:
+            t = time.perf_counter()
+            local, l_ok = embed_audio_files(build_tower(spec, device=device), files, skip=stage_skip(),
+                                            desc=f"local {spec}", **kw)
+            ok &= l_ok
+            timings["local_embeddings"] = time.perf_counter() - t
+
+    cc = cfg.captions
+    if cc.variables:
+        from ..egemaps import extract_egemaps
+
+        t = time.perf_counter()
+        feats = extract_egemaps(files, cache_dir=cache_dir, num_workers=cfg.train.num_workers, skip=stage_skip(),
+                                progress=progress)
+        timings["egemaps"] = time.perf_counter() - t
+        ok &= np.array([f in feats.index for f in files])
+        feats = feats.reindex(files)
+    # one entry per bad clip, whichever stages it failed in
+    seen: set[str] = set()
+    for s in stage_skips:
+        for path, reason in s.items:
+            if path not in seen:
+                seen.add(path)
+                skip.items.append((path, reason))
+    keep = np.flatnonzero(ok)
+    if len(keep) < 2:
+        raise BadInputError("training table", f"only {len(keep)} usable training clips after skipping bad files")
+    table = table.iloc[keep].reset_index(drop=True)
+    audio = audio[keep]
+    local = local[keep] if local is not None else None
+    if cc.variables:
+        feats = feats.iloc[keep].reset_index(drop=True)
+        if cc.group_by:
+            feats[cc.group_by] = table[cc.group_by].to_numpy()
+        if binner is None:
+            binner = ParalingBinner.from_config(cc).fit(feats)
+        bins = binner.transform(feats).reset_index(drop=True)
+    else:
+        binner = None
+        bins = pd.DataFrame(index=range(len(table)))
+
+    builder = CaptionBuilder(cc)
+    labels = table["label"].astype(str).tolist()
+    extra = {k: (table[k].tolist() if k in table.columns else None) for k in ("gender", "arousal", "valence")}
+    per_epoch = [builder.captions(bins, labels, rng=np.random.default_rng([cfg.train.seed, e]), **extra)
+                 for e in range(max(1, cfg.train.epochs))]
+    caption_texts = sorted({c for caps in per_epoch for c in caps})
+    pos = {c: i for i, c in enumerate(caption_texts)}
+    caption_index = [np.array([pos[c] for c in caps], dtype=np.int64) for caps in per_epoch]
+
+    t = time.perf_counter()
+    text_tower = build_tower(tc.text, device=device)
+    tkw = dict(cache_dir=cache_dir, progress=progress, workers=tc.embed_workers, trim_every=tc.trim_every)
+    caption_emb = embed_texts(text_tower, caption_texts, desc=f"captions {tc.text}", **tkw)
+    desc_texts = desc_emb = None
+    if need_desc and cfg.loss.text_target != "caption":
+        if not cc.variables:
+            raise BadInputError("training table", "loss.text_target=description needs eGeMAPS variables "
+                                "(captions.variables)")
+        with_label = cfg.loss.text_target == "description+label"
+        desc_texts = builder.descriptions(bins, labels if with_label else None)
+        desc_emb = embed_texts(text_tower, desc_texts, desc="descriptions", **tkw)
+    timings["text_embeddings"] = time.perf_counter() - t
+
+    label_names = sorted(set(labels))
+    label_ids = np.array([label_names.index(x) for x in labels], dtype=np.int64)
+    trained_on = sorted(table["corpus"].astype(str).unique()) if "corpus" in table.columns else ["(table)"]
+    if skip.count:
+        log.warning("skipped %d bad clip(s) while preparing training data", skip.count)
+    prepared = Prepared(table=table, audio=audio.astype(np.float32),
+                        local=None if local is None else local.astype(np.float32),
+                        caption_texts=caption_texts, caption_emb=caption_emb, caption_index=caption_index,
+                        desc_texts=desc_texts, desc_emb=desc_emb, label_ids=label_ids, label_names=label_names,
+                        binner=binner, trained_on=trained_on, groups=group_ids(table, cfg.model.feature_norm_group),
+                        skipped=skip, timings=timings)
+    return apply_target_options(cfg, prepared)
+
+
+class BatchBuilder:
+    """What the loss needs for one batch, as one dict (the batch structure, as open_clip passes
+    model outputs to its loss): the frozen target sources of clips ``idx`` in ``epoch``, their
+    rows L2-normalised once here (``sources_normalized``) instead of once per batch."""
+
+    def __init__(self, cfg: RunConfig, prepared: Prepared):
+        self.prepared = prepared
+        p = prepared
+        self.local = unit_rows(torch.from_numpy(p.local)) if p.local is not None else None
+        self.desc = unit_rows(torch.from_numpy(p.desc_emb)) if p.desc_emb is not None else None
+        self.cap_unit = unit_rows(torch.from_numpy(p.caption_emb)) if uses_caption_as_description(cfg, p) else None
+
+    def caption_ids(self, idx: torch.Tensor, epoch: int) -> torch.Tensor:
+        """``[b]`` caption index of each clip in ``epoch``."""
+        ci = self.prepared.caption_index
+        return torch.as_tensor(ci[epoch % len(ci)])[idx]
+
+    def sources(self, idx: torch.Tensor, epoch: int, device) -> dict:
+        """Target sources of clips ``idx`` ``[b]``: ``local_audio`` ``[b, k_a]``, ``desc_text``
+        ``[b, k_t]`` (None where unused) and ``sources_normalized``."""
+        if self.desc is not None:
+            desc = self.desc[idx]
+        elif self.cap_unit is not None:
+            desc = self.cap_unit[self.caption_ids(idx, epoch)]
+        else:
+            desc = None
+        return {"local_audio": None if self.local is None else self.local[idx].to(device),
+                "desc_text": None if desc is None else desc.to(device), "sources_normalized": True}
