@@ -34,13 +34,18 @@ def read_audio(
     peak-normalised, RAVDESS about -40 dBFS RMS), which otherwise leaks the corpus into features.
 
     Returns: array of shape ``[num_samples]``.
-    Raises BadInputError for missing, unreadable, empty, non-finite, silent or too-short audio.
+    Raises BadInputError for missing, unreadable, empty, truncated, non-finite, silent or too-short
+    audio.
     """
     path = Path(path)
     if not path.exists():
         raise BadInputError(path, "file not found")
     if path.stat().st_size == 0:
         raise BadInputError(path, "empty file (0 bytes)")
+    short = wav_shortfall(path)
+    if short is not None:
+        declared, held = short
+        raise BadInputError(path, f"truncated WAV (its header declares {declared} frames, the file holds {held})")
     try:
         info = sf.info(str(path))
         sr = info.samplerate
@@ -67,6 +72,42 @@ def read_audio(
     if loudness not in (None, "none"):
         wav = normalize_loudness(wav, loudness)
     return np.ascontiguousarray(wav, dtype=np.float32)
+
+
+def wav_shortfall(path: str | Path) -> tuple[int, int] | None:
+    """For a RIFF/WAVE file whose ``data`` chunk is cut short (the header declares more sample
+    frames than the file holds; decoders then silently return the part that is there):
+    ``(declared frames, frames present)``. None for complete files and other formats."""
+    import struct
+
+    try:
+        size = Path(path).stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            block = None
+            while True:
+                ch = f.read(8)
+                if len(ch) < 8:
+                    return None
+                cid, n = ch[:4], struct.unpack("<I", ch[4:])[0]
+                if cid == b"fmt ":
+                    fmt = f.read(min(n, 16))
+                    if len(fmt) >= 14:
+                        block = struct.unpack("<H", fmt[12:14])[0]
+                    f.seek(n - len(fmt) + (n & 1), 1)
+                elif cid == b"data":
+                    if n in (0, 0xFFFFFFFF) or not block:  # streamed / unknown length: nothing to check
+                        return None
+                    present = size - f.tell()
+                    if present >= n:
+                        return None
+                    return n // block, max(present, 0) // block
+                else:
+                    f.seek(n + (n & 1), 1)
+    except OSError:
+        return None
 
 
 def normalize_loudness(wav: np.ndarray, mode: str) -> np.ndarray:

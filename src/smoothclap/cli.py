@@ -102,7 +102,7 @@ def cmd_train(args) -> int:
         if getattr(args, flag):
             overrides.append(f"{key}={getattr(args, flag)}")
     cfg = load_config(args.config, overrides)
-    run = run_training(cfg, progress=not args.quiet)
+    run = run_training(cfg, progress=not args.quiet, new_folder=args.new_folder)
     if run is None:
         return 0
     last = run.result.history[-1] if run.result.history else {}
@@ -299,7 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-root", help="its folder (sets data.root)")
     s.add_argument("--preset", choices=sorted(LOSS_PRESETS))
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. train.epochs=5")
-    s.add_argument("--out", help="run folder (sets out_dir)")
+    s.add_argument("--out", help="run folder (sets out_dir); the same settings resume, others are refused")
+    s.add_argument("--new-folder", action="store_true", help="if --out holds a run of other settings, train into "
+                   "<out>-2 (-3, ...) instead of stopping")
     s.add_argument("--device", help="auto | cpu | cuda[:N] (under torchrun: each process's GPU)")
     s.set_defaults(fn=cmd_train)
 

@@ -293,6 +293,13 @@ class RunConfig:
     out_dir: str = "runs/smoothclap"
 
     def __post_init__(self) -> None:
+        lc, bs = self.loss, self.train.batch_size
+        if lc.calibrate == "diag" and not 1.0 / bs < lc.calibrate_value < 1.0:
+            raise ConfigError("loss.calibrate_value", f"{lc.calibrate_value!r}: a diagonal mass must lie in "
+                              f"(1/train.batch_size, 1) = ({1 / bs:.3f}, 1)")
+        if lc.calibrate == "neighbours" and not 1.0 < lc.calibrate_value < bs:
+            raise ConfigError("loss.calibrate_value", f"{lc.calibrate_value!r}: effective neighbours must lie in "
+                              f"(1, train.batch_size) = (1, {bs})")
         if self.loss.text_target != "caption" and self.loss.beta > 0 and self.loss.gamma > 0 \
                 and not self.captions.variables:
             raise ConfigError("loss.text_target", f"{self.loss.text_target!r} needs eGeMAPS variables "

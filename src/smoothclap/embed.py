@@ -295,6 +295,15 @@ def embed_audio_files(
         groups.setdefault(keys[i] if keys[i] is not None else f, []).append(i)
     todo = [g[0] for g in groups.values()]
     members = {g[0]: g for g in groups.values()}
+    by_key: dict[str, list[int]] = {}
+    for i, k in enumerate(keys):
+        if k is not None:
+            by_key.setdefault(k, []).append(i)
+    same = [g for g in by_key.values() if len({files[i] for i in g}) > 1]
+    if same:  # suspicious input (e.g. one take copied under two names): embedded once, named here
+        shown = "; ".join(" = ".join(files[i] for i in g[:3]) for g in same[:3])
+        log.warning("%d group(s) of files with identical audio (embedded once each): %s%s", len(same), shown,
+                    " ..." if len(same) > 3 else "")
     if not todo:
         return out, ok
     # Global length order from the headers: batches of near-equal length, no decoding needed.

@@ -88,6 +88,9 @@ def zero_shot_evaluate(model, table: pd.DataFrame, labels: Sequence[str] | None 
         raise ValueError(f"labels {unknown} in the evaluation table are not among the task's labels {labels}")
     files = table["file"].astype(str).tolist()
     if features is None:
+        from .corpora import check_whole_files
+
+        check_whole_files(table, "scoring")
         features, ok = model.file_features(files, cache_dir=cache_dir, skip=skip, progress=progress,
                                            batch_size=batch_size, desc="audio (eval)")
     else:

@@ -174,7 +174,7 @@ def get_task(name: str) -> Task:
             return t
     if k in _TASK_ALIASES:
         return TASKS[_TASK_ALIASES[k]]
-    raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
+    raise BadInputError(name, f"unknown task; known: {', '.join(TASKS)}")
 
 
 def canonical_corpus(name: str) -> str:

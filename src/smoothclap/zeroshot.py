@@ -42,12 +42,12 @@ def resolve_templates(templates: str | Sequence[str] | None) -> list[str]:
             return TEMPLATE_SETS[templates]
         if "{label}" in templates:
             return [templates]
-        raise ValueError(f"unknown template set {templates!r}; known: {sorted(TEMPLATE_SETS)} "
-                         "or a string containing {label}")
+        raise BadInputError("templates", f"unknown template set {templates!r}; known: {sorted(TEMPLATE_SETS)} "
+                            "or a string containing {label}")
     out = list(templates)
     for t in out:
         if "{label}" not in t:
-            raise ValueError(f"template {t!r} has no {{label}} placeholder")
+            raise BadInputError("templates", f"template {t!r} has no {{label}} placeholder")
     return out
 
 
@@ -174,7 +174,7 @@ def classify_files(model, files: Sequence[str], labels: Sequence[str], *, groups
     """
     files = [str(f) for f in files]
     if groups is not None and len(groups) != len(files):
-        raise ValueError(f"{len(groups)} groups for {len(files)} files")
+        raise BadInputError("groups", f"{len(groups)} groups for {len(files)} files (one per file)")
     skip = SkipLog(skip=skip_bad)
     clf = ZeroShotClassifier(model, labels, prompts=prompts, templates=templates)
     preds, probs, ok = clf.predict_files(files, groups, cache_dir=cache_dir, batch_size=batch_size, skip=skip,

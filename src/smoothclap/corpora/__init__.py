@@ -26,7 +26,7 @@ import pandas as pd
 
 from ._common import AUDIO_EXTS, STANDARD_COLUMNS
 from .manifest import read_manifest
-from .combine import rows_of_split, training_table
+from .combine import check_whole_files, rows_of_split, training_table
 from .registry import CORPORA, CorpusInfo, available, canonical, caption_words, find_root, get_info, key
 
 
@@ -48,6 +48,7 @@ __all__ = [
     "CorpusInfo",
     "STANDARD_COLUMNS",
     "available",
+    "check_whole_files",
     "canonical",
     "caption_words",
     "find_root",

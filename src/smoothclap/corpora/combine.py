@@ -32,6 +32,17 @@ def rows_of_split(df: pd.DataFrame, split: str | None, name: str, *, all_if_unsp
     return out
 
 
+def check_whole_files(table: pd.DataFrame, what: str) -> None:
+    """Embeddings and features are computed per file: a table with ``start`` / ``end`` segments
+    would silently be treated as whole files, so it is refused, naming its source."""
+    for col in ("start", "end"):
+        if col in table.columns and table[col].notna().any():
+            src = table.attrs.get("manifest", "table")
+            n = int(table[col].notna().sum())
+            raise BadInputError(src, f"{n} row(s) give {col!r} segments; {what} works on whole files: cut the "
+                                "segments into files first")
+
+
 def training_table(tables: dict[str, pd.DataFrame], label_map: dict | None = None, *, vocabulary: bool = True,
                    per_source_maps: dict[str, dict] | None = None) -> pd.DataFrame:
     """Concatenate corpus tables (name -> table) for training.

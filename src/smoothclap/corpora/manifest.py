@@ -109,6 +109,12 @@ def read_manifest(
     with_duration: add ``duration`` (``end - start`` for segments, else from the file header).
     corpus / language: fill these columns where the manifest has none (corpus defaults to the
         manifest's file stem).
+
+    A manifest without data rows, a row repeating an earlier row (same file, segment, label and
+    caption) and a path that cannot be resolved (e.g. a symlink loop) are bad input; a clip in
+    several rows with different labels or captions is kept and named in a warning. ``df.attrs["rows"]`` holds the
+    manifest row number (1 = first data row) of every kept row, ``df.attrs["n_rows"]`` the number
+    of data rows, so results can be laid out one row per manifest row.
     """
     if path is None:
         raise BadInputError("<none>", "no manifest path given")
@@ -119,6 +125,8 @@ def read_manifest(
         raise BadInputError(path, "manifest path is a folder, not a CSV/TSV/JSONL file")
     path = path.resolve()
     df = _read(path)
+    if len(df) == 0:
+        raise BadInputError(path, "the manifest has no data rows (only a header, or empty)")
     df.columns = [str(c).strip() for c in df.columns]
     lower = {c.lower(): c for c in df.columns}
     df = df.rename(columns={orig: low for low, orig in lower.items() if low in (*_STR_COLS, "start", "end")})
@@ -147,6 +155,9 @@ def read_manifest(
 
     skips = SkipLog(skip=skip_bad)
     keep, files, starts, ends = [], [], [], []
+    seen: dict[tuple, int] = {}
+    same_clip: dict[tuple, list[int]] = {}  # rows of one clip (with other labels or captions)
+    row_errors: dict[int, str] = {}
     records = df.to_dict("records")
     for i, r in enumerate(records, 1):
         where = f"row {i}"
@@ -154,7 +165,10 @@ def read_manifest(
             if _blank(r.get("file")):
                 raise BadInputError(path, f"empty file cell ({where})")
             f = Path(str(r["file"]).strip()).expanduser()
-            f = (f if f.is_absolute() else base / f).resolve()
+            try:
+                f = (f if f.is_absolute() else base / f).resolve()
+            except (OSError, RuntimeError) as e:  # a symlink loop, a name too long, ...
+                raise BadInputError(path, f"cannot resolve the audio path ({where}: {r['file']}: {e})") from None
             if "label" in df.columns:
                 lab = r.get("label")
                 if _blank(lab):
@@ -176,16 +190,37 @@ def read_manifest(
                 raise BadInputError(path, f"bad segment ({where}: {err})") from None
             if s is not None and e is not None and e <= s:
                 raise BadInputError(path, f"bad segment ({where}: end {e} <= start {s})")
-            if check_files and not f.is_file():
-                raise BadInputError(f, f"audio file not found (manifest {path.name}, {where})")
+            if check_files:
+                try:
+                    is_file = f.is_file()
+                except OSError:
+                    is_file = False
+                if not is_file:
+                    raise BadInputError(f, f"audio file not found (manifest {path.name}, {where})")
+            key = (str(f), s, e, None if _blank(r.get("label")) else str(r.get("label")).strip(),
+                   None if _blank(r.get("caption")) else str(r.get("caption")).strip())
+            dup = seen.get(key)
+            if dup is not None:
+                raise BadInputError(path, f"duplicate row ({where} repeats row {dup}: {r['file']}; it would be "
+                                    "counted twice)")
+            seen[key] = i
+            same_clip.setdefault((str(f), s, e), []).append(i)
         except BadInputError as err:
             skips.handle(err)
+            row_errors[i] = f"{err.path}: {err.reason}"
             continue
         keep.append(i - 1)
         files.append(str(f))
         starts.append(s)
         ends.append(e)
 
+    if not keep:
+        raise BadInputError(path, f"no usable rows: all {len(records)} are bad ({skips.by_reason()})")
+    multi = [(k[0], rows) for k, rows in same_clip.items() if len(rows) > 1]
+    if multi:  # suspicious unless meant (several captions or raters per clip): named, not dropped
+        shown = "; ".join(f"{Path(f).name} (rows {', '.join(map(str, rows))})" for f, rows in multi[:3])
+        log.warning("%s: %d clip(s) appear in several rows with different labels or captions: %s%s", path.name,
+                    len(multi), shown, " ..." if len(multi) > 3 else "")
     out = df.iloc[keep].reset_index(drop=True).copy()
     if "label" in out.columns:
         out["label"] = [records[k]["label"] for k in keep]
@@ -219,11 +254,19 @@ def read_manifest(
         ok = [x is not None for x in d]
         if not all(ok):
             out = out[ok].reset_index(drop=True)
+            why = {p: r for p, r in skips.items}
+            for k, good, f in zip(keep, ok, files):
+                if not good:
+                    row_errors[k + 1] = f"{f}: {why.get(f, 'unreadable audio header')}"
+            keep = [k for k, good in zip(keep, ok) if good]
     for c in STANDARD_COLUMNS:
         out[c] = out[c].astype(object).where(out[c].notna(), None)
     out.attrs["corpus"] = corpus or path.stem
     out.attrs["skipped"] = skips
     out.attrs["manifest"] = str(path)
+    out.attrs["rows"] = [k + 1 for k in keep]
+    out.attrs["n_rows"] = len(records)
+    out.attrs["row_errors"] = row_errors
     if skips.count:
         log.warning("%s: skipped %d bad row(s): %s", path.name, skips.count, skips.by_reason())
     return out

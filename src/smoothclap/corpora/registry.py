@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ..errors import BadInputError
 from . import aibo, alc, cremad, emodb, iemocap, manifest, msppodcast, ravdess, savee, sld, tess
 
 
@@ -82,7 +83,7 @@ def available() -> list[str]:
 def get_info(name: str) -> CorpusInfo:
     info = _BY_KEY.get(key(name))
     if info is None:
-        raise ValueError(f"unknown corpus {name!r}; available: {', '.join(available())}")
+        raise BadInputError(name, f"unknown corpus; available: {', '.join(available())}")
     return info
 
 

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from .. import corpora
+from ..errors import BadInputError
 from ..cache import DEFAULT_CACHE_DIR, cache_root
 from ..config import RunConfig, load_config, loss_preset
 from ..corpora import training_table
@@ -88,7 +89,7 @@ def select_candidates(names: Sequence[str], grid=None) -> list[dict[str, list[st
     known = {n for st in stages for n in st}
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise ValueError(f"unknown candidate(s) {unknown}; known: {sorted(known)}")
+        raise BadInputError("--candidates", f"unknown candidate(s) {unknown}; known: {sorted(known)}")
     out = [{k: v for k, v in st.items() if k in names} for st in stages]
     return [st for st in out if st]
 

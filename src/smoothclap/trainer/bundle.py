@@ -72,9 +72,12 @@ def uses_caption_as_description(cfg: RunConfig, prepared: Prepared) -> bool:
 
 
 def _check_table(cfg: RunConfig, table: pd.DataFrame) -> None:
+    from ..corpora import check_whole_files
+
     for col in ("file", "label"):
         if col not in table.columns:
             raise BadInputError("training table", f"lacks column {col!r} (has {list(table.columns)})")
+    check_whole_files(table, "training")
     for key, col in (("model.feature_norm_group", cfg.model.feature_norm_group),
                      ("captions.group_by", cfg.captions.group_by),
                      ("loss.target_standardize_group", cfg.loss.target_standardize_group)):
@@ -172,6 +175,9 @@ def prepare(cfg: RunConfig, table: pd.DataFrame, *, cache_dir=None, progress: bo
     extra = {k: (table[k].tolist() if k in table.columns else None) for k in ("gender", "arousal", "valence")}
     per_epoch = [builder.captions(bins, labels, rng=np.random.default_rng([cfg.train.seed, e]), **extra)
                  for e in range(max(1, cfg.train.epochs))]
+    if "caption" in table.columns:  # a manifest's own captions win over generated ones
+        given = [None if c is None or c != c or not str(c).strip() else str(c).strip() for c in table["caption"]]
+        per_epoch = [[g if g is not None else c for g, c in zip(given, caps)] for caps in per_epoch]
     caption_texts = sorted({c for caps in per_epoch for c in caps})
     pos = {c: i for i, c in enumerate(caption_texts)}
     caption_index = [np.array([pos[c] for c in caps], dtype=np.int64) for caps in per_epoch]

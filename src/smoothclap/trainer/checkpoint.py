@@ -81,6 +81,15 @@ def check_run_folder(run_dir, cfg) -> None:
                              "or remove this one")
 
 
+def next_free_folder(run_dir) -> Path:
+    """``<run_dir>-2``, ``-3``, ...: the first that does not exist yet."""
+    run_dir = Path(run_dir)
+    k = 2
+    while (cand := run_dir.with_name(f"{run_dir.name}-{k}")).exists():
+        k += 1
+    return cand
+
+
 # -- RNG states as tensors and plain values (weights_only-loadable) ----------------------------------------
 def rng_state(device: torch.device | None = None) -> dict:
     """Torch (CPU and, on CUDA, this device's) and NumPy global RNG states."""

@@ -381,7 +381,8 @@ def embed_corpus(table, spec: str, *, device: str = "auto", cache_dir=None, batc
     """``smoothclap embed``: run tower ``spec`` over the table's files once, into the cache (under
     ``torchrun`` split over the processes, see :func:`embed_sharded`). With ``output`` rank 0
     writes the array (``.npy``, atomically) and ``<output>.files.csv`` beside it: one row per
-    array row (file, ok, reason)."""
+    array row (row, file, ok, reason). For a manifest the array has one row per manifest row, in
+    its order: rows skipped while reading the manifest are NaN like clips skipped while embedding."""
     import time
 
     import pandas as pd
@@ -395,6 +396,9 @@ def embed_corpus(table, spec: str, *, device: str = "auto", cache_dir=None, batc
     try:
         skip = SkipLog(skip=skip_bad)
         t = time.perf_counter()
+        from ..corpora import check_whole_files
+
+        check_whole_files(table, "embedding")
         tower = build_tower(spec, device=str(env.device))
         files = table["file"].astype(str).tolist()
         emb, ok = embed_sharded(tower, files, env=env, cache_dir=cache_root(cache_dir), batch_size=batch_size,
@@ -406,13 +410,30 @@ def embed_corpus(table, spec: str, *, device: str = "auto", cache_dir=None, batc
                        skipped=read + list(skip.items))
         if output:
             out = str(output)
+            why = dict(skip.items)
+            reasons = [why.get(f, "") for f in files]
+            rows = table.attrs.get("rows")
+            if rows is not None and len(rows) == len(files):  # a manifest: one row per manifest row
+                n = int(table.attrs["n_rows"])
+                emb_out = np.full((n, emb.shape[1]), np.nan, dtype=np.float32)
+                idx = np.asarray(rows, dtype=int) - 1
+                emb_out[idx] = emb
+                listing = pd.DataFrame({"row": np.arange(1, n + 1), "file": [""] * n, "ok": [False] * n,
+                                        "reason": [""] * n})
+                for r, reason in (table.attrs.get("row_errors") or {}).items():
+                    listing.loc[r - 1, "reason"] = reason
+                listing.loc[idx, "file"] = files
+                listing.loc[idx, "ok"] = ok
+                listing.loc[idx, "reason"] = reasons
+            else:
+                listing = pd.DataFrame({"row": np.arange(1, len(files) + 1), "file": files, "ok": ok, "reason": reasons})
+                emb_out = emb
+
             def write(tmp):
                 with open(tmp, "wb") as f:
-                    np.save(f, emb, allow_pickle=False)
+                    np.save(f, emb_out, allow_pickle=False)
 
             atomic_save(out, write)
-            why = dict(skip.items)
-            listing = pd.DataFrame({"file": files, "ok": ok, "reason": [why.get(f, "") for f in files]})
             atomic_write_text(f"{out}.files.csv", listing.to_csv(index=False))
             run.output = out
         return run

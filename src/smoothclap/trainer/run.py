@@ -7,8 +7,9 @@ from pathlib import Path
 from ..cache import cache_root
 from ..config import RunConfig
 from ..errors import BadInputError, SkipLog
+from ..io import atomic_write_json
 from .bundle import Prepared
-from .checkpoint import check_run_folder
+from .checkpoint import RunFolderError, check_run_folder, next_free_folder
 from .data import load_sources
 from .distributed import cleanup, init_distributed, prepare_distributed, warm_audio_cache
 from .loop import TrainResult, train, validated
@@ -27,14 +28,20 @@ class TrainingRun:
     selection: dict | None   # the best epoch of model selection, when train.select_split is set
 
 
-def run_training(cfg: RunConfig, *, progress: bool = True) -> TrainingRun | None:
+def run_training(cfg: RunConfig, *, progress: bool = True, new_folder: bool = False) -> TrainingRun | None:
     """Read the training data of ``cfg.data`` (every source, rows of ``data.split``), set up model
     selection on ``train.select_split``, build the training bundle (frozen towers once, into the
     cache; split over the processes under ``torchrun``) and train into ``cfg.out_dir``. Settings and
-    the run folder are checked before any work."""
+    the run folder are checked before any work: a folder holding a run of other settings (or data)
+    is refused, or, with ``new_folder``, left alone and the run goes to ``<out_dir>-2`` (-3, ...)."""
     cfg = validated(cfg)
     out_dir = Path(cfg.out_dir)
-    check_run_folder(out_dir, cfg)
+    try:
+        check_run_folder(out_dir, cfg)
+    except RunFolderError:
+        if not new_folder:
+            raise
+        out_dir = next_free_folder(out_dir)
     env = init_distributed(cfg.train.device, timeout_min=cfg.train.dist_timeout_min)
     try:
         table = load_sources(cfg.data, cfg.data.split)
@@ -54,12 +61,22 @@ def run_training(cfg: RunConfig, *, progress: bool = True) -> TrainingRun | None
                                    cache_dir=cache_dir, env=env, skip_bad=cfg.data.skip_bad)
         skip = SkipLog(skip=cfg.data.skip_bad)
         prepared = prepare_distributed(cfg, table, env, cache_dir=cache_dir, progress=show, skip=skip)
-        res = train(cfg, prepared, run_dir=out_dir, progress=show, callback=callback, dist_env=env)
+        try:
+            res = train(cfg, prepared, run_dir=out_dir, progress=show, callback=callback, dist_env=env)
+        except RunFolderError:  # same settings, other data
+            if not new_folder:
+                raise
+            out_dir = next_free_folder(out_dir)
+            if callback is not None:
+                callback.run_dir = out_dir
+            res = train(cfg, prepared, run_dir=out_dir, progress=show, callback=callback, dist_env=env)
         if not env.is_main:
             return None
         read = list(getattr(table.attrs.get("skipped"), "items", []))
+        skipped = read + list(prepared.skipped.items)
+        atomic_write_json(out_dir / "skipped.json", {"count": len(skipped),
+                                                      "files": [{"file": p, "reason": r} for p, r in skipped]})
         return TrainingRun(result=res, prepared=prepared, out_dir=out_dir, world_size=env.world_size,
-                           skipped=read + list(prepared.skipped.items),
-                           selection=callback.best if callback is not None else None)
+                           skipped=skipped, selection=callback.best if callback is not None else None)
     finally:
         cleanup()
