@@ -4,14 +4,30 @@
 
 Layers (``docs/architecture.md``): the library (this package's modules), the trainer
 (:mod:`smoothclap.trainer`) and the experiments (:mod:`smoothclap.experiments`); imports run only
-downward.
+downward. The names below load on first use, so a submodule that needs no PyTorch (the ONNX
+runtime, audio reading) can be imported without it.
 """
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-from .audio import read_audio  # noqa: F401
-from .config import ConfigError, RunConfig, load_config  # noqa: F401
-from .errors import BadInputError, SkipLog  # noqa: F401
-from .losses import ClipLoss, SmoothClapLoss  # noqa: F401
-from .model import SmoothClapConfig, SmoothClapModel  # noqa: F401
-from .zeroshot import ZeroShotClassifier, classify_files  # noqa: F401
+_EXPORTS = {
+    "read_audio": "audio", "BadInputError": "errors", "SkipLog": "errors", "ConfigError": "config",
+    "RunConfig": "config", "load_config": "config", "ClipLoss": "losses", "SmoothClapLoss": "losses",
+    "SmoothClapConfig": "model", "SmoothClapModel": "model", "load_model": "model",
+    "ZeroShotClassifier": "zeroshot", "classify_files": "zeroshot",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'smoothclap' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

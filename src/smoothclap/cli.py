@@ -53,9 +53,10 @@ def _table(args, all_if_unsplit: bool = False):
 
 
 def _model(spec: str):
-    from .model import SmoothClapModel
+    """A model folder, a Hub id, or ``hf-clap:<id or folder>`` (any Hugging Face ClapModel)."""
+    from .model import load_model
 
-    return SmoothClapModel.from_pretrained(spec)
+    return load_model(spec)
 
 
 # -- subcommands ------------------------------------------------------------------------------
@@ -119,7 +120,7 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from .evaluate import evaluate_table, metrics_markdown
     from .errors import BadInputError
-    from .zeroshot import parse_labels
+    from .prompts import parse_labels
 
     model = _model(args.model)
     if args.task:
@@ -192,7 +193,8 @@ def cmd_classify(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .experiments.demo import DemoConfig, run_demo
+    from .experiments.demo import run_demo
+    from .experiments.settings import DemoConfig
 
     t = time.perf_counter()
     dc = DemoConfig(out_dir=args.out, epochs=args.epochs, seeds=[int(s) for s in args.seeds.split(",")],
@@ -212,7 +214,7 @@ def cmd_demo(args) -> int:
 
 def _loco_config(args, **extra):
     """LocoConfig from the ``benchmark`` subcommand's shared arguments."""
-    from .experiments.loco import LocoConfig
+    from .experiments.settings import LocoConfig
 
     return LocoConfig(data_root=args.data_root, corpora=tuple(c.strip() for c in args.corpora.split(",")),
                       heldout=tuple(c.strip() for c in args.heldout.split(",")) if args.heldout else None,
@@ -226,7 +228,8 @@ def _loco_config(args, **extra):
 def cmd_benchmark(args) -> int:
     t = time.perf_counter()
     if args.which == "ablation":
-        from .experiments.ablation import AblationConfig, run_ablation
+        from .experiments.ablation import run_ablation
+        from .experiments.settings import AblationConfig
 
         res = run_ablation(AblationConfig(loco=_loco_config(args, probe=False),
                                           val_seeds=tuple(int(x) for x in args.validation_seeds.split(","))))
@@ -255,8 +258,7 @@ def cmd_benchmark(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .cache import DEFAULT_CACHE_DIR
     from .config import LOSS_PRESETS, TowersConfig
-    from .experiments.demo import DemoConfig
-    from .experiments.loco import LocoConfig
+    from .experiments.settings import DemoConfig, LocoConfig
 
     towers, demo, loco = TowersConfig(), DemoConfig(), LocoConfig()
     p = argparse.ArgumentParser(prog="smoothclap", description=__doc__.split("\n")[0])
@@ -306,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_train)
 
     s = sub.add_parser("evaluate", help="zero-shot evaluation of a saved model on labelled clips or named tasks")
-    s.add_argument("--model", required=True)
+    s.add_argument("--model", required=True, help="model folder, Hub id, or hf-clap:<id or folder>")
     data_args(s)
     s.add_argument("--task", help="task name(s), comma-separated, or 'all' (the paper's tasks + emodb, savee; "
                    "corpora found as <data-root>/<name>, see smoothclap.tasks); replaces --manifest/--corpus")
@@ -321,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_evaluate)
 
     s = sub.add_parser("classify", help="rank free-text labels for audio files")
-    s.add_argument("--model", required=True)
+    s.add_argument("--model", required=True, help="model folder, Hub id, or hf-clap:<id or folder>")
     s.add_argument("--labels", required=True, help="comma-separated, e.g. 'angry,happy,sad,neutral'")
     s.add_argument("--templates", default="bare")
     s.add_argument("--top", type=int, default=5)

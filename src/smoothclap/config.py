@@ -273,7 +273,7 @@ class TrainConfig:
                "> 0 or null")
         _check("train.dist_timeout_min", self.dist_timeout_min > 0, self.dist_timeout_min, "> 0")
         _check_device("train.device", self.device)
-        from .zeroshot import resolve_templates
+        from .prompts import resolve_templates
 
         try:
             resolve_templates(self.select_templates)

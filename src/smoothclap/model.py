@@ -43,10 +43,23 @@ log = logging.getLogger("smoothclap")
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+BINS_NAME = "caption_bins.json"  # the training captions' eGeMAPS bins (describing new clips alike)
 
 #: Fewest clips a group needs to be standardised on its own statistics; smaller groups (a single
 #: clip, say) use the stored training statistics instead.
 MIN_GROUP_CLIPS = 8
+
+
+def load_model(spec: str | Path, device: str = "cpu"):
+    """A model for zero-shot use: ``hf-clap:<hub id or folder>`` (any Hugging Face ``ClapModel``,
+    :class:`smoothclap.baselines.ClapBaseline`) or a smoothclap model (a folder, or a Hub id:
+    :meth:`SmoothClapModel.from_pretrained`)."""
+    spec = str(spec)
+    if spec.startswith("hf-clap:"):
+        from .baselines import ClapBaseline
+
+        return ClapBaseline(spec, device=device)
+    return SmoothClapModel.from_pretrained(spec, map_location=device)
 
 
 class ProjectionHead(nn.Module):
@@ -94,7 +107,68 @@ class SmoothClapConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-class SmoothClapModel(nn.Module):
+class ZeroShotModel:
+    """What every zero-shot entry point uses of a model (:class:`SmoothClapModel`, and
+    :class:`smoothclap.baselines.ClapBaseline` for any Hugging Face ``ClapModel``).
+
+    Subclasses provide ``config`` (with ``trained_on``, ``feature_norm_group``, ``loudness``),
+    ``scale``, ``tower(kind)``, ``file_features``, ``encode_audio_features(raw, groups)`` and
+    ``encode_text_features(feats)``; the end-to-end calls below are the same for all.
+    """
+
+    caption_bins: dict | None = None
+
+    def tower_features(self, waves: Sequence[np.ndarray]) -> torch.Tensor:
+        """B waveforms -> raw audio-tower features ``[B, audio_dim]`` (loudness applied, no grad)."""
+        mode = getattr(self.config, "loudness", None)
+        waves = [np.asarray(w, dtype=np.float32) for w in waves]
+        if mode not in (None, "none"):
+            waves = [normalize_loudness(w, mode) for w in waves]
+        return self.tower("audio").embed(waves)
+
+    def file_features(self, files: Sequence[str], *, cache_dir=None, batch_size: int = 16, skip=None,
+                      progress: bool = False, desc: str | None = None, workers: int | None = None
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """Raw audio-tower features of files through the cached extraction pipeline
+        (:func:`smoothclap.embed.embed_audio_files`, with this model's loudness): ``([N, audio_dim]``
+        float32 with NaN rows for skipped files, ``ok [N])``."""
+        from .embed import embed_audio_files
+
+        return embed_audio_files(self.tower("audio"), [str(f) for f in files], cache_dir=cache_dir,
+                                 batch_size=batch_size, skip=skip, progress=progress, desc=desc or "audio",
+                                 workers=workers, loudness=getattr(self.config, "loudness", None))
+
+    @torch.no_grad()
+    def embed_audio(self, waves: Sequence[np.ndarray], groups=None) -> torch.Tensor:
+        """B mono 16 kHz waveforms (+ optional groups ``[B]``) -> ``[B, embed_dim]`` unit-norm embeddings."""
+        self.eval()
+        return self.encode_audio_features(self.tower_features(waves), groups)
+
+    @torch.no_grad()
+    def embed_files(self, files: Sequence[str], groups=None, **kw) -> tuple[torch.Tensor, np.ndarray]:
+        """Audio files (+ optional groups ``[N]``) -> (``[N, embed_dim]`` with NaN rows for skipped
+        files, ok ``[N]``). Keywords go to :meth:`file_features` (cache_dir, skip, progress, ...)."""
+        self.eval()
+        raw, ok = self.file_features(files, **kw)
+        keep = np.flatnonzero(ok)
+        out = None
+        if len(keep):
+            g = None if groups is None else np.asarray(list(groups), dtype=object)[keep]
+            z = self.encode_audio_features(raw[keep], g).cpu()
+            out = torch.full((len(ok), z.shape[1]), float("nan"))
+            out[torch.as_tensor(keep)] = z
+        else:
+            out = torch.full((len(ok), 1), float("nan"))
+        return out, ok
+
+    @torch.no_grad()
+    def embed_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """B strings -> ``[B, embed_dim]`` unit-norm embeddings."""
+        self.eval()
+        return self.encode_text_features(self.tower("text").embed(list(texts)))
+
+
+class SmoothClapModel(nn.Module, ZeroShotModel):
     """Towers, feature normalisation, heads and scale (see the module docstring).
 
     ``encode_audio_features(raw [B, audio_dim], groups=None) -> [B, embed_dim]`` (unit norm);
@@ -119,20 +193,14 @@ class SmoothClapModel(nn.Module):
         self.register_buffer("audio_std", torch.ones(config.audio_dim))
         self._towers: dict[str, nn.Module] = {}
         self._trainable: set[str] = set()
+        # ParalingBinner state of the training captions (smoothclap.bins), or None
+        self.caption_bins = None
 
     # -- scale --------------------------------------------------------------------------------------
     @property
     def scale(self) -> torch.Tensor:
         """s = exp(log-scale), clamped at ``max_scale`` (CLIP)."""
         return self.logit_scale.exp().clamp(max=self.config.max_scale)
-
-    # -- 1. loudness ----------------------------------------------------------------------------------
-    def prepare_waves(self, waves: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """B mono 16 kHz arrays ``[T_i]`` -> the same, levelled as ``config.loudness`` says."""
-        mode = self.config.loudness
-        if mode in (None, "none"):
-            return [np.asarray(w, dtype=np.float32) for w in waves]
-        return [normalize_loudness(np.asarray(w, dtype=np.float32), mode) for w in waves]
 
     # -- 2. towers ------------------------------------------------------------------------------------
     def tower(self, kind: str):
@@ -162,22 +230,6 @@ class SmoothClapModel(nn.Module):
     @property
     def trainable_towers(self) -> tuple[str, ...]:
         return tuple(k for k in ("audio", "text") if k in self._trainable)
-
-    def tower_features(self, waves: Sequence[np.ndarray]) -> torch.Tensor:
-        """B waveforms -> raw audio-tower features ``[B, audio_dim]`` (loudness applied, no grad)."""
-        return self.tower("audio").embed(self.prepare_waves(waves))
-
-    def file_features(self, files: Sequence[str], *, cache_dir=None, batch_size: int = 16, skip=None,
-                      progress: bool = False, desc: str | None = None, workers: int | None = None
-                      ) -> tuple[np.ndarray, np.ndarray]:
-        """Raw audio-tower features of files through the cached extraction pipeline
-        (:func:`smoothclap.embed.embed_audio_files`, with this model's loudness): ``([N, audio_dim]``
-        float32 with NaN rows for skipped files, ``ok [N])``."""
-        from .embed import embed_audio_files
-
-        return embed_audio_files(self.tower("audio"), [str(f) for f in files], cache_dir=cache_dir,
-                                 batch_size=batch_size, skip=skip, progress=progress,
-                                 desc=desc or "audio", workers=workers, loudness=self.config.loudness)
 
     # -- 3. feature normalisation -------------------------------------------------------------------------
     def fit_normalization(self, raw: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
@@ -248,38 +300,13 @@ class SmoothClapModel(nn.Module):
         """Text-tower features ``[B, text_dim]`` -> ``[B, embed_dim]`` unit norm."""
         return F.normalize(self.text_head(torch.as_tensor(feats).float()), dim=-1)
 
-    # -- end to end -------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def embed_audio(self, waves: Sequence[np.ndarray], groups=None) -> torch.Tensor:
-        """B mono 16 kHz waveforms (+ optional groups ``[B]``) -> ``[B, embed_dim]`` unit-norm embeddings."""
-        self.eval()
-        return self.encode_audio_features(self.tower_features(waves), groups)
-
-    @torch.no_grad()
-    def embed_files(self, files: Sequence[str], groups=None, **kw) -> tuple[torch.Tensor, np.ndarray]:
-        """Audio files (+ optional groups ``[N]``) -> (``[N, embed_dim]`` with NaN rows for skipped
-        files, ok ``[N]``). Keywords go to :meth:`file_features` (cache_dir, skip, progress, ...)."""
-        self.eval()
-        raw, ok = self.file_features(files, **kw)
-        out = torch.full((len(ok), self.config.embed_dim), float("nan"))
-        keep = np.flatnonzero(ok)
-        if len(keep):
-            g = None if groups is None else np.asarray(list(groups), dtype=object)[keep]
-            out[torch.as_tensor(keep)] = self.encode_audio_features(raw[keep], g).cpu()
-        return out, ok
-
-    @torch.no_grad()
-    def embed_text(self, texts: Sequence[str]) -> torch.Tensor:
-        """B strings -> ``[B, embed_dim]`` unit-norm embeddings."""
-        self.eval()
-        return self.encode_text_features(self.tower("text").embed(list(texts)))
-
     def copy(self) -> "SmoothClapModel":
         """A CPU copy of the heads and statistics that shares the towers (e.g. to evaluate during
         training without touching the trained model)."""
         m = SmoothClapModel(copy.deepcopy(self.config), self.base_dir)
         m.load_state_dict({k: v.detach().cpu() for k, v in self.state_dict().items()})
         m._towers, m._trainable = dict(self._towers), set(self._trainable)
+        m.caption_bins = self.caption_bins
         m.eval()
         return m
 
@@ -295,6 +322,8 @@ class SmoothClapModel(nn.Module):
             cfg[f"{kind}_tower"] = f"hf:./{folder}{query}"
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         atomic_save(path / WEIGHTS_NAME, lambda t: save_file(state, t, metadata={"format": "pt"}))
+        if self.caption_bins is not None:
+            atomic_write_json(path / BINS_NAME, self.caption_bins)
         atomic_write_json(path / CONFIG_NAME, cfg)
         return path
 
@@ -329,5 +358,11 @@ class SmoothClapModel(nn.Module):
             model.load_state_dict(state)
         except RuntimeError as e:
             raise BadInputError(w_file, f"weights do not fit the config ({str(e).splitlines()[0]})") from None
+        bins = path / BINS_NAME
+        if bins.exists():
+            try:
+                model.caption_bins = json.loads(bins.read_text())
+            except ValueError as e:
+                raise BadInputError(bins, f"corrupted caption bins ({e})") from None
         model.eval()
         return model

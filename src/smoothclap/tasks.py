@@ -268,7 +268,7 @@ def score_table(task: Task, model, table: pd.DataFrame, *, features: np.ndarray 
 
 
 def _tmpls(t) -> list[str]:
-    from .zeroshot import resolve_templates
+    from .prompts import resolve_templates
 
     return resolve_templates(t)
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -33,7 +32,8 @@ from ..plots import markdown_table
 from ..targets import apply_target_options
 from ..tasks import get_task, score_table
 from ..trainer import prepare, train
-from .loco import LocoConfig, _summary, build_config, load_corpus, test_features, validation_folds
+from .loco import _summary, build_config, load_corpus, test_features, validation_folds
+from .settings import AblationConfig, LocoConfig
 from .report import machine_info
 
 log = logging.getLogger("smoothclap")
@@ -60,14 +60,6 @@ TARGET_GRID: dict[str, list[str]] = {
                                                "loss.target_standardize_group=corpus", "loss.calibrate=diag",
                                                "loss.calibrate_value=0.5"],
 }
-
-
-@dataclass
-class AblationConfig:
-    loco: LocoConfig = field(default_factory=LocoConfig)
-    val_seeds: tuple[int, ...] = (0, 1)
-    shared_grid: dict[str, list[str]] | None = None
-    target_grid: dict[str, list[str]] | None = None
 
 
 def _method_config(lc: LocoConfig, shared: Sequence[str], target: Sequence[str] | None) -> RunConfig:

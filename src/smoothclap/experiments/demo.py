@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,23 +20,10 @@ from ..io import atomic_write_json, atomic_write_text
 from ..plots import markdown_table, plot_confusion, plot_history, plot_targets
 from ..trainer import prepare, train
 from .loco import test_features
+from .settings import DemoConfig
 from .synth import split_holdout, synthesize_corpus
 
 log = logging.getLogger("smoothclap")
-
-
-@dataclass
-class DemoConfig:
-    out_dir: str = "smoothclap_demo"
-    cache_dir: str | None = None          # default: <out_dir>/cache
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    epochs: int = 20
-    corpus_seed: int = 0
-    sentences_per_voice: int = 10         # per English voice
-    de_sentences_per_voice: int = 4       # per German voice
-    num_workers: int = 2
-    smoothclap_preset: str = "smoothclap"
-    progress: bool = True
 
 
 def _stage(timings: dict, name: str, t0: float) -> float:

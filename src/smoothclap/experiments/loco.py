@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -35,44 +34,15 @@ import pandas as pd
 
 from .. import corpora
 from ..errors import BadInputError
-from ..cache import DEFAULT_CACHE_DIR, cache_root
+from ..cache import cache_root
 from ..config import RunConfig, load_config, loss_preset
 from ..corpora import training_table
 from ..tasks import get_task, load_task_table, score_table
 from ..trainer import build_model, prepare, train
 from .report import METHODS, loco_table, machine_info, write_loco_report, write_round_files
+from .settings import DEFAULT_GRID, LOCO_CORPORA, LocoConfig  # noqa: F401
 
 log = logging.getLogger("smoothclap")
-
-#: Corpora of the LOCO benchmark (each is also a task in :mod:`smoothclap.tasks`).
-LOCO_CORPORA = ("emodb", "ravdess", "tess")
-
-
-#: What :func:`validate` compares by default, in two stages (a coordinate search): stage 1 picks
-#: the audio features (tower and feature normalisation), stage 2 adds one training / caption change
-#: on top of the stage-1 winner (or none). Entries: name -> dotted ``RunConfig`` overrides.
-_W, _E, _WE = "towers.audio=whisper-tiny-en", "towers.audio=egemaps", "towers.audio=whisper-tiny-en+egemaps"
-_CN, _SN = "model.feature_norm_group=corpus", "model.feature_norm_group=speaker"
-DEFAULT_GRID: list[dict[str, list[str]]] = [
-    {
-        "whisper": [_W],
-        "whisper, corpus-norm": [_W, _CN],
-        "whisper, speaker-norm": [_W, _SN],
-        "egemaps, corpus-norm": [_E, _CN],
-        "whisper+egemaps, corpus-norm": [_WE, _CN],
-        "whisper+egemaps, speaker-norm": [_WE, _SN],
-    },
-    {
-        "2 epochs": ["train.epochs=2"],
-        "5 epochs": ["train.epochs=5"],
-        "10 epochs": ["train.epochs=10"],
-        "5 epochs, d=768": ["train.epochs=5", "model.embed_dim=768"],
-    },
-]
-# Not in the default grid, because inner LOCO cannot measure them: per-corpus caption bins
-# ("captions.group_by=corpus": each inner fold trains on one corpus, so they equal global bins).
-# 30 epochs and d=768 at 15 epochs lost to the default in a first validation run (BENCHMARKS.md).
-
 
 def grid_stages(grid) -> list[dict[str, list[str]]]:
     """A grid is one dict of candidates or a list of such stages."""
@@ -92,36 +62,6 @@ def select_candidates(names: Sequence[str], grid=None) -> list[dict[str, list[st
         raise BadInputError("--candidates", f"unknown candidate(s) {unknown}; known: {sorted(known)}")
     out = [{k: v for k, v in st.items() if k in names} for st in stages]
     return [st for st in out if st]
-
-
-@dataclass
-class LocoConfig:
-    """Settings of :func:`run_loco`. ``overrides``: dotted ``RunConfig`` keys applied to both
-    methods (e.g. ``"model.embed_dim=512"``); per held-out corpus, a validated choice from
-    :func:`validate` is added on top when ``validate`` is on."""
-
-    data_root: str = "../shared/data"
-    corpora: tuple[str, ...] = LOCO_CORPORA
-    heldout: tuple[str, ...] | None = None     # default: every corpus in turn
-    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
-    epochs: int = 15
-    batch_size: int = 32
-    lr: float = 1e-3
-    embed_dim: int = 256
-    audio_tower: str = "whisper-tiny-en"
-    text_tower: str = "minilm-l6"
-    smoothclap_preset: str = "smoothclap"
-    overrides: tuple[str, ...] = ()
-    probe: bool = True
-    validate: bool = False
-    validation_scheme: str = "corpus"           # "corpus" (inner LOCO) or "speakers"
-    validation_seeds: tuple[int, ...] = (0, 1)
-    grid: dict | list | None = None             # candidates or stages; default: DEFAULT_GRID
-    cache_dir: str | None = DEFAULT_CACHE_DIR
-    out_dir: str | None = "runs/loco"
-    num_workers: int = 2
-    save_models: bool = True
-    progress: bool = False
 
 
 # ------------------------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ spec                   kind   what
                               ``hf:bert-base-uncased?pool=cls``. ``hf:./name`` is a folder
                               relative to the model folder the spec was saved in.
 ``a+b``                audio  concatenation of audio towers, e.g. ``whisper-tiny-en+egemaps``
+``hf-clap:<id|dir>``   either a Hugging Face ``ClapModel``'s projected embeddings
+                              (``?modality=audio|text``; see :mod:`.hf_clap`)
 =====================  =====  ==================================================================
 
 To add a tower: a module with an :class:`AudioTower` or :class:`TextTower` subclass, one branch in
@@ -24,7 +26,14 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import parse_qsl
 
-from .base import AudioTower, TextTower, masked_mean  # noqa: F401
+
+def __getattr__(name: str):  # the tower classes load torch; spec handling does not need it
+    if name in ("AudioTower", "TextTower", "masked_mean"):
+        from . import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _CACHE: dict[tuple[str, str], object] = {}
 
@@ -104,5 +113,9 @@ def _build(spec: str, device: str):
         from .hf import build_hf_tower
 
         return build_hf_tower(base[3:], opts, spec=spec, device=device)
+    if base.startswith("hf-clap:"):
+        from .hf_clap import build_hf_clap_tower
+
+        return build_hf_clap_tower(base[len("hf-clap:"):], opts, spec=spec, device=device)
     check_spec(spec)
     raise ValueError(f"unknown tower spec {spec!r}")

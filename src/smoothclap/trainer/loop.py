@@ -100,6 +100,8 @@ class Trainer:
         tr = cfg.train
         torch.manual_seed(tr.seed)
         self.model = build_model(cfg, prepared)
+        if prepared.binner is not None:  # so the model can describe new clips as its captions did
+            self.model.caption_bins = prepared.binner.to_dict()
         features = self.model.fit_normalization(prepared.audio, prepared.groups)
         self.model.to(self.device)
         step_cls = CachedStep if tr.mode == "cached" else EndToEndStep
