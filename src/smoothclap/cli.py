@@ -130,9 +130,11 @@ def cmd_evaluate(args) -> int:
             raise BadInputError("--task", "needs --data-root (a folder holding the corpora, e.g. <root>/emodb)")
         from .tasks import evaluate_tasks, results_markdown
 
+        baselines = {spec: _model(spec) for spec in (args.baseline or [])}
         run = evaluate_tasks(model, args.task, args.data_root, cache_dir=args.cache_dir, templates=args.templates,
                              allow_trained_corpus=args.allow_trained_corpus, skip_bad=args.skip_bad,
-                             out_dir=args.out, model_name=str(args.model), progress=not args.quiet)
+                             out_dir=args.out, model_name=str(args.model), progress=not args.quiet,
+                             baselines=baselines, prompt_language=args.prompt_language)
         for name, why in run.missing.items():
             print(f"skipping task {name}: {why}")
         for name, why in run.errors.items():
@@ -145,6 +147,13 @@ def cmd_evaluate(args) -> int:
             print(results_markdown(run.results))
         if run.report:
             print(f"wrote {run.report}")
+        if args.record:
+            from .hub import record_results
+
+            if not Path(args.model).is_dir():
+                raise BadInputError("--record", "needs a local model folder (--model DIR)")
+            mine = [r for r in run.results if r.get("model") == str(args.model) and not r.get("warning")]
+            print(f"recorded {len(mine)} result(s) in {record_results(args.model, mine)}")
         return 0 if run.results else 1
     labels = parse_labels(args.labels) if args.labels else None
     prompts = None
@@ -222,7 +231,8 @@ def _loco_config(args, **extra):
                       batch_size=args.batch_size, embed_dim=args.embed_dim, audio_tower=args.audio_tower,
                       text_tower=args.text_tower, smoothclap_preset=args.preset, overrides=tuple(args.set or ()),
                       cache_dir=args.cache_dir, out_dir=args.out, num_workers=args.num_workers,
-                      progress=not args.quiet, **extra)
+                      progress=not args.quiet, baselines=tuple(args.baseline or ()),
+                      prompt_languages=tuple(x.strip() for x in args.prompt_languages.split(",")), **extra)
 
 
 def cmd_benchmark(args) -> int:
@@ -320,6 +330,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="write metrics.json, predictions.csv, confusion.png, report.md here "
                    "(--task: report.md, results.json, confusion_<task>.png, predictions_<task>.csv)")
     s.add_argument("--allow-trained-corpus", action="store_true")
+    s.add_argument("--prompt-language", default="en", help="with --task: language of the label prompts: en "
+                   "(default, the paper's protocol), de, ... or 'task' (the speech's own language where the task "
+                   "has prompts in it); pair non-English prompts with a multilingual text tower (e5-small)")
+    s.add_argument("--record", action="store_true", help="with --task: record the results in the model folder "
+                   "(results.json and its model card README.md)")
+    s.add_argument("--baseline", action="append", metavar="MODEL", help="with --task: also score this model "
+                   "(e.g. hf-clap:laion/clap-htsat-unfused) on the same tasks, extra rows of the report; repeatable")
     s.set_defaults(fn=cmd_evaluate)
 
     s = sub.add_parser("classify", help="rank free-text labels for audio files")
@@ -367,6 +384,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--candidates", help="';'-separated candidate names from smoothclap.experiments.loco.DEFAULT_GRID "
                    "(default: all of its stages)")
     s.add_argument("--no-probe", action="store_true", help="skip the in-corpus linear probe")
+    s.add_argument("--prompt-languages", default=",".join(loco.prompt_languages),
+                   help="score held-out corpora with label prompts in these languages too (e.g. en,de)")
+    s.add_argument("--baseline", action="append", metavar="MODEL", help="also score this model on each held-out "
+                   "corpus (e.g. hf-clap:laion/clap-htsat-unfused, or a model folder); repeatable")
     s.add_argument("--cache-dir", default=loco.cache_dir, help=cache_help)
     s.add_argument("--num-workers", type=int, default=loco.num_workers)
     s.add_argument("--out", default=loco.out_dir)

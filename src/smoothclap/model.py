@@ -36,7 +36,7 @@ from torch import nn
 
 from .audio import normalize_loudness
 from .errors import BadInputError
-from .io import atomic_save, atomic_write_json
+from .io import atomic_save, atomic_write_json, atomic_write_text
 from .normalize import EPS, standardize
 
 log = logging.getLogger("smoothclap")
@@ -195,6 +195,8 @@ class SmoothClapModel(nn.Module, ZeroShotModel):
         self._trainable: set[str] = set()
         # ParalingBinner state of the training captions (smoothclap.bins), or None
         self.caption_bins = None
+        # zero-shot results recorded for the model (smoothclap.hub.record_results), for its card
+        self.results: list[dict] = []
 
     # -- scale --------------------------------------------------------------------------------------
     @property
@@ -306,13 +308,16 @@ class SmoothClapModel(nn.Module, ZeroShotModel):
         m = SmoothClapModel(copy.deepcopy(self.config), self.base_dir)
         m.load_state_dict({k: v.detach().cpu() for k, v in self.state_dict().items()})
         m._towers, m._trainable = dict(self._towers), set(self._trainable)
-        m.caption_bins = self.caption_bins
+        m.caption_bins, m.results = self.caption_bins, list(self.results)
         m.eval()
         return m
 
     # -- persistence --------------------------------------------------------------------------------------
     def save_pretrained(self, path: str | Path) -> Path:
-        """Write ``config.json``, ``model.safetensors`` and the fine-tuned towers to ``path``."""
+        """Write ``config.json``, ``model.safetensors``, the fine-tuned towers, the caption bins, the
+        recorded results and a model card (``README.md``) to ``path``."""
+        from .hub import CARD_NAME, RESULTS_NAME, model_card
+
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         cfg = asdict(self.config)
@@ -324,13 +329,29 @@ class SmoothClapModel(nn.Module, ZeroShotModel):
         atomic_save(path / WEIGHTS_NAME, lambda t: save_file(state, t, metadata={"format": "pt"}))
         if self.caption_bins is not None:
             atomic_write_json(path / BINS_NAME, self.caption_bins)
+        if self.results:
+            atomic_write_json(path / RESULTS_NAME, self.results)
+        atomic_write_text(path / CARD_NAME, model_card(SmoothClapConfig.from_dict(cfg), self.results, name=path.name))
         atomic_write_json(path / CONFIG_NAME, cfg)
         return path
 
+    def push_to_hub(self, repo_id: str, *, token: str | None = None, private: bool = False,
+                    commit_message: str = "Upload smoothclap model") -> str:
+        """Upload this model (as :meth:`save_pretrained` writes it) to the Hugging Face Hub repo
+        ``repo_id``; returns the commit URL."""
+        from .hub import push_model
+
+        return push_model(self, repo_id, token=token, private=private, commit_message=commit_message)
+
     @classmethod
-    def from_pretrained(cls, path: str | Path, map_location: str = "cpu") -> "SmoothClapModel":
-        """Load a model folder written by :meth:`save_pretrained` (nothing in it is executed)."""
-        path = Path(path).expanduser()
+    def from_pretrained(cls, path: str | Path, map_location: str = "cpu", *, revision: str | None = None,
+                        token: str | None = None) -> "SmoothClapModel":
+        """Load a model folder written by :meth:`save_pretrained`, or a Hugging Face Hub repo
+        (``"<org>/<name>"``, optionally at ``revision``; through huggingface_hub's cache, offline
+        with ``HF_HUB_OFFLINE=1``). Nothing in the files is executed."""
+        from .hub import model_folder, read_results
+
+        path = model_folder(path, revision=revision, token=token)
         if not path.is_dir():
             raise BadInputError(path, "model folder not found" if not path.exists() else "not a folder")
         cfg_file, w_file = path / CONFIG_NAME, path / WEIGHTS_NAME
@@ -358,6 +379,7 @@ class SmoothClapModel(nn.Module, ZeroShotModel):
             model.load_state_dict(state)
         except RuntimeError as e:
             raise BadInputError(w_file, f"weights do not fit the config ({str(e).splitlines()[0]})") from None
+        model.results = read_results(path)
         bins = path / BINS_NAME
         if bins.exists():
             try:

@@ -34,6 +34,7 @@ works too. To add a task: one :class:`Task` row in ``_TASK_LIST``.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -64,9 +65,12 @@ class Task:
         name: registry key (``smoothclap evaluate --task NAME``).
         corpus: corpus loader name (``smoothclap.corpora.load``).
         labels: class labels as the loader writes them, in report order.
-        prompts: label -> prompt word(s) (``{label}`` in the template is replaced by these);
+        prompts: label -> English prompt word(s) (``{label}`` in the template is replaced by these);
             labels not named here are their own prompt.
         template: prompt template (one string with ``{label}``).
+        prompts_by_language: language -> (label -> prompt word(s)) for prompts in other languages
+            (every label named), e.g. German words for German corpora (``--prompt-language de``).
+        templates_by_language: language -> template, where it differs from ``template``.
         split: only rows whose ``split`` column equals this (None = all rows).
         fold_by: None = one pool; a column name = score each value separately and average.
         fold_label: what a fold is called in reports (default: the column name).
@@ -90,6 +94,8 @@ class Task:
     metrics: tuple[str, ...] = ("uar", "wa", "macro_f1")
     paper: dict = field(default_factory=dict)
     description: str = ""
+    prompts_by_language: dict = field(default_factory=dict)
+    templates_by_language: dict = field(default_factory=dict)
 
     def __hash__(self) -> int:  # dict fields: hash by name (tasks are registry singletons)
         return hash(self.name)
@@ -100,13 +106,35 @@ class Task:
         how = f"per {self.fold_label or self.fold_by}, averaged" if self.fold_by else "one pool"
         return f"{rows}; {how}"
 
-    def prompt_map(self) -> dict[str, str]:
-        """label -> prompt word(s), every label present."""
-        return {lab: self.prompts.get(lab, lab) for lab in self.labels}
+    @property
+    def prompt_languages(self) -> tuple[str, ...]:
+        return ("en", *sorted(k for k in self.prompts_by_language if k != "en"))
 
-    def prompt_texts(self) -> dict[str, str]:
+    def resolve_language(self, language: str | None) -> str:
+        """``None`` / ``"en"``: English; ``"task"``: the speech's language where the task has prompts
+        in it (else English); another code: that language (BadInputError if the task has none)."""
+        if language in (None, "en"):
+            return "en"
+        if language == "task":
+            return self.language if self.language in self.prompt_languages else "en"
+        if language not in self.prompt_languages:
+            raise BadInputError(f"task {self.name}", f"no prompts in language {language!r} (has: "
+                                f"{', '.join(self.prompt_languages)})")
+        return language
+
+    def prompt_map(self, language: str | None = None) -> dict[str, str]:
+        """label -> prompt word(s) in ``language`` (default English), every label present."""
+        lang = self.resolve_language(language)
+        words = self.prompts if lang == "en" else self.prompts_by_language[lang]
+        return {lab: words.get(lab, lab) for lab in self.labels}
+
+    def template_for(self, language: str | None = None) -> str:
+        return self.templates_by_language.get(self.resolve_language(language), self.template)
+
+    def prompt_texts(self, language: str | None = None) -> dict[str, str]:
         """label -> the exact text that is embedded."""
-        return {lab: self.template.format(label=p) for lab, p in self.prompt_map().items()}
+        t = self.template_for(language)
+        return {lab: t.format(label=p) for lab, p in self.prompt_map(language).items()}
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -138,20 +166,27 @@ _TASK_LIST = [
     Task("aibo-2", "aibo", ("idl", "neg"), prompts={"idl": "non-negative", "neg": "negative"},
          split="test", loader_options={"classes": 2},
          language="de", paper=_paper(.500, .470, .526, .555),
+         prompts_by_language={"de": {"idl": "nicht negativ", "neg": "negativ"}},
          description="FAU Aibo (IS2009) 2 classes IDL vs NEG, test school Mont"),
     Task("aibo-5", "aibo", ("angry", "emphatic", "neutral", "motherese", "rest"),
          split="test", loader_options={"classes": 5},
          language="de", paper=_paper(.211, .185, .197, .204),
+         prompts_by_language={"de": {"angry": "wütend", "emphatic": "nachdrücklich", "neutral": "neutral",
+                                     "motherese": "Ammensprache", "rest": "sonstiges"}},
          description="FAU Aibo (IS2009) 5 classes A E N P R, test school Mont"),
     Task("alc", "alc", ("al", "nal"),
          prompts={"al": "intoxicated with alcohol", "nal": "not intoxicated with alcohol"},
          split="test", language="de", paper=_paper(.511, .473, .537, .541),
+         prompts_by_language={"de": {"al": "alkoholisiert", "nal": "nicht alkoholisiert"}},
          description="ALC (IS2011 intoxication), AL vs NAL, test partition"),
     Task("sld", "sld", ("l", "nl"), prompts={"l": "likeable", "nl": "not likeable"},
          split="test", language="de", paper=_paper(.472, .485, .507, .496),
+         prompts_by_language={"de": {"l": "sympathisch", "nl": "nicht sympathisch"}},
          description="SLD (IS2012 likability), L vs NL, test partition"),
     Task("emodb", "emodb", ("anger", "boredom", "disgust", "fear", "happiness", "sadness", "neutral"),
          language="de",
+         prompts_by_language={"de": {"anger": "Wut", "boredom": "Langeweile", "disgust": "Ekel", "fear": "Angst",
+                                     "happiness": "Freude", "sadness": "Trauer", "neutral": "neutral"}},
          description="EmoDB, 7 classes, all 535 clips (German speech, English label words)"),
     Task("savee", "savee", ("anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise"),
          description="SAVEE, 7 classes, all clips"),
@@ -210,8 +245,10 @@ def load_task_table(task: Task, data_root, *, skip_bad: bool = False) -> pd.Data
 
 
 def score_table(task: Task, model, table: pd.DataFrame, *, features: np.ndarray | None = None,
-                templates=None, cache_dir=None, skip: SkipLog | None = None, progress: bool = False) -> dict:
-    """Score ``table`` (already the task's rows) with the task's prompts and protocol.
+                templates=None, cache_dir=None, skip: SkipLog | None = None, progress: bool = False,
+                prompt_language: str | None = None) -> dict:
+    """Score ``table`` (already the task's rows) with the task's prompts (in ``prompt_language``:
+    None = English, ``"task"`` = the speech's language) and protocol.
 
     ``features``: the model's raw audio-tower features of ``table`` rows (``[N, audio_dim]``);
     computed (and cached) through the model when None. Returns the result dict of :func:`run_task`
@@ -229,7 +266,9 @@ def score_table(task: Task, model, table: pd.DataFrame, *, features: np.ndarray 
     if len(features) != len(table):
         raise ValueError(f"features have {len(features)} rows, table {len(table)}")
     labels = list(task.labels)
-    tmpl = templates if templates is not None else task.template
+    lang = task.resolve_language(prompt_language)
+    tmpl = templates if templates is not None else task.template_for(lang)
+    prompts = task.prompt_map(lang)
     if task.fold_by:
         if task.fold_by not in table.columns:
             raise ValueError(f"task {task.name}: fold column {task.fold_by!r} missing from the table")
@@ -239,7 +278,7 @@ def score_table(task: Task, model, table: pd.DataFrame, *, features: np.ndarray 
         folds = [("all", np.arange(len(table)))]
     per_fold, preds = [], []
     for fname, idx in folds:
-        ev = zero_shot_evaluate(model, table.iloc[idx].reset_index(drop=True), labels, prompts=task.prompt_map(),
+        ev = zero_shot_evaluate(model, table.iloc[idx].reset_index(drop=True), labels, prompts=prompts,
                                 templates=tmpl, features=features[idx], progress=False)
         m = ev.metrics
         per_fold.append({"fold": fname, "n": m["n"], "uar": m["uar"], "wa": m["wa"], "macro_f1": m["macro_f1"],
@@ -259,7 +298,8 @@ def score_table(task: Task, model, table: pd.DataFrame, *, features: np.ndarray 
         "protocol": task.protocol, "n": int(sum(f["n"] for f in per_fold)), "n_folds": len(per_fold),
         "uar": avg("uar"), "wa": avg("wa"), "macro_f1": avg("macro_f1"), "chance_uar": avg("chance_uar"),
         "uar_sd_folds": sd("uar"), "labels": labels, "prompt_texts": {lab: [tm.format(label=p) for tm in _tmpls(tmpl)]
-                                                                      for lab, p in task.prompt_map().items()},
+                                                                      for lab, p in prompts.items()},
+        "prompt_language": lang,
         "confusion": conf.tolist(), "folds": per_fold, "paper": dict(task.paper),
         "trained_on": list(getattr(model.config, "trained_on", None) or []),
         "skipped": n_missing, "seconds": time.perf_counter() - t0,  # clips without features (bad files)
@@ -274,7 +314,7 @@ def _tmpls(t) -> list[str]:
 
 
 def run_task(task: Task | str, model, data_root, *, cache_dir=None, allow_trained_corpus: bool = False,
-             templates=None, skip_bad: bool = False, progress: bool = False) -> dict:
+             templates=None, skip_bad: bool = False, progress: bool = False, prompt_language: str | None = None) -> dict:
     """Evaluate ``model`` zero-shot on ``task`` with the corpus found under ``data_root``.
 
     Loads the corpus table (the task's loader options), keeps the task's rows, embeds the audio
@@ -293,7 +333,8 @@ def run_task(task: Task | str, model, data_root, *, cache_dir=None, allow_traine
     warning = check_not_trained_on(model, [task.corpus], allow=allow_trained_corpus, what=f"task {task.name}")
     table = load_task_table(task, data_root, skip_bad=skip_bad)
     skip = SkipLog(skip=skip_bad)
-    res = score_table(task, model, table, templates=templates, cache_dir=cache_dir, skip=skip, progress=progress)
+    res = score_table(task, model, table, templates=templates, cache_dir=cache_dir, skip=skip, progress=progress,
+                      prompt_language=prompt_language)
     res["warning"] = warning
     res["skipped_files"] = list(getattr(table.attrs.get("skipped"), "items", [])) + list(skip.items)
     res["skipped"] = len(res["skipped_files"])
@@ -332,10 +373,13 @@ class TaskRun:
 
 def evaluate_tasks(model, names: str | Sequence[str], data_root, *, cache_dir=None, templates=None,
                    allow_trained_corpus: bool = False, skip_bad: bool = False, out_dir=None,
-                   model_name: str = "", progress: bool = False) -> TaskRun:
+                   model_name: str = "", progress: bool = False, baselines: dict | None = None,
+                   prompt_language: str | None = None) -> TaskRun:
     """``smoothclap evaluate --task NAME[,NAME]|all``: run each task; with several tasks a task
     whose corpus is missing, refused (trained on it) or in a wrong layout is reported and the
-    others are scored; a single named task raises instead. Writes the report to ``out_dir``."""
+    others are scored; a single named task raises instead. ``baselines`` (name -> model, e.g. a
+    ``hf-clap:`` model) are scored on the same tasks with the same prompts: extra rows of the
+    report. Writes the report to ``out_dir``."""
     names = [n.strip() for n in (names.split(",") if isinstance(names, str) else names) if n.strip()]
     missing: dict[str, str] = {}
     if names == ["all"]:
@@ -345,16 +389,21 @@ def evaluate_tasks(model, names: str | Sequence[str], data_root, *, cache_dir=No
     else:
         tasks = [get_task(n) for n in names]
     results, errors = [], {}
+    models = {model_name or "model": model, **(baselines or {})}
     for task in tasks:
-        try:
-            res = run_task(task, model, data_root, cache_dir=cache_dir, allow_trained_corpus=allow_trained_corpus,
-                           templates=templates, skip_bad=skip_bad, progress=progress)
-        except (TrainedCorpusError, CorpusNotFound, BadInputError) as e:
-            if len(tasks) == 1:
-                raise
-            (missing if isinstance(e, CorpusNotFound) else errors)[task.name] = str(e)
-            continue
-        results.append(res)
+        for name, m in models.items():
+            try:
+                res = run_task(task, m, data_root, cache_dir=cache_dir, allow_trained_corpus=allow_trained_corpus,
+                               templates=templates, skip_bad=skip_bad, progress=progress,
+                               prompt_language=prompt_language)
+            except (TrainedCorpusError, CorpusNotFound, BadInputError) as e:
+                if len(tasks) == 1 and len(models) == 1:
+                    raise
+                key = task.name if len(models) == 1 else f"{task.name} ({name})"
+                (missing if isinstance(e, CorpusNotFound) else errors)[key] = str(e)
+                continue
+            res["model"] = name
+            results.append(res)
     run = TaskRun(results, missing, errors)
     if out_dir is not None:
         run.report = write_task_report(results, out_dir, model_path=model_name,
@@ -368,12 +417,16 @@ def _fmt(v) -> str:
 
 
 def results_markdown(results: Sequence[dict]) -> str:
-    """Table: task, n, folds, UAR, WA, macro-F1, chance, paper UARs (CLAP / Pengi / ParaCLAP / SmoothCLAP)."""
-    head = ["task", "n", "folds", "UAR", "WA", "macro-F1", "chance", *(f"paper {m}" for m in PAPER_METHODS)]
+    """Table: task, (model, when several), n, folds, UAR, WA, macro-F1, chance, paper UARs (CLAP /
+    Pengi / ParaCLAP / SmoothCLAP)."""
+    several = len({r.get("model") for r in results}) > 1
+    head = ["task", *(["model"] if several else []), "n", "folds", "UAR", "WA", "macro-F1", "chance",
+            *(f"paper {m}" for m in PAPER_METHODS)]
     lines = ["| " + " | ".join(head) + " |", "| " + " | ".join("---" for _ in head) + " |"]
     for r in results:
         uar = _fmt(r["uar"]) + (f" ± {r['uar_sd_folds']:.3f}" if r["n_folds"] > 1 else "")
-        cells = [r["task"] + (" (!)" if r.get("warning") else ""), str(r["n"]), str(r["n_folds"]), uar,
+        cells = [r["task"] + (" (!)" if r.get("warning") else ""), *([str(r.get("model"))] if several else []),
+                 str(r["n"]), str(r["n_folds"]), uar,
                  _fmt(r["wa"]), _fmt(r["macro_f1"]), _fmt(r["chance_uar"]),
                  *(_fmt(r["paper"].get(m)) for m in PAPER_METHODS)]
         lines.append("| " + " | ".join(cells) + " |")
@@ -390,12 +443,16 @@ def write_task_report(results: Sequence[dict], out_dir, *, model_path: str = "",
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figs = []
+    first = results[0].get("model") if results else None
     for r in results:
-        png = out / f"confusion_{r['task']}.png"
-        plot_confusion(r["confusion"], r["labels"], f"{r['task']}: UAR {r['uar']:.3f} (n={r['n']})", png)
+        # the model's results keep the plain names; a baseline's get its name appended
+        stem = r["task"] if r.get("model") == first else f"{r['task']}_{re.sub(r'[^A-Za-z0-9._-]+', '_', r['model'])[-40:]}"
+        png = out / f"confusion_{stem}.png"
+        who = "" if r.get("model") == first else f" [{r['model']}]"
+        plot_confusion(r["confusion"], r["labels"], f"{r['task']}{who}: UAR {r['uar']:.3f} (n={r['n']})", png)
         figs.append(png.name)
         if "predictions" in r:
-            atomic_write_text(out / f"predictions_{r['task']}.csv", r["predictions"].to_csv(index=False))
+            atomic_write_text(out / f"predictions_{stem}.csv", r["predictions"].to_csv(index=False))
     lines = ["# Zero-shot evaluation", "",
              f"Model: `{model_path}`", f"Trained on: {', '.join(trained_on or []) or 'unknown'}", "",
              "Metric: UAR (unweighted average recall; for per-fold tasks the mean over folds ± sd); "

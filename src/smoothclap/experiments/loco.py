@@ -38,6 +38,7 @@ from ..cache import cache_root
 from ..config import RunConfig, load_config, loss_preset
 from ..corpora import training_table
 from ..tasks import get_task, load_task_table, score_table
+from ..model import load_model
 from ..trainer import build_model, prepare, train
 from .report import METHODS, loco_table, machine_info, write_loco_report, write_round_files
 from .settings import DEFAULT_GRID, LOCO_CORPORA, LocoConfig  # noqa: F401
@@ -136,7 +137,9 @@ def train_and_score(lc: LocoConfig, train_tables: dict[str, pd.DataFrame], test_
     timings["test_features"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    langs = [lang for lang in lc.prompt_languages if lang != "en"]
     scores: dict[str, dict[str, list]] = {name: {m: [] for m in METHODS} for name in test_tables}
+    scores.update({f"{name}@{lang}": {m: [] for m in METHODS} for name in test_tables for lang in langs})
     histories, examples, models = {}, {}, {}
     for method in METHODS:
         cfg_m = build_config(lc, extra, method)
@@ -153,6 +156,10 @@ def train_and_score(lc: LocoConfig, train_tables: dict[str, pd.DataFrame], test_
                 r = score_table(get_task(name), res.model, df, features=feats[name])
                 r["seed"] = int(seed)
                 scores[name][method].append(r)
+                for lang in langs:  # the same model, prompts in another language
+                    r = score_table(get_task(name), res.model, df, features=feats[name], prompt_language=lang)
+                    r["seed"] = int(seed)
+                    scores[f"{name}@{lang}"][method].append(r)
     timings["train_and_score"] = time.perf_counter() - t
     return {"prepared": prepared, "scores": scores, "histories": histories, "examples": examples,
             "models": models, "timings": timings, "config": cfg_s, "features": feats}
@@ -319,6 +326,7 @@ def run_loco(lc: LocoConfig) -> dict:
     tables = {c: load_corpus(c, lc.data_root) for c in names}
     heldouts = [h.lower() for h in (lc.heldout or names)]
     out_dir = Path(lc.out_dir) if lc.out_dir else None
+    baselines = {spec: load_model(spec) for spec in lc.baselines}
     results: dict = {"config": dataclasses.asdict(lc), "heldout": {},
                      "train_labels": {c: corpora.caption_words(c) for c in names},
                      "machine": machine_info()}
@@ -354,12 +362,22 @@ def run_loco(lc: LocoConfig) -> dict:
         entry["wins"] = {"smoothclap": int((diff > 0).sum()), "clap": int((diff < 0).sum()),
                          "ties": int((diff == 0).sum()), "n": int(len(diff)), "mean_diff": float(diff.mean())}
         entry["paper"] = dict(get_task(h).paper)
+        for key, runs in rnd["scores"].items():
+            if key.startswith(f"{h}@"):
+                s = {m: _summary(runs[m]) for m in METHODS}
+                d = np.array(s["SmoothCLAP"]["uar"]) - np.array(s["CLAP"]["uar"])
+                entry.setdefault("by_language", {})[key.split("@", 1)[1]] = {
+                    "methods": s, "prompt_texts": runs["CLAP"][0]["prompt_texts"],
+                    "wins": {"smoothclap": int((d > 0).sum()), "n": int(len(d)), "mean_diff": float(d.mean())}}
         entry["timings"] = rnd["timings"]
         entry["caption_example"] = _caption_examples(rnd["prepared"])
         if lc.probe:
             t = time.perf_counter()
             entry["probe"] = linear_probe(rnd["features"][h], tables[h]["label"], tables[h]["speaker"])
             entry["timings"]["probe"] = time.perf_counter() - t
+        for spec, model in baselines.items():  # no training: scored as they are, same task prompts
+            r = score_table(get_task(h), model, tables[h], cache_dir=_cache(lc), progress=lc.progress)
+            entry.setdefault("baselines", {})[spec] = {k: r[k] for k in ("uar", "wa", "macro_f1", "confusion")}
         entry["seconds"] = time.perf_counter() - t_h
         results["heldout"][h] = entry
         if out_dir is not None:

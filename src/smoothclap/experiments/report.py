@@ -36,8 +36,11 @@ def _f(x, nd=3) -> str:
 
 
 def loco_table(results: dict) -> str:
+    """Markdown: per held-out corpus, CLAP and SmoothCLAP (mean ± sd), wins, probe, paper, and a
+    column per baseline model scored on the same corpus with the same prompts."""
+    baselines = list(results.get("config", {}).get("baselines") or [])
     head = ["held out (trained on)", "n", "chance", "CLAP", "SmoothCLAP", "SmoothCLAP wins",
-            "linear probe (speaker folds)", "paper CLAP / SmoothCLAP"]
+            "linear probe (speaker folds)", "paper CLAP / SmoothCLAP", *baselines]
     lines = ["| " + " | ".join(head) + " |", "| " + " | ".join("---" for _ in head) + " |"]
     for h, e in results["heldout"].items():
         ms = e["methods"]
@@ -50,7 +53,17 @@ def loco_table(results: dict) -> str:
             f"{e['wins']['smoothclap']}/{e['wins']['n']}",
             f"{probe['uar']:.3f} ({probe['n_folds']})" if probe else "–",
             f"{_f(paper.get('CLAP'))} / {_f(paper.get('SmoothCLAP'))}" if paper else "–",
+            *(_f(e.get("baselines", {}).get(b, {}).get("uar")) for b in baselines),
         ]) + " |")
+    by_lang = [(h, lang, x) for h, e in results["heldout"].items() for lang, x in (e.get("by_language") or {}).items()]
+    if by_lang:
+        lines += ["", "| held out | prompts | CLAP | SmoothCLAP | SmoothCLAP wins |", "| --- | --- | --- | --- | --- |"]
+        for h, e in results["heldout"].items():
+            rows = [("en", e["methods"], e["wins"])] + [(lang, x["methods"], x["wins"])
+                                                        for hh, lang, x in by_lang if hh == h]
+            for lang, ms, w in rows:
+                lines.append(f"| {h} | {lang} | {ms['CLAP']['mean']:.3f} ± {ms['CLAP']['sd']:.3f} | "
+                             f"{ms['SmoothCLAP']['mean']:.3f} ± {ms['SmoothCLAP']['sd']:.3f} | {w['smoothclap']}/{w['n']} |")
     return "\n".join(lines)
 
 

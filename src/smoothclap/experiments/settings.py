@@ -65,6 +65,10 @@ class LocoConfig:
     num_workers: int = 2
     save_models: bool = True
     progress: bool = False
+    # Models scored on each held-out corpus beside CLAP and SmoothCLAP (e.g. "hf-clap:laion/clap-htsat-unfused")
+    baselines: tuple[str, ...] = ()
+    # Languages of the held-out corpora's label prompts ("en" always; e.g. "de" for EmoDB in German)
+    prompt_languages: tuple[str, ...] = ("en",)
 
 
 @dataclass

