@@ -206,6 +206,8 @@ class CaptionConfig:
         phrases_per_caption: None = all phrases; k = a random subset of k phrases per caption.
         phrase_dropout: drop each phrase independently with this probability (at least one kept).
         description_include_label: prefix the description (text soft target) with the emotion word.
+        pool_size: None = a fresh caption per clip and epoch; K = each clip gets a fixed pool of K
+            caption variants (embedded once), and every epoch draws one of them.
     """
 
     variables: list[str] = field(default_factory=lambda: list(DEFAULT_VARIABLES))
@@ -219,8 +221,11 @@ class CaptionConfig:
     phrases_per_caption: int | None = None
     phrase_dropout: float = 0.0
     description_include_label: bool = False
+    pool_size: int | None = None
 
     def __post_init__(self) -> None:
+        if self.pool_size is not None and self.pool_size < 1:
+            raise ValueError(f"pool_size must be >= 1 or None, got {self.pool_size}")
         self.variables = list(self.variables)
         if not 0.0 <= self.low_q < self.high_q <= 1.0:
             raise ValueError(f"need 0 <= low_q < high_q <= 1, got {self.low_q}, {self.high_q}")

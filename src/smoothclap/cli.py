@@ -5,7 +5,6 @@ line ``error: <file or key>: <reason>`` and exit code 2 (``--debug`` shows the t
 from __future__ import annotations
 
 import argparse
-import errno
 import logging
 import sys
 import time
@@ -201,6 +200,16 @@ def cmd_classify(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from .serve import launch
+
+    served = launch(args.model, host=args.host, port=args.port, open_browser=args.open_browser,
+                    cache_dir=args.cache_dir, quiet=args.quiet, block=False)
+    print(f"serving {', '.join(served.models)} at {served.url} (Ctrl+C to stop)", flush=True)
+    served.wait()  # until Ctrl+C, then closes the server
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .experiments.demo import run_demo
     from .experiments.settings import DemoConfig
@@ -353,6 +362,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("files", nargs="*")
     s.set_defaults(fn=cmd_classify, split=None, corpus=None, data_root=None)
 
+    s = sub.add_parser("serve", help="a local web page (Gradio) to try models: record or upload speech, see ranked labels")
+    s.add_argument("--model", action="append", help="model folder or hf-clap:<id or folder>; repeat for several "
+                   "(default: smoothclap_demo/models/smoothclap and smoothclap_demo/models/clap, from `smoothclap demo`)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    s.add_argument("--port", type=int, default=7860)
+    s.add_argument("--open-browser", action="store_true", help="open the page in the default browser")
+    s.add_argument("--cache-dir", default=None, help="embedding cache (default: none; uploads are one-off files)")
+    s.set_defaults(fn=cmd_serve)
+
     s = sub.add_parser("demo", help="offline demo: synth corpus, train CLAP + SmoothCLAP, compare zero-shot")
     s.add_argument("--out", default=demo.out_dir)
     s.add_argument("--epochs", type=int, default=demo.epochs)
@@ -395,22 +413,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _user_error(e: BaseException) -> str | None:
-    """One line for a user's mistake; None for anything else (a bug: the traceback is shown)."""
-    from .config import ConfigError
-    from .errors import BadInputError
-    from .evaluate import TrainedCorpusError
-
-    if isinstance(e, (BadInputError, ConfigError, TrainedCorpusError)):
-        return str(e)
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.ENOENT):
-        where = e.filename or "disk"
-        return f"{where}: {e.strerror}"
-    if isinstance(e, FileNotFoundError):  # e.g. a task corpus folder that is not there
-        return str(e)
-    return None
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose, args.quiet)
@@ -419,7 +421,9 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as e:  # noqa: BLE001 - one line for a user's mistake, the traceback for a bug
-        msg = _user_error(e)
+        from .errors import user_message
+
+        msg = user_message(e)
         if msg is None or args.debug:
             raise
         print(f"error: {msg}", file=sys.stderr)

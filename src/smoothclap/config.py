@@ -19,10 +19,11 @@ from typing import Any
 import yaml
 
 from .cache import DEFAULT_CACHE_DIR
+from .errors import UserError
 from .captions import CaptionConfig
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A bad setting: ``where`` (file or "--set"), ``key`` (dotted) and the reason."""
 
     def __init__(self, key: str, reason: str, where: str | None = None):
@@ -160,8 +161,24 @@ class LossConfig:
     calibrate_value: float = 0.5
     # Keep each row's k largest similarities (the clip itself included) before the softmax.
     topk: int | None = None
+    # Where q_a2a comes from: "tower" (towers.local, else the audio tower: the paper), "posteriors"
+    # (an emotion classifier on those features, cross-fitted out-of-fold by speaker on the training
+    # corpora) or "labels" (the training labels: same-label clips as soft positives).
+    local_source: str = "tower"
+    posterior_folds: int = 5            # speaker folds of the cross-fitted classifier
+    posterior_kind: str = "categorical"  # categorical (label posteriors) or dimensional (arousal/valence/dominance)
+    # The paper's "symmetric KL": "kl" = KL(y || p) per direction (soft cross-entropy), "jeffreys" =
+    # KL(y || p) + KL(p || y) per direction. The text-to-audio target: y^T ("transpose") or y^T with
+    # rows renormalised ("renormalized").
+    divergence: str = "kl"
+    t2a_target: str = "transpose"
 
     def __post_init__(self) -> None:
+        _choice("loss.local_source", self.local_source, ("tower", "posteriors", "labels"))
+        _check("loss.posterior_folds", self.posterior_folds >= 2, self.posterior_folds, ">= 2")
+        _choice("loss.posterior_kind", self.posterior_kind, ("categorical", "dimensional"))
+        _choice("loss.divergence", self.divergence, ("kl", "jeffreys"))
+        _choice("loss.t2a_target", self.t2a_target, ("transpose", "renormalized"))
         if self.preset is not None:
             _choice("loss.preset", self.preset, tuple(LOSS_PRESETS))
         _check("loss.beta", 0.0 <= self.beta <= 1.0, self.beta, "in [0, 1]")

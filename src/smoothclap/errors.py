@@ -8,13 +8,32 @@ from dataclasses import dataclass, field
 log = logging.getLogger("smoothclap")
 
 
-class BadInputError(ValueError):
+class UserError(ValueError):
+    """A user's mistake (bad input, a bad setting, a refused request): shown as one line, never as a
+    traceback (:func:`user_message`)."""
+
+
+class BadInputError(UserError):
     """Input that cannot be used. Always names the offending file (or table) and the reason."""
 
     def __init__(self, path, reason: str):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
+
+
+def user_message(e: BaseException) -> str | None:
+    """The one line (``<file or key>: <reason>``) for a user's mistake: bad input, a bad setting, a
+    refused corpus, a full disk, a missing file. None for anything else (a bug: show the traceback)."""
+    import errno
+
+    if isinstance(e, UserError):
+        return str(e)
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.ENOENT):
+        return f"{e.filename or 'disk'}: {e.strerror}"
+    if isinstance(e, FileNotFoundError):  # e.g. a task corpus folder that is not there
+        return str(e)
+    return None
 
 
 @dataclass

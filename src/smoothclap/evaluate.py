@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .errors import SkipLog
+from .errors import SkipLog, UserError
 from .metrics import classification_metrics
 from .normalize import group_ids
 from .zeroshot import ZeroShotClassifier
@@ -24,7 +24,7 @@ from .zeroshot import ZeroShotClassifier
 log = logging.getLogger("smoothclap")
 
 
-class TrainedCorpusError(ValueError):
+class TrainedCorpusError(UserError):
     """Scoring a corpus that trained the model (refused unless explicitly allowed)."""
 
 

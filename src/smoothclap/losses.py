@@ -10,6 +10,15 @@ Notation (docs/method.md), batch of B pairs:
     q = (1 - gamma) q_a2a + gamma q_t2t;  y = (1 - beta) I + beta q
     L = 1/2 [CE(y, p_a2t) + CE(y^T, p_t2a)],  CE(y, p) = -mean_i sum_j y_ij log p_ij
 
+The paper calls its loss a "symmetric KL". Two readings (``divergence``): ``"kl"`` (default) is
+KL(y || p) per direction, i.e. the soft cross-entropy above up to the targets' entropy;
+``"jeffreys"`` is KL(y || p) + KL(p || y) per direction (as a public third-party reimplementation
+does). The text-to-audio target (``t2a_target``) is y^T (``"transpose"``, default; its rows need not
+sum to 1) or y^T with its rows renormalised (``"renormalized"``). q_a2a comes from frozen local
+features, or (``local_source="labels"``) from the training labels: uniform over the clips of the
+same label (the clip itself included), as supervised contrastive targets. beta = 0 is always
+exactly ClipLoss.
+
 Cost (``benchmarks/bench_loss.py``): the soft loss is one autograd node with a closed-form
 gradient (:class:`_SoftContrastiveCE`), and the target sources are frozen, so a trainer
 L2-normalises them once per corpus (:func:`unit_rows`, ``sources_normalized=True``) instead of once
@@ -68,6 +77,13 @@ class SoftTargets:
     q_t2t: torch.Tensor | None = None
 
 
+def label_targets(labels: torch.Tensor) -> torch.Tensor:
+    """Integer labels ``[B]`` -> ``[B, B]``: row i uniform over the clips with i's label (i included)."""
+    with torch.no_grad():
+        same = (labels[:, None] == labels[None, :]).float()
+        return same / same.sum(1, keepdim=True)
+
+
 def soft_targets(
     local_audio: torch.Tensor | None,
     desc_text: torch.Tensor | None,
@@ -79,14 +95,18 @@ def soft_targets(
     device: torch.device | str | None = None,
     topk: int | None = None,
     normalized: bool = False,
+    labels: torch.Tensor | None = None,
 ) -> SoftTargets:
     """SmoothCLAP targets y = (1 - beta) I + beta [(1 - gamma) q_a2a + gamma q_t2t].
 
     local_audio: ``[B, k_a]`` frozen local-feature audio embeddings (needed when beta > 0, gamma < 1).
     desc_text: ``[B, k_t]`` frozen text embeddings of the paralinguistic descriptions (when gamma > 0).
+    labels: ``[B]`` integer training labels: q_a2a = :func:`label_targets` instead of local features.
     normalized: both have unit-length rows already (:func:`unit_rows`), so they are not normalised here.
     """
     ref = local_audio if local_audio is not None else desc_text
+    if ref is None and labels is not None:
+        ref = labels
     if batch_size is None:
         if ref is None:
             raise ValueError("soft_targets needs batch_size when no embeddings are given")
@@ -97,13 +117,14 @@ def soft_targets(
     if beta == 0.0:
         return SoftTargets(y=torch.eye(batch_size, device=device))
     q_a2a = q_t2t = None
-    if gamma < 1.0 and local_audio is None:
-        raise ValueError("beta > 0 and gamma < 1 need local-feature audio embeddings")
+    if gamma < 1.0 and local_audio is None and labels is None:
+        raise ValueError("beta > 0 and gamma < 1 need local-feature audio embeddings (or labels)")
     if gamma > 0.0 and desc_text is None:
         raise ValueError("beta > 0 and gamma > 0 need description text embeddings")
     with torch.no_grad():
         if gamma < 1.0:
-            q_a2a = similarity_targets(local_audio, tau_a, topk, normalized).to(device)
+            q_a2a = (label_targets(labels) if labels is not None
+                     else similarity_targets(local_audio, tau_a, topk, normalized)).to(device)
         if gamma > 0.0:
             q_t2t = similarity_targets(desc_text, tau_t, topk, normalized).to(device)
         if q_t2t is None:
@@ -160,6 +181,21 @@ def _entropy(target: torch.Tensor) -> torch.Tensor:
     return torch.xlogy(target, target).sum().div_(-target.shape[0])
 
 
+#: Floor of target probabilities inside log y of the reverse KL (targets may hold exact zeros:
+#: top-k, label targets), so KL(p || y) stays finite.
+LOG_FLOOR = 1e-12
+
+
+def _kl(y: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
+    """mean_i KL(y_i || p_i) = mean_i sum_j y_ij (log y_ij - log p_ij), 0 log 0 = 0."""
+    return (torch.xlogy(y, y) - y * log_p).sum(1).mean()
+
+
+def _kl_reverse(y: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
+    """mean_i KL(p_i || y_i) = mean_i sum_j p_ij (log p_ij - log y_ij) (y floored at :data:`LOG_FLOOR`)."""
+    return (log_p.exp() * (log_p - y.clamp_min(LOG_FLOOR).log())).sum(1).mean()
+
+
 class ClipLoss(nn.Module):
     """Symmetric InfoNCE: 1/2 [CE(I, p_a2t) + CE(I, p_t2a)] (hard one-hot targets)."""
 
@@ -179,13 +215,21 @@ class SmoothClapLoss(nn.Module):
     """
 
     def __init__(self, beta: float = 0.1, gamma: float = 0.5, tau_a: float = 0.07, tau_t: float = 0.07,
-                 topk: int | None = None):
+                 topk: int | None = None, divergence: str = "kl", t2a_target: str = "transpose",
+                 local_source: str = "tower"):
         super().__init__()
+        if divergence not in ("kl", "jeffreys"):
+            raise ValueError(f"divergence must be kl or jeffreys, got {divergence!r}")
+        if t2a_target not in ("transpose", "renormalized"):
+            raise ValueError(f"t2a_target must be transpose or renormalized, got {t2a_target!r}")
         self.beta, self.gamma, self.tau_a, self.tau_t, self.topk = beta, gamma, tau_a, tau_t, topk
+        self.divergence, self.t2a_target, self.local_source = divergence, t2a_target, local_source
 
-    def targets(self, local_audio, desc_text, batch_size, device, normalized: bool = False) -> SoftTargets:
+    def targets(self, local_audio, desc_text, batch_size, device, normalized: bool = False,
+                labels: torch.Tensor | None = None) -> SoftTargets:
         return soft_targets(local_audio, desc_text, self.beta, self.gamma, self.tau_a, self.tau_t,
-                            batch_size=batch_size, device=device, topk=self.topk, normalized=normalized)
+                            batch_size=batch_size, device=device, topk=self.topk, normalized=normalized,
+                            labels=labels if self.local_source == "labels" else None)
 
     def loss_from_logits(self, logits: torch.Tensor, t: SoftTargets) -> dict:
         """Loss of logits ``[B, B]`` against targets ``t`` (one-hot when ``t.q`` is None: ClipLoss)."""
@@ -193,11 +237,23 @@ class SmoothClapLoss(nn.Module):
             labels = torch.arange(logits.shape[0], device=logits.device)
             loss = 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
             return {"loss": loss, "kl": loss.detach(), "logits": logits, "targets": t}
-        loss = soft_contrastive_ce(logits, t.y)
-        with torch.no_grad():
-            # mean row entropy of y equals that of y^T (same entries, same number of rows)
-            kl = loss.detach() - _entropy(t.y)
-        return {"loss": loss, "kl": kl, "logits": logits, "targets": t}
+        if self.divergence == "kl" and self.t2a_target == "transpose":
+            loss = soft_contrastive_ce(logits, t.y)  # the fused node with its closed-form gradient
+            with torch.no_grad():
+                # mean row entropy of y equals that of y^T (same entries, same number of rows)
+                kl = loss.detach() - _entropy(t.y)
+            return {"loss": loss, "kl": kl, "logits": logits, "targets": t}
+        y_a2t = t.y.detach().to(logits.dtype)
+        y_t2a = y_a2t.T
+        if self.t2a_target == "renormalized":
+            y_t2a = y_t2a / y_t2a.sum(1, keepdim=True)
+        lp_a2t, lp_t2a = F.log_softmax(logits, dim=1), F.log_softmax(logits.T, dim=1)
+        kl_yp = 0.5 * (_kl(y_a2t, lp_a2t) + _kl(y_t2a, lp_t2a))
+        if self.divergence == "kl":
+            loss = kl_yp + 0.5 * (_entropy(y_a2t) + _entropy(y_t2a))  # the cross-entropy form
+        else:
+            loss = kl_yp + 0.5 * (_kl_reverse(y_a2t, lp_a2t) + _kl_reverse(y_t2a, lp_t2a))
+        return {"loss": loss, "kl": kl_yp.detach(), "logits": logits, "targets": t}
 
     def forward(
         self,
@@ -207,11 +263,13 @@ class SmoothClapLoss(nn.Module):
         local_audio: torch.Tensor | None = None,
         desc_text: torch.Tensor | None = None,
         sources_normalized: bool = False,
+        labels: torch.Tensor | None = None,
     ) -> dict:
         """z_audio, z_text ``[B, d]`` normalised; local_audio ``[B, k_a]``; desc_text ``[B, k_t]``
-        (``sources_normalized``: their rows are unit length already, see :func:`unit_rows`)."""
+        (``sources_normalized``: their rows are unit length already, see :func:`unit_rows`);
+        labels ``[B]`` integer training labels (used for q_a2a when ``local_source="labels"``)."""
         logits = clip_logits(z_audio, z_text, scale)
-        t = self.targets(local_audio, desc_text, logits.shape[0], logits.device, sources_normalized)
+        t = self.targets(local_audio, desc_text, logits.shape[0], logits.device, sources_normalized, labels)
         return self.loss_from_logits(logits, t)
 
 

@@ -104,4 +104,62 @@ def build_loss(cfg, prepared=None) -> SmoothClapLoss:
             tau_t = calibrate_tau(prepared.desc_emb, lc.calibrate, lc.calibrate_value, bs, seed, lc.topk)
         log.info("calibrated temperatures (%s = %g): tau_a = %.4f, tau_t = %.4f",
                  lc.calibrate, lc.calibrate_value, tau_a, tau_t)
-    return SmoothClapLoss(lc.beta, lc.gamma, tau_a, tau_t, topk=lc.topk)
+    return SmoothClapLoss(lc.beta, lc.gamma, tau_a, tau_t, topk=lc.topk, divergence=lc.divergence,
+                          t2a_target=lc.t2a_target, local_source="labels" if lc.local_source == "labels" else "tower")
+
+
+# -- emotion-aware q_a2a sources -------------------------------------------------------------------------
+def _speaker_folds(groups: np.ndarray, n_folds: int):
+    from sklearn.model_selection import GroupKFold
+
+    groups = np.asarray(groups).astype(str)
+    k = min(int(n_folds), len(np.unique(groups)))
+    if k < 2:
+        raise ValueError("cross-fitted targets need at least 2 speakers (a speaker column) in the training table")
+    return list(GroupKFold(n_splits=k).split(np.zeros(len(groups)), groups=groups))
+
+
+def crossfit_posteriors(features: np.ndarray, labels: np.ndarray, groups: np.ndarray, n_folds: int = 5,
+                        C: float = 1.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold emotion posteriors: features ``[N, k]``, integer labels ``[N]``, speaker
+    ``groups`` ``[N]`` -> (posteriors ``[N, n_classes]`` float32, fold of each clip ``[N]``).
+
+    A standardised logistic regression is fitted on all speakers but those of one fold (GroupKFold
+    by speaker) and predicts that fold, so no clip's posterior comes from a model that saw its
+    label (nor its speaker). Classes missing from a fold's training part get probability 0.
+    Deterministic for the same inputs."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x = np.asarray(features, dtype=np.float64)
+    y = np.asarray(labels).astype(int)
+    n_classes = int(y.max()) + 1
+    out = np.zeros((len(y), n_classes), dtype=np.float32)
+    fold = np.full(len(y), -1, dtype=np.int64)
+    for f, (tr, te) in enumerate(_speaker_folds(groups, n_folds)):
+        clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=3000, random_state=seed))
+        clf.fit(x[tr], y[tr])
+        out[np.ix_(te, clf.classes_)] = clf.predict_proba(x[te])
+        fold[te] = f
+    return out, fold
+
+
+def crossfit_dimensions(features: np.ndarray, targets: np.ndarray, groups: np.ndarray, n_folds: int = 5,
+                        alpha: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold predictions of dimensional ratings (arousal / valence / dominance): features
+    ``[N, k]``, ratings ``[N, m]`` -> (z-scored predictions ``[N, m]`` float32, folds ``[N]``), by
+    standardised ridge regressions fitted on the other speakers' clips (GroupKFold)."""
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x = np.asarray(features, dtype=np.float64)
+    t = np.asarray(targets, dtype=np.float64)
+    out = np.zeros(t.shape, dtype=np.float64)
+    fold = np.full(len(t), -1, dtype=np.int64)
+    for f, (tr, te) in enumerate(_speaker_folds(groups, n_folds)):
+        reg = make_pipeline(StandardScaler(), Ridge(alpha=alpha)).fit(x[tr], t[tr])
+        out[te] = reg.predict(x[te])
+        fold[te] = f
+    return standardize(out, "zscore"), fold

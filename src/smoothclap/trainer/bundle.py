@@ -59,7 +59,8 @@ class Prepared:
 
 
 def needs_local(cfg: RunConfig) -> bool:
-    return cfg.loss.beta > 0 and cfg.loss.gamma < 1
+    """Local features for q_a2a (label targets need none)."""
+    return cfg.loss.beta > 0 and cfg.loss.gamma < 1 and cfg.loss.local_source != "labels"
 
 
 def needs_desc(cfg: RunConfig) -> bool:
@@ -159,6 +160,11 @@ def prepare(cfg: RunConfig, table: pd.DataFrame, *, cache_dir=None, progress: bo
     table = table.iloc[keep].reset_index(drop=True)
     audio = audio[keep]
     local = local[keep] if local is not None else None
+    labels = table["label"].astype(str).tolist()
+    label_names = sorted(set(labels))
+    label_ids = np.array([label_names.index(x) for x in labels], dtype=np.int64)
+    if local is not None and cfg.loss.local_source == "posteriors":
+        local = emotion_targets(cfg, table, local, label_ids)
     if cc.variables:
         feats = feats.iloc[keep].reset_index(drop=True)
         if cc.group_by:
@@ -171,10 +177,17 @@ def prepare(cfg: RunConfig, table: pd.DataFrame, *, cache_dir=None, progress: bo
         bins = pd.DataFrame(index=range(len(table)))
 
     builder = CaptionBuilder(cc)
-    labels = table["label"].astype(str).tolist()
     extra = {k: (table[k].tolist() if k in table.columns else None) for k in ("gender", "arousal", "valence")}
-    per_epoch = [builder.captions(bins, labels, rng=np.random.default_rng([cfg.train.seed, e]), **extra)
-                 for e in range(max(1, cfg.train.epochs))]
+    epochs = max(1, cfg.train.epochs)
+    if cc.pool_size is None:  # a fresh caption per clip and epoch
+        per_epoch = [builder.captions(bins, labels, rng=np.random.default_rng([cfg.train.seed, e]), **extra)
+                     for e in range(epochs)]
+    else:  # a fixed pool of K variants per clip (embedded once); each epoch draws one per clip
+        pool = [builder.captions(bins, labels, rng=np.random.default_rng([cfg.train.seed, 1 << 20, k]), **extra)
+                for k in range(cc.pool_size)]
+        draws = [np.random.default_rng([cfg.train.seed, 1 << 21, e]).integers(cc.pool_size, size=len(labels))
+                 for e in range(epochs)]
+        per_epoch = [[pool[k][i] for i, k in enumerate(d)] for d in draws]
     if "caption" in table.columns:  # a manifest's own captions win over generated ones
         given = [None if c is None or c != c or not str(c).strip() else str(c).strip() for c in table["caption"]]
         per_epoch = [[g if g is not None else c for g, c in zip(given, caps)] for caps in per_epoch]
@@ -196,8 +209,6 @@ def prepare(cfg: RunConfig, table: pd.DataFrame, *, cache_dir=None, progress: bo
         desc_emb = embed_texts(text_tower, desc_texts, desc="descriptions", **tkw)
     timings["text_embeddings"] = time.perf_counter() - t
 
-    label_names = sorted(set(labels))
-    label_ids = np.array([label_names.index(x) for x in labels], dtype=np.int64)
     trained_on = sorted(table["corpus"].astype(str).unique()) if "corpus" in table.columns else ["(table)"]
     if skip.count:
         log.warning("skipped %d bad clip(s) while preparing training data", skip.count)
@@ -210,6 +221,30 @@ def prepare(cfg: RunConfig, table: pd.DataFrame, *, cache_dir=None, progress: bo
     return apply_target_options(cfg, prepared)
 
 
+def emotion_targets(cfg: RunConfig, table: pd.DataFrame, features: np.ndarray, label_ids: np.ndarray) -> np.ndarray:
+    """``loss.local_source: posteriors``: the q_a2a source ``[N, k]`` from an emotion model fitted on
+    the training clips only, cross-fitted out-of-fold by speaker (:func:`smoothclap.targets.crossfit_posteriors`):
+    label posteriors, or predicted arousal / valence / dominance (``loss.posterior_kind: dimensional``)."""
+    from ..targets import crossfit_dimensions, crossfit_posteriors
+
+    if "speaker" not in table.columns or table["speaker"].isna().all():
+        raise BadInputError("training table", "loss.local_source=posteriors needs a speaker column (the classifier "
+                            "is cross-fitted by speaker)")
+    groups = table["speaker"].astype(str).to_numpy()
+    lc = cfg.loss
+    if lc.posterior_kind == "dimensional":
+        cols = [c for c in ("arousal", "valence", "dominance") if c in table.columns
+                and pd.to_numeric(table[c], errors="coerce").notna().all()]
+        if not cols:
+            raise BadInputError("training table", "loss.posterior_kind=dimensional needs numeric arousal / valence / "
+                                "dominance columns on every clip")
+        out, _ = crossfit_dimensions(features, table[cols].astype(float).to_numpy(), groups, lc.posterior_folds)
+    else:
+        out, _ = crossfit_posteriors(features, label_ids, groups, lc.posterior_folds, seed=cfg.train.seed)
+    log.info("q_a2a from cross-fitted %s targets (%d speaker folds)", lc.posterior_kind, lc.posterior_folds)
+    return out
+
+
 class BatchBuilder:
     """What the loss needs for one batch, as one dict (the batch structure, as open_clip passes
     model outputs to its loss): the frozen target sources of clips ``idx`` in ``epoch``, their
@@ -218,6 +253,7 @@ class BatchBuilder:
     def __init__(self, cfg: RunConfig, prepared: Prepared):
         self.prepared = prepared
         p = prepared
+        self.labels = torch.as_tensor(p.label_ids) if cfg.loss.local_source == "labels" else None
         self.local = unit_rows(torch.from_numpy(p.local)) if p.local is not None else None
         self.desc = unit_rows(torch.from_numpy(p.desc_emb)) if p.desc_emb is not None else None
         self.cap_unit = unit_rows(torch.from_numpy(p.caption_emb)) if uses_caption_as_description(cfg, p) else None
@@ -229,7 +265,7 @@ class BatchBuilder:
 
     def sources(self, idx: torch.Tensor, epoch: int, device) -> dict:
         """Target sources of clips ``idx`` ``[b]``: ``local_audio`` ``[b, k_a]``, ``desc_text``
-        ``[b, k_t]`` (None where unused) and ``sources_normalized``."""
+        ``[b, k_t]``, ``labels`` ``[b]`` (label targets; None where unused) and ``sources_normalized``."""
         if self.desc is not None:
             desc = self.desc[idx]
         elif self.cap_unit is not None:
@@ -237,4 +273,5 @@ class BatchBuilder:
         else:
             desc = None
         return {"local_audio": None if self.local is None else self.local[idx].to(device),
-                "desc_text": None if desc is None else desc.to(device), "sources_normalized": True}
+                "desc_text": None if desc is None else desc.to(device), "sources_normalized": True,
+                "labels": None if self.labels is None else self.labels[idx].to(device)}

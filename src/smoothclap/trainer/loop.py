@@ -31,6 +31,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -300,6 +301,38 @@ class Trainer:
                            seconds=time.perf_counter() - t0, resumed_from_epoch=resumed_from)
 
 
+TARGETS_NAME = "target_sources.npz"
+
+
+def pin_target_sources(run_dir: Path, prepared: Prepared, env: DistEnv) -> Prepared:
+    """The run's computed q_a2a source (cross-fitted posteriors) is saved in the run folder; a
+    resumed or repeated run uses the saved one, so its targets cannot drift (a new scikit-learn,
+    say). A saved source of another shape belongs to other data: the run folder check refuses it."""
+    import dataclasses
+
+    from ..io import atomic_save
+
+    path = run_dir / TARGETS_NAME
+    local = None
+    if env.is_main:
+        if path.exists():
+            with np.load(path, allow_pickle=False) as z:
+                local = z["local"]
+            if local.shape != prepared.local.shape:
+                from .checkpoint import RunFolderError
+
+                raise RunFolderError(path, f"holds targets of shape {local.shape}, this run makes "
+                                     f"{prepared.local.shape}: another run's folder")
+        else:
+            def write(tmp):
+                with open(tmp, "wb") as f:
+                    np.savez(f, local=prepared.local)
+
+            atomic_save(path, write)
+    local = broadcast_object(local, env)
+    return prepared if local is None else dataclasses.replace(prepared, local=local.astype(np.float32))
+
+
 @contextlib.contextmanager
 def _threads(n: int | None):
     before = torch.get_num_threads()
@@ -323,6 +356,10 @@ def train(cfg: RunConfig, prepared: Prepared, run_dir: str | Path | None = None,
     """
     cfg = validated(cfg)
     env = dist_env if dist_env is not None else current_env(cfg.train.device)
+    if run_dir is not None and cfg.loss.local_source == "posteriors" and prepared.local is not None:
+        if env.is_main:
+            check_run_folder(Path(run_dir), cfg)  # never pin another run's targets
+        prepared = pin_target_sources(Path(run_dir), prepared, env)
     # Heads on cached embeddings are small matrix products: on CPU one intra-op thread is
     # several times faster than two fighting over the cores (measured: 3.5x, benchmarks/).
     one = cfg.train.mode == "cached" and env.device.type == "cpu"
