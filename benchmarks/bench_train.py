@@ -2,7 +2,8 @@
 
 Both paths: towers whisper-tiny-en (audio) + minilm-l6 (text), the same clips, captions (drawn per
 epoch by ``prepare``), descriptions, batch size 32, epochs, seed, heads, optimiser and SmoothCLAP
-loss (beta 0.1, gamma 0.5).
+loss (preset ``smoothclap-reconstructed``: beta 0.1, gamma 0.5, q from the frozen towers), and the
+caption pool of the default config (``captions.pool_size``, 4 variants per clip).
 
 * cached (this library): ``prepare`` into an empty embedding cache (whisper over every clip once,
   MiniLM over every distinct caption / description once) + ``train`` on the cached embeddings.
@@ -17,11 +18,12 @@ eGeMAPS extraction (needed by both paths for the captions) is done once beforeha
 both, so it is in neither timing. The loss curves differ only through the crops (clips longer than
 5 s see a different random crop each epoch in the re-encode path, the whole clip in the cached
 path; ``--no-crop`` makes the two paths compute the same thing). Audio standardisation is off in
-both (a re-encoding loop has no corpus statistics). Target: speed-up >= 0.8 x epochs.
+both (a re-encoding loop has no corpus statistics). Target: speed-up >= 0.9 x epochs.
 
-Why the speed-up stays below the number of epochs: a caption is drawn per clip and epoch, so the
-cached path must still embed every distinct caption of all epochs once (the JSON gives the count
-and the time of each extraction stage); only the audio is embedded once instead of once per epoch.
+Why the speed-up stays below the number of epochs: the cached path must still embed every distinct
+caption once (at most ``pool_size`` per clip; with a fresh caption per clip and epoch,
+``--pool-size 0``, it embeds the captions of all epochs); the JSON gives the count and the time of
+each extraction stage.
 
     .venv/bin/python benchmarks/bench_train.py [--quick]
 """
@@ -42,6 +44,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None, help="default 10 (--quick 3)")
     ap.add_argument("--crop", type=float, default=5.0, help="re-encode crop length in seconds")
     ap.add_argument("--no-crop", action="store_true")
+    ap.add_argument("--pool-size", type=int, default=None, help="captions.pool_size (default: the config's; 0 = "
+                    "a fresh caption per clip and epoch)")
     args = ap.parse_args()
     n = args.n or (64 if args.quick else 256)
     epochs = args.epochs or (3 if args.quick else 10)
@@ -51,7 +55,7 @@ def main() -> None:
     import torch
 
     from smoothclap.audio import read_audio
-    from smoothclap.config import RunConfig
+    from smoothclap.config import RunConfig, loss_preset
     from smoothclap.embed import forward_plan
     from smoothclap.trainer import prepare
     from smoothclap.targets import build_loss
@@ -62,9 +66,11 @@ def main() -> None:
     table = C.real_files(args.data, n, seed=3)
     cfg = RunConfig()
     cfg.towers.audio, cfg.towers.text = "whisper-tiny-en", "minilm-l6"
-    cfg.loss.beta, cfg.loss.gamma = 0.1, 0.5
+    cfg.loss = loss_preset("smoothclap-reconstructed")  # beta 0.1, gamma 0.5: q from the towers, as re-encoding
     cfg.train.epochs, cfg.train.batch_size, cfg.train.seed, cfg.train.device = epochs, 32, 0, "cpu"
     cfg.model.standardize_audio = False
+    if args.pool_size is not None:
+        cfg.captions.pool_size = args.pool_size or None
     tmp = Path(tempfile.mkdtemp(prefix="bench_train_"))
     print(f"{len(table)} clips, {table['duration'].sum() / 60:.1f} min audio, {epochs} epochs, batch 32; "
           f"{C.describe_machine(m)}")
@@ -173,15 +179,15 @@ def main() -> None:
         "benchmark": "train", "clips": len(table), "epochs": epochs, "batch_size": 32, "repeats": repeats,
         "worker_plan": [w, threads], "crop_seconds": crop, "clips_longer_than_crop": long,
         "crops_taken": br["crops"], "cached": runs_c, "reencode": runs_r,
-        "speedup": speedup, "speedup_per_epoch": speedup / epochs, "target": ">= 0.8 x epochs",
-        "met": speedup >= 0.8 * epochs,
+        "speedup": speedup, "speedup_per_epoch": speedup / epochs, "target": ">= 0.9 x epochs",
+        "met": speedup >= 0.9 * epochs,
         "loss_curve_cached": lc.tolist(), "loss_curve_reencode": lr.tolist(),
         "loss_curve_max_abs_diff": float(np.abs(lc - lr).max()),
         "loss_curve_max_rel_diff": float((np.abs(lc - lr) / np.abs(lc)).max()),
         "machine": m,
     }
     print(f"cached {bc['total']:.1f} s vs re-encode {br['total']:.1f} s: speed-up {speedup:.1f}x = "
-          f"{speedup / epochs:.2f} x epochs (target >= 0.8 x {epochs}: {C.verdict(res['met'])})")
+          f"{speedup / epochs:.2f} x epochs (target >= 0.9 x {epochs}: {C.verdict(res['met'])})")
     print(f"loss per epoch, cached:    {np.round(lc, 4).tolist()}")
     print(f"loss per epoch, re-encode: {np.round(lr, 4).tolist()}")
     print(f"max |diff| {res['loss_curve_max_abs_diff']:.2e} (relative {res['loss_curve_max_rel_diff']:.2e}); "

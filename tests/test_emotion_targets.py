@@ -123,7 +123,8 @@ def test_caption_pool_bounds_the_distinct_captions(synth_table, shared_cache):
     from smoothclap.config import load_config
     from smoothclap.trainer import prepare
 
-    free = prepare(load_config(None, ["train.epochs=6"]), synth_table, cache_dir=shared_cache, progress=False)
+    free = prepare(load_config(None, ["train.epochs=6", "captions.pool_size=null"]), synth_table,
+                   cache_dir=shared_cache, progress=False)
     pooled = prepare(load_config(None, ["train.epochs=6", "captions.pool_size=2"]), synth_table,
                      cache_dir=shared_cache, progress=False)
     n = len(synth_table)

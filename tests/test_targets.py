@@ -90,7 +90,7 @@ def _bundle(n=64):
 
 def test_build_loss_and_apply_options():
     cfg = RunConfig()
-    cfg.loss = loss_preset("smoothclap", calibrate="diag", calibrate_value=0.6,
+    cfg.loss = loss_preset("smoothclap-reconstructed", calibrate="diag", calibrate_value=0.6,
                            target_standardize="zscore", target_standardize_group="corpus")
     cfg.train.batch_size = 16
     prep = apply_target_options(cfg, _bundle())
@@ -101,9 +101,9 @@ def test_build_loss_and_apply_options():
     assert loss.tau_a != 0.07 and loss.tau_t != 0.07 and loss.topk is None
     clap = build_loss(dataclasses.replace(cfg, loss=loss_preset("clap")), prep)
     assert clap.beta == 0.0
-    bad = dataclasses.replace(cfg, loss=loss_preset("smoothclap", target_standardize="center",
+    bad = dataclasses.replace(cfg, loss=loss_preset("smoothclap-reconstructed", target_standardize="center",
                                                     target_standardize_group="speaker"))
     with pytest.raises(ValueError, match="speaker"):
         apply_target_options(bad, _bundle())
     with pytest.raises(ValueError, match="calibrate"):
-        loss_preset("smoothclap", calibrate="sometimes")
+        loss_preset("smoothclap-reconstructed", calibrate="sometimes")

@@ -206,8 +206,8 @@ class CaptionConfig:
         phrases_per_caption: None = all phrases; k = a random subset of k phrases per caption.
         phrase_dropout: drop each phrase independently with this probability (at least one kept).
         description_include_label: prefix the description (text soft target) with the emotion word.
-        pool_size: None = a fresh caption per clip and epoch; K = each clip gets a fixed pool of K
-            caption variants (embedded once), and every epoch draws one of them.
+        pool_size: K (default 4) = each clip gets a fixed pool of K caption variants (embedded once),
+            and every epoch draws one of them; None = a fresh caption per clip and epoch.
     """
 
     variables: list[str] = field(default_factory=lambda: list(DEFAULT_VARIABLES))
@@ -221,7 +221,9 @@ class CaptionConfig:
     phrases_per_caption: int | None = None
     phrase_dropout: float = 0.0
     description_include_label: bool = False
-    pool_size: int | None = None
+    # Chosen on validation speakers of the training corpora (BENCHMARKS.md, soft-target study):
+    # 4 scored as well as fresh captions every epoch, and the text tower runs on 4 per clip at most.
+    pool_size: int | None = 4
 
     def __post_init__(self) -> None:
         if self.pool_size is not None and self.pool_size < 1:

@@ -173,13 +173,21 @@ def cmd_evaluate(args) -> int:
 
 def cmd_classify(args) -> int:
     from .errors import BadInputError
-    from .zeroshot import classify_files, parse_labels
+    from .prompts import parse_labels
 
     labels = parse_labels(args.labels)
+    if args.backend == "onnx":  # an export folder (smoothclap export); imports no torch
+        from .onnx_runtime import OnnxModel, classify_files
+
+        model = OnnxModel.load(args.model)
+    else:
+        from .zeroshot import classify_files
+
+        model = _model(args.model)
     files, groups = list(args.files), None
     if args.manifest:
         table = _table(args)
-        col = args.group_column or getattr(_model(args.model).config, "feature_norm_group", None)
+        col = args.group_column or getattr(model.config, "feature_norm_group", None)
         files += table["file"].astype(str).tolist()
         if col and col in table.columns:
             groups = table[col].astype(str).tolist()
@@ -189,7 +197,7 @@ def cmd_classify(args) -> int:
         groups = [g.strip() for g in args.groups.split(",")]
     if not files:
         raise BadInputError("classify", "no audio files given")
-    res = classify_files(_model(args.model), files, labels, groups=groups, templates=args.templates,
+    res = classify_files(model, files, labels, groups=groups, templates=args.templates,
                          skip_bad=args.skip_bad, progress=not args.quiet)
     for f, ranked in res.ranked(args.top):
         print(f"{f}:")
@@ -197,6 +205,14 @@ def cmd_classify(args) -> int:
             print(f"  {lab:<24s} {p:.3f}")
     if res.skipped.count:
         print(f"skipped {res.skipped.count} file(s): " + "; ".join(f"{p} ({r})" for p, r in res.skipped.items))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export_onnx
+
+    out = export_onnx(args.model, args.out, opset=args.opset, verify=not args.no_verify)
+    print(f"wrote {out} (classify with: smoothclap classify --backend onnx --model {out} ...)")
     return 0
 
 
@@ -359,8 +375,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--manifest", help="files (and their speaker / corpus column) from a manifest")
     s.add_argument("--group-column", help="manifest column holding the groups (default: the model's "
                    "feature_norm_group)")
+    s.add_argument("--backend", choices=["torch", "onnx"], default="torch",
+                   help="onnx: --model is an ONNX export folder (smoothclap export); runs without PyTorch")
     s.add_argument("files", nargs="*")
     s.set_defaults(fn=cmd_classify, split=None, corpus=None, data_root=None)
+
+    s = sub.add_parser("export", help="export a model for inference without PyTorch (ONNX + onnxruntime)")
+    s.add_argument("--model", required=True, help="saved model folder")
+    s.add_argument("--format", choices=["onnx"], default="onnx")
+    s.add_argument("--out", required=True, help="folder to write (an earlier export there is replaced)")
+    s.add_argument("--opset", type=int, default=18,
+                   help="ONNX opset: 18 (PyTorch's default exporter) or 17 (TorchScript exporter)")
+    s.add_argument("--no-verify", action="store_true", help="skip checking the graphs against PyTorch")
+    s.set_defaults(fn=cmd_export)
 
     s = sub.add_parser("serve", help="a local web page (Gradio) to try models: record or upload speech, see ranked labels")
     s.add_argument("--model", action="append", help="model folder or hf-clap:<id or folder>; repeat for several "

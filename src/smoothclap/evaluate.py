@@ -72,13 +72,15 @@ def check_not_trained_on(model, corpora: Sequence[str], allow: bool = False, wha
 def zero_shot_evaluate(model, table: pd.DataFrame, labels: Sequence[str] | None = None, *,
                        prompts: dict[str, str] | None = None, templates=None, cache_dir=None,
                        skip: SkipLog | None = None, progress: bool = True,
-                       features: np.ndarray | None = None, batch_size: int = 16) -> EvalResult:
+                       features: np.ndarray | None = None, batch_size: int = 16,
+                       use_groups: bool = True) -> EvalResult:
     """Classify ``table`` (columns file, label; the model's group column when it normalises per
     group) zero-shot among ``labels`` (default: the table's).
 
     Labels outside ``labels`` are an error (a task spec must name every class it scores).
     ``features`` (raw audio-tower features ``[N, audio_dim]``) skips the tower when the caller
-    already has them.
+    already has them. ``use_groups=False`` scores without test groups (the model's stored training
+    statistics), as for clips whose speaker is unknown.
     """
     t0 = time.perf_counter()
     skip = skip if skip is not None else SkipLog()
@@ -98,7 +100,7 @@ def zero_shot_evaluate(model, table: pd.DataFrame, labels: Sequence[str] | None 
     keep = np.flatnonzero(ok)
     if len(keep) == 0:
         raise ValueError("no clip left to score (every file was skipped)")
-    groups = table_groups(model, table)
+    groups = table_groups(model, table) if use_groups else None
     clf = ZeroShotClassifier(model, labels, prompts=prompts, templates=templates)
     preds, probs = clf.predict_features(features[keep], None if groups is None else groups[keep])
     y_true = table["label"].astype(str).to_numpy()[keep]

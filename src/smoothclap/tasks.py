@@ -246,7 +246,7 @@ def load_task_table(task: Task, data_root, *, skip_bad: bool = False) -> pd.Data
 
 def score_table(task: Task, model, table: pd.DataFrame, *, features: np.ndarray | None = None,
                 templates=None, cache_dir=None, skip: SkipLog | None = None, progress: bool = False,
-                prompt_language: str | None = None) -> dict:
+                prompt_language: str | None = None, use_groups: bool = True) -> dict:
     """Score ``table`` (already the task's rows) with the task's prompts (in ``prompt_language``:
     None = English, ``"task"`` = the speech's language) and protocol.
 
@@ -279,7 +279,7 @@ def score_table(task: Task, model, table: pd.DataFrame, *, features: np.ndarray 
     per_fold, preds = [], []
     for fname, idx in folds:
         ev = zero_shot_evaluate(model, table.iloc[idx].reset_index(drop=True), labels, prompts=prompts,
-                                templates=tmpl, features=features[idx], progress=False)
+                                templates=tmpl, features=features[idx], progress=False, use_groups=use_groups)
         m = ev.metrics
         per_fold.append({"fold": fname, "n": m["n"], "uar": m["uar"], "wa": m["wa"], "macro_f1": m["macro_f1"],
                          "chance_uar": m["chance_uar"], "confusion": m["confusion"]})

@@ -87,7 +87,10 @@ class DemoConfig:
 
 @dataclass
 class AblationConfig:
+    """Settings of :func:`smoothclap.experiments.ablation.run_ablation`."""
+
     loco: LocoConfig = field(default_factory=LocoConfig)
     val_seeds: tuple[int, ...] = (0, 1)
-    shared_grid: dict[str, list[str]] | None = None
-    target_grid: dict[str, list[str]] | None = None
+    stages: list | None = None        # (kind, stage, {candidate: overrides}); None: DEFAULT_STAGES
+    skew_emotions: int = 2            # emotions each held-out speaker keeps in the skewed condition
+    skew_seed: int = 0

@@ -53,9 +53,19 @@ class Prepared:
     label_names: list[str]
     binner: ParalingBinner | None
     trained_on: list[str]
-    groups: np.ndarray | None = None     # [N] group of each clip for model.feature_norm_group
     skipped: SkipLog = field(default_factory=SkipLog)
     timings: dict = field(default_factory=dict)
+
+
+def norm_groups(cfg: RunConfig, prepared: Prepared) -> np.ndarray | None:
+    """``[N]`` group of each clip for ``model.feature_norm_group`` (None without it)."""
+    col = cfg.model.feature_norm_group
+    if not col:
+        return None
+    g = group_ids(prepared.table, col)
+    if g is None:
+        raise BadInputError("training table", f"model.feature_norm_group={col!r} but the table has no {col!r} column")
+    return g
 
 
 def needs_local(cfg: RunConfig) -> bool:
@@ -216,8 +226,7 @@ def prepare(cfg: RunConfig, table: pd.DataFrame, *, cache_dir=None, progress: bo
                         local=None if local is None else local.astype(np.float32),
                         caption_texts=caption_texts, caption_emb=caption_emb, caption_index=caption_index,
                         desc_texts=desc_texts, desc_emb=desc_emb, label_ids=label_ids, label_names=label_names,
-                        binner=binner, trained_on=trained_on, groups=group_ids(table, cfg.model.feature_norm_group),
-                        skipped=skip, timings=timings)
+                        binner=binner, trained_on=trained_on, skipped=skip, timings=timings)
     return apply_target_options(cfg, prepared)
 
 

