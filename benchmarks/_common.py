@@ -190,9 +190,9 @@ def embed_v0(tower, files, *, cache_dir=None, batch_size: int = 16, chunk_size: 
 
 def length_batches(files, batch_size: int):
     """The batches ``embed_audio_files`` forms for a cold run: indices sorted by header duration."""
-    from smoothclap.embed import _duration
+    from smoothclap.audio import header_seconds
 
-    order = sorted(range(len(files)), key=lambda i: _duration(str(files[i])))
+    order = sorted(range(len(files)), key=lambda i: header_seconds(str(files[i])))
     return [order[b : b + batch_size] for b in range(0, len(order), batch_size)]
 
 

@@ -126,6 +126,32 @@ def normalize_loudness(wav: np.ndarray, mode: str) -> np.ndarray:
     raise ValueError(f"unknown loudness normalisation {mode!r}: none, peak or rms:<dBFS>")
 
 
+def header_seconds(path: str | Path) -> float:
+    """Duration from the file header, no decoding (0 when unreadable: reading then says why)."""
+    try:
+        info = sf.info(str(path))
+        return info.frames / float(info.samplerate)
+    except Exception:  # noqa: BLE001
+        return 0.0
+
+
+def split_windows(wave: np.ndarray, max_samples: int, min_samples: int, what: str = "audio") -> list[np.ndarray]:
+    """``[T]`` -> the clip itself (zero-padded to ``min_samples``) or, when longer than
+    ``max_samples``, ``ceil(T / max_samples)`` near-equal windows; nothing is dropped."""
+    import math
+
+    wave = np.asarray(wave, dtype=np.float32).reshape(-1)
+    if wave.size == 0:
+        raise ValueError(f"{what}: empty waveform")
+    if wave.size < min_samples:
+        wave = np.pad(wave, (0, min_samples - wave.size))
+    if wave.size <= max_samples:
+        return [wave]
+    k = math.ceil(wave.size / max_samples)
+    step = math.ceil(wave.size / k)
+    return [wave[i : i + step] for i in range(0, wave.size, step)]
+
+
 def content_hash(path: str | Path, skip) -> str | None:
     """:func:`file_hash` of ``path``, or None after handing a missing / unreadable file to ``skip``
     (a :class:`~smoothclap.errors.SkipLog`: raises unless it skips)."""

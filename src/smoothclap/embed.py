@@ -37,11 +37,10 @@ import threading
 from typing import NamedTuple, Sequence
 
 import numpy as np
-import soundfile as sf
 import torch
 from tqdm.auto import tqdm
 
-from .audio import SAMPLE_RATE, content_hash, read_audio
+from .audio import SAMPLE_RATE, content_hash, header_seconds, read_audio
 from .cache import EmbeddingCache, audio_key, text_key
 from .errors import BadInputError, SkipLog
 
@@ -237,15 +236,6 @@ class _Pipeline:
             last_run.update(plan=self.plan._asdict())
 
 
-def _duration(path: str) -> float:
-    """Seconds from the header (0 when unreadable: read_audio then reports why)."""
-    try:
-        info = sf.info(path)
-        return info.frames / float(info.samplerate)
-    except Exception:  # noqa: BLE001
-        return 0.0
-
-
 # -- audio -------------------------------------------------------------------------------------------
 def embed_audio_files(
     tower,
@@ -307,7 +297,7 @@ def embed_audio_files(
     if not todo:
         return out, ok
     # Global length order from the headers: batches of near-equal length, no decoding needed.
-    todo.sort(key=lambda i: _duration(files[i]))
+    todo.sort(key=lambda i: header_seconds(files[i]))
     plan = forward_plan(tower, workers)
     batch_size = max(1, int(batch_size))
 

@@ -37,7 +37,7 @@ from torch import nn
 from .audio import normalize_loudness
 from .errors import BadInputError
 from .io import atomic_save, atomic_write_json, atomic_write_text
-from .normalize import EPS, standardize
+from .normalize import EPS, normalize_groups, standardize
 
 log = logging.getLogger("smoothclap")
 
@@ -262,30 +262,12 @@ class SmoothClapModel(nn.Module, ZeroShotModel):
         than ``config.min_group_clips`` clips, and all clips when ``groups`` is None, use the stored
         training statistics instead: a single clip has no statistics of its own).
         """
-        x = torch.as_tensor(np.asarray(raw, dtype=np.float32) if not torch.is_tensor(raw) else raw,
-                            dtype=torch.float32)
         if not self.config.feature_norm_group:
-            return x
-        fallback = lambda v: (v - self.norm_mean.to(v.device)) / self.norm_std.to(v.device)  # noqa: E731
-        if groups is None:
-            return fallback(x)
-        g = np.asarray([str(v) for v in groups], dtype=object)
-        if len(g) != len(x):
-            raise ValueError(f"{len(g)} group ids for {len(x)} clips")
-        out = torch.empty_like(x)
-        names, counts = np.unique(g, return_counts=True)
-        small = set(names[counts < max(2, self.config.min_group_clips)])
-        if small:
-            log.info("%d group(s) with fewer than %d clips use the training statistics", len(small),
-                     self.config.min_group_clips)
-        mask = np.array([v in small for v in g])
-        big = np.flatnonzero(~mask)
-        if len(big):
-            out[torch.as_tensor(big)] = torch.from_numpy(standardize(x[big].cpu().numpy(), "zscore", g[big])).to(x)
-        if mask.any():
-            idx = torch.as_tensor(np.flatnonzero(mask))
-            out[idx] = fallback(x[idx])
-        return out
+            return torch.as_tensor(np.asarray(raw, dtype=np.float32) if not torch.is_tensor(raw) else raw,
+                                   dtype=torch.float32)
+        x = raw.detach().cpu().numpy() if torch.is_tensor(raw) else raw
+        return torch.from_numpy(normalize_groups(x, groups, self.config.min_group_clips,
+                                                 self.norm_mean.cpu().numpy(), self.norm_std.cpu().numpy()))
 
     # -- 4. heads ------------------------------------------------------------------------------------------
     def project_audio(self, x: torch.Tensor) -> torch.Tensor:

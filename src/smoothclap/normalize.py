@@ -42,6 +42,30 @@ def standardize(x: np.ndarray, mode: str, groups: np.ndarray | None = None, eps:
     return out.astype(np.float32)
 
 
+def normalize_groups(x: np.ndarray, groups, min_clips: int, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """Feature normalisation at test time, ``[N, k]`` -> ``[N, k]`` float32: clips of each group in
+    ``groups`` (``[N]``) z-scored with that group's own statistics; groups of fewer than ``min_clips``
+    clips (a single clip has no statistics of its own), and all clips when ``groups`` is None, with
+    the training statistics ``mean`` / ``std`` ``[k]``."""
+    x = np.asarray(x, dtype=np.float32)
+    mean, std = np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32)
+    if groups is None:
+        return (x - mean) / std
+    g = np.asarray([str(v) for v in groups], dtype=object)
+    if len(g) != len(x):
+        raise ValueError(f"{len(g)} group ids for {len(x)} clips")
+    out = np.empty_like(x)
+    names, counts = np.unique(g, return_counts=True)
+    small = set(names[counts < max(2, min_clips)])
+    mask = np.array([v in small for v in g], dtype=bool)
+    big = np.flatnonzero(~mask)
+    if len(big):
+        out[big] = standardize(x[big], "zscore", g[big])
+    if mask.any():
+        out[mask] = (x[mask] - mean) / std
+    return out
+
+
 def group_ids(table, column: str | None) -> np.ndarray | None:
     """Group of each row of ``table`` by ``column`` (missing values form one group "?"); None
     when ``column`` is None or the table has no such column."""

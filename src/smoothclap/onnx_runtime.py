@@ -36,20 +36,19 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Sequence
 
 import numpy as np
 
-from .audio import SAMPLE_RATE, normalize_loudness, read_audio
+from .audio import SAMPLE_RATE, header_seconds, normalize_loudness, read_audio, split_windows
+from .classification import Classification
 from .errors import BadInputError, SkipLog
-from .normalize import standardize
+from .normalize import normalize_groups
 from .prompts import TEMPLATE_SETS, parse_labels, resolve_templates  # noqa: F401 - re-exported
 
 log = logging.getLogger("smoothclap")
@@ -74,18 +73,8 @@ TEXT_BATCH = 64
 
 # -- Whisper front end in numpy ---------------------------------------------------------------------
 def whisper_windows(wave: np.ndarray, max_samples: int, min_samples: int) -> list[np.ndarray]:
-    """The windows ``WhisperTinyEnTower`` encodes: the clip itself (zero-padded to ``min_samples``),
-    or ``ceil(T / max_samples)`` near-equal windows of a longer clip."""
-    wave = np.asarray(wave, dtype=np.float32).reshape(-1)
-    if wave.size == 0:
-        raise ValueError("whisper-tiny-en: empty waveform")
-    if wave.size < min_samples:
-        wave = np.pad(wave, (0, min_samples - wave.size))
-    if wave.size <= max_samples:
-        return [wave]
-    k = math.ceil(wave.size / max_samples)
-    step = math.ceil(wave.size / k)
-    return [wave[i : i + step] for i in range(0, wave.size, step)]
+    """The windows ``WhisperTinyEnTower`` encodes (:func:`smoothclap.audio.split_windows`)."""
+    return split_windows(wave, max_samples, min_samples, what="whisper-tiny-en")
 
 
 def whisper_log_mel(wave: np.ndarray, mel_filters: np.ndarray, window: np.ndarray, hop: int = 160,
@@ -116,17 +105,6 @@ def zero_mean_unit_var(wave: np.ndarray) -> np.ndarray:
     """``Wav2Vec2FeatureExtractor``'s per-clip normalisation (float32, over the real samples)."""
     v = np.asarray(wave, dtype=np.float32)
     return (v - v.mean()) / np.sqrt(v.var() + 1e-7)
-
-
-def _duration(path: str) -> float:
-    """Seconds from the header (0 when unreadable: read_audio then reports why)."""
-    try:
-        import soundfile as sf
-
-        info = sf.info(path)
-        return info.frames / float(info.samplerate)
-    except Exception:  # noqa: BLE001
-        return 0.0
 
 
 def _cpu_count() -> int:
@@ -322,7 +300,7 @@ class OnnxModel:
         todo = [g[0] for g in members.values()]
         if not todo:
             return out, ok
-        todo.sort(key=lambda i: _duration(files[i]))
+        todo.sort(key=lambda i: header_seconds(files[i]))
         batch_size = max(1, int(batch_size))
         batches = [todo[b : b + batch_size] for b in range(0, len(todo), batch_size)]
         loud = getattr(self.config, "loudness", None)
@@ -384,25 +362,7 @@ class OnnxModel:
         x = np.asarray(raw, dtype=np.float32)
         if not self.config.feature_norm_group:
             return x
-        mean, std = self.arrays["norm_mean"].astype(np.float32), self.arrays["norm_std"].astype(np.float32)
-        if groups is None:
-            return (x - mean) / std
-        g = np.asarray([str(v) for v in groups], dtype=object)
-        if len(g) != len(x):
-            raise ValueError(f"{len(g)} group ids for {len(x)} clips")
-        out = np.empty_like(x)
-        names, counts = np.unique(g, return_counts=True)
-        small = set(names[counts < max(2, self.config.min_group_clips)])
-        if small:
-            log.info("%d group(s) with fewer than %d clips use the training statistics", len(small),
-                     self.config.min_group_clips)
-        mask = np.array([v in small for v in g], dtype=bool)
-        big = np.flatnonzero(~mask)
-        if len(big):
-            out[big] = standardize(x[big], "zscore", g[big])
-        if mask.any():
-            out[mask] = (x[mask] - mean) / std
-        return out
+        return normalize_groups(x, groups, self.config.min_group_clips, self.arrays["norm_mean"], self.arrays["norm_std"])
 
     def project_audio(self, x: np.ndarray) -> np.ndarray:
         """Normalised features ``[B, audio_dim]`` -> ``[B, embed_dim]`` unit norm (standardiser + head)."""
@@ -519,29 +479,6 @@ class OnnxZeroShotClassifier:
             for i, lab in zip(keep, p_keep):
                 preds[i] = lab
         return preds, probs, ok
-
-
-@dataclass
-class Classification:
-    """What :func:`classify_files` returns (as :class:`smoothclap.zeroshot.Classification`): one row
-    per input file (``file``, ``group``, ``pred``, ``p_<label>``...; ``pred`` None and NaN
-    probabilities for skipped files), the labels, and the skipped files."""
-
-    table: "object"  # pandas.DataFrame
-    labels: list[str]
-    skipped: SkipLog = field(default_factory=SkipLog)
-
-    def ranked(self, top: int = 5) -> list[tuple[str, list[tuple[str, float]]]]:
-        """Per classified file: [(label, probability)] best first, at most ``top``."""
-        out = []
-        cols = [f"p_{lab}" for lab in self.labels]
-        for _, r in self.table.iterrows():
-            if not isinstance(r["pred"], str):  # skipped file
-                continue
-            p = r[cols].to_numpy(dtype=float)
-            order = np.argsort(-p, kind="stable")[:top]
-            out.append((r["file"], [(self.labels[i], float(p[i])) for i in order]))
-        return out
 
 
 def classify_files(model, files: Sequence[str], labels: Sequence[str], *, groups=None, prompts=None,

@@ -10,13 +10,13 @@ with the same classifier.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
+from .classification import Classification
 from .errors import BadInputError, SkipLog
 from .prompts import TEMPLATE_SETS, parse_labels, resolve_templates  # noqa: F401
 
@@ -93,29 +93,6 @@ class ZeroShotClassifier:
             for i, lab in zip(keep, p_keep):
                 preds[i] = lab
         return preds, probs, ok
-
-
-@dataclass
-class Classification:
-    """What :func:`classify_files` returns: one row per input file (``file``, ``group``, ``pred``,
-    ``p_<label>``...; ``pred`` None and NaN probabilities for skipped files), the labels, and the
-    skipped files."""
-
-    table: pd.DataFrame
-    labels: list[str]
-    skipped: SkipLog = field(default_factory=SkipLog)
-
-    def ranked(self, top: int = 5) -> list[tuple[str, list[tuple[str, float]]]]:
-        """Per classified file: [(label, probability)] best first, at most ``top``."""
-        out = []
-        cols = [f"p_{lab}" for lab in self.labels]
-        for _, r in self.table.iterrows():
-            if not isinstance(r["pred"], str):  # skipped file
-                continue
-            p = r[cols].to_numpy(dtype=float)
-            order = np.argsort(-p, kind="stable")[:top]
-            out.append((r["file"], [(self.labels[i], float(p[i])) for i in order]))
-        return out
 
 
 def classify_files(model, files: Sequence[str], labels: Sequence[str], *, groups=None, prompts=None,

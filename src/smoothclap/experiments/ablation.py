@@ -7,8 +7,9 @@ For every held-out corpus H (leave one corpus out over the corpora given):
 
 1. split the training corpora's speakers into train / validation (every third speaker of each
    corpus, ``validation_folds(..., "speakers")``; never a clip of H);
-2. a coordinate search over :data:`DEFAULT_STAGES`: each stage tries its candidates on top of the
-   winners so far (its first candidate, no change, is the incumbent). ``shared`` stages (feature
+2. a coordinate search over :data:`DEFAULT_STAGES`, from a fixed start (``base_shared`` /
+   ``base_target``: fresh captions every epoch, the reconstructed soft targets): each stage tries its
+   candidates on top of the winners so far (its first candidate, no change, is the incumbent). ``shared`` stages (feature
    normalisation, training length, caption pool) train CLAP and SmoothCLAP alike and optimise their
    mean validation UAR; ``target`` stages (the q_a2a source, the loss reading, beta, gamma) train
    SmoothCLAP only. Every candidate is scored with each prompt template set; the stages optimise the
@@ -132,8 +133,8 @@ def _mean_uar(per_test: dict) -> float:
 def _search(ac: AblationConfig, stages, bundles: _Bundles, tr_table, va_tables: dict, feats: dict) -> dict:
     """The coordinate search on validation speakers; returns every candidate's record and the winners."""
     lc = ac.loco
-    shared: list[str] = []
-    target: list[str] = []
+    shared: list[str] = list(ac.base_shared)
+    target: list[str] = list(ac.base_target)
     cands: dict[str, dict] = {}
     for kind, stage, options in stages:
         scores = {}
@@ -205,7 +206,7 @@ def run_ablation(ac: AblationConfig) -> dict:
         tr_table = training_table(tr)
         va_tables = {f"{n}/val": df for n, df in va.items()}
         bundles = _Bundles(lc)
-        probe_cfg = build_config(lc, [], "CLAP")
+        probe_cfg = build_config(lc, list(ac.base_shared), "CLAP")
         feats_val = test_features(probe_cfg, bundles.get(probe_cfg, "val", tr_table), va_tables, cache)
         search = _search(ac, stages, bundles, tr_table, va_tables, feats_val)
 

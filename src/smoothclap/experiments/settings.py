@@ -94,3 +94,7 @@ class AblationConfig:
     stages: list | None = None        # (kind, stage, {candidate: overrides}); None: DEFAULT_STAGES
     skew_emotions: int = 2            # emotions each held-out speaker keeps in the skewed condition
     skew_seed: int = 0
+    # Where the search starts (fixed, so the study does not move when the library's defaults do):
+    # fresh captions every epoch, and the paper's reconstructed soft targets.
+    base_shared: tuple[str, ...] = ("captions.pool_size=null",)
+    base_target: tuple[str, ...] = ("loss.preset=smoothclap-reconstructed",)

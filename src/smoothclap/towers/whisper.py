@@ -24,7 +24,6 @@ Preprocessing and pooling (part of :attr:`cache_key` semantics, so keep stable):
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 from pathlib import Path
@@ -34,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from smoothclap.audio import split_windows
 from smoothclap.errors import BadInputError
 from smoothclap.towers.base import AudioTower
 from smoothclap.towers.ct2 import read_ct2, scan_ct2
@@ -207,16 +207,7 @@ class WhisperTinyEnTower(AudioTower):
 
     @staticmethod
     def _windows(wave: np.ndarray) -> list[np.ndarray]:
-        wave = np.asarray(wave, dtype=np.float32).reshape(-1)
-        if wave.size == 0:
-            raise ValueError("whisper-tiny-en: empty waveform")
-        if wave.size < MIN_SAMPLES:
-            wave = np.pad(wave, (0, MIN_SAMPLES - wave.size))
-        if wave.size <= MAX_SAMPLES:
-            return [wave]
-        k = math.ceil(wave.size / MAX_SAMPLES)
-        step = math.ceil(wave.size / k)
-        return [wave[i : i + step] for i in range(0, wave.size, step)]
+        return split_windows(wave, MAX_SAMPLES, MIN_SAMPLES, what="whisper-tiny-en")
 
     # -- encoder -------------------------------------------------------------------------------
     def encode_mels(self, mels: torch.Tensor, n_frames: Sequence[int] | torch.Tensor | None = None,
