@@ -54,7 +54,7 @@ def _reference(folder, waves16, texts) -> np.ndarray:
 @pytest.mark.parametrize("kind", ["unfused", "fused"])
 def test_classify_matches_transformers(clap_dirs, synth_table, kind):
     from smoothclap.audio import read_audio
-    from smoothclap.model import load_model
+    from smoothclap.models import load_model
     from smoothclap.zeroshot import classify_files
 
     files = synth_table["file"].tolist()[:4]

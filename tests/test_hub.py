@@ -96,7 +96,7 @@ def test_push_to_hub_faked(model, tmp_path, monkeypatch):
 
 
 def test_record_results_rewrites_card(model, tmp_path):
-    from smoothclap.hub import record_results
+    from smoothclap.model import record_results
 
     model.save_pretrained(tmp_path / "m")
     record_results(tmp_path / "m", [{"task": "ravdess", "uar": 0.3, "n": 1440}, {"task": "tess", "uar": 0.4, "n": 2800}])

@@ -56,7 +56,7 @@ def model_dir(synth_table, shared_cache, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def model(model_dir):
-    from smoothclap.model import load_model
+    from smoothclap.models import load_model
 
     return load_model(model_dir)
 

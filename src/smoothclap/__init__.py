@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "read_audio": "audio", "BadInputError": "errors", "SkipLog": "errors", "ConfigError": "config",
     "RunConfig": "config", "load_config": "config", "ClipLoss": "losses", "SmoothClapLoss": "losses",
-    "SmoothClapConfig": "model", "SmoothClapModel": "model", "load_model": "model",
+    "SmoothClapConfig": "model", "SmoothClapModel": "model", "load_model": "models",
     "ZeroShotClassifier": "zeroshot", "classify_files": "zeroshot",
 }
 

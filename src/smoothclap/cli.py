@@ -53,7 +53,7 @@ def _table(args, all_if_unsplit: bool = False):
 
 def _model(spec: str):
     """A model folder, a Hub id, or ``hf-clap:<id or folder>`` (any Hugging Face ClapModel)."""
-    from .model import load_model
+    from .models import load_model
 
     return load_model(spec)
 
@@ -147,7 +147,7 @@ def cmd_evaluate(args) -> int:
         if run.report:
             print(f"wrote {run.report}")
         if args.record:
-            from .hub import record_results
+            from .model import record_results
 
             if not Path(args.model).is_dir():
                 raise BadInputError("--record", "needs a local model folder (--model DIR)")

@@ -6,7 +6,7 @@ handles them) as well as loading folders; ``model.push_to_hub("<org>/<name>")`` 
 (:func:`push_folder`). ``save_pretrained`` writes a model card (``README.md``, :func:`model_card`):
 the Hub's metadata block (licence, tags, datasets, results) and what the model is made of: its
 towers and their licences, the loss settings, the corpora it was trained on and the zero-shot
-results recorded for it (``results.json``, :func:`record_results`).
+results recorded for it (``results.json``, :func:`smoothclap.model.record_results`).
 """
 from __future__ import annotations
 
@@ -169,21 +169,3 @@ def read_results(folder: str | Path) -> list[dict]:
     except ValueError as e:
         raise BadInputError(f, f"corrupted results ({e})") from None
     return list(data) if isinstance(data, list) else []
-
-
-def record_results(folder: str | Path, results: Sequence[dict]) -> Path:
-    """Add task results (one dict each: task, uar, wa, macro_f1, n, chance_uar, protocol, corpus)
-    to a model folder's ``results.json`` (a task's newer result replaces its older one) and
-    rewrite its model card. Returns the card's path."""
-    from .io import atomic_write_json, atomic_write_text
-    from .model import CONFIG_NAME, SmoothClapConfig
-
-    folder = Path(folder)
-    keep = ("task", "corpus", "n", "uar", "wa", "macro_f1", "chance_uar", "protocol", "trained_on")
-    old = {r["task"]: r for r in read_results(folder)}
-    for r in results:
-        old[r["task"]] = {k: r[k] for k in keep if k in r}
-    rows = list(old.values())
-    atomic_write_json(folder / RESULTS_NAME, rows)
-    config = SmoothClapConfig.from_dict(json.loads((folder / CONFIG_NAME).read_text()))
-    return atomic_write_text(folder / CARD_NAME, model_card(config, rows, name=folder.name))

@@ -50,18 +50,6 @@ BINS_NAME = "caption_bins.json"  # the training captions' eGeMAPS bins (describi
 MIN_GROUP_CLIPS = 8
 
 
-def load_model(spec: str | Path, device: str = "cpu"):
-    """A model for zero-shot use: ``hf-clap:<hub id or folder>`` (any Hugging Face ``ClapModel``,
-    :class:`smoothclap.baselines.ClapBaseline`) or a smoothclap model (a folder, or a Hub id:
-    :meth:`SmoothClapModel.from_pretrained`)."""
-    spec = str(spec)
-    if spec.startswith("hf-clap:"):
-        from .baselines import ClapBaseline
-
-        return ClapBaseline(spec, device=device)
-    return SmoothClapModel.from_pretrained(spec, map_location=device)
-
-
 class ProjectionHead(nn.Module):
     """ParaCLAP head: e1 = W1 x; out = LayerNorm(e1 + Dropout(W2 GELU(e1))). ``[B, d_in] -> [B, d]``."""
 
@@ -370,3 +358,20 @@ class SmoothClapModel(nn.Module, ZeroShotModel):
                 raise BadInputError(bins, f"corrupted caption bins ({e})") from None
         model.eval()
         return model
+
+
+def record_results(folder: str | Path, results: Sequence[dict]) -> Path:
+    """Add task results (one dict each: task, uar, wa, macro_f1, n, chance_uar, protocol, corpus)
+    to a model folder's ``results.json`` (a task's newer result replaces its older one) and
+    rewrite its model card. Returns the card's path."""
+    from .hub import CARD_NAME, RESULTS_NAME, model_card, read_results
+
+    folder = Path(folder)
+    keep = ("task", "corpus", "n", "uar", "wa", "macro_f1", "chance_uar", "protocol", "trained_on")
+    old = {r["task"]: r for r in read_results(folder)}
+    for r in results:
+        old[r["task"]] = {k: r[k] for k in keep if k in r}
+    rows = list(old.values())
+    atomic_write_json(folder / RESULTS_NAME, rows)
+    config = SmoothClapConfig.from_dict(json.loads((folder / CONFIG_NAME).read_text()))
+    return atomic_write_text(folder / CARD_NAME, model_card(config, rows, name=folder.name))

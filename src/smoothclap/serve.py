@@ -340,7 +340,7 @@ def model_names(specs: Sequence[str]) -> list[str]:
 def load_models(model_specs: Sequence[str] | None) -> dict[str, Any]:
     """{name: model} for ``model_specs`` (folders or ``hf-clap:...``); the demo's two models when
     none is given (BadInputError naming what is missing)."""
-    from .model import load_model
+    from .models import load_model
 
     specs = [str(s) for s in (model_specs or [])]
     if not specs:

@@ -38,7 +38,7 @@ from ..cache import cache_root
 from ..config import RunConfig, load_config, loss_preset
 from ..corpora import training_table
 from ..tasks import get_task, load_task_table, score_table
-from ..model import load_model
+from ..models import load_model
 from ..trainer import build_model, prepare, train
 from .report import METHODS, loco_table, machine_info, write_loco_report, write_round_files
 from .settings import DEFAULT_GRID, LOCO_CORPORA, LocoConfig  # noqa: F401
