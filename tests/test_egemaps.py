@@ -122,9 +122,9 @@ def test_extract_cache_hit_skips_opensmile(clips, features, tmp_path, monkeypatc
     pd.testing.assert_frame_equal(again, full)
     pd.testing.assert_frame_equal(full, features)
     pd.testing.assert_frame_equal(part, features.iloc[:2])
-    entries = sorted(tmp_path.rglob("*.npy"))
-    assert len(entries) == 4
-    assert all(e.parent.parent.name == "eGeMAPSv02-" + paraling.PREPROC_VERSION for e in entries)
+    cache = paraling.feature_cache(tmp_path)
+    assert cache.dir.name == "eGeMAPSv02-" + paraling.PREPROC_VERSION
+    assert len(cache) == 4 and cache.stats()["records"] == 4  # each clip written once
     assert not list(tmp_path.rglob("*.tmp"))
     # the cache is keyed by content: a copy under another name hits it too
     copy = tmp_path / "copy_of_low.wav"
@@ -134,7 +134,11 @@ def test_extract_cache_hit_skips_opensmile(clips, features, tmp_path, monkeypatc
     assert got.index[0] == str(copy)
     np.testing.assert_array_equal(got.to_numpy()[0], features.to_numpy()[0])
     # a corrupt entry is recomputed, not trusted
-    entries[0].write_bytes(b"garbage")
+    (shard,) = cache.dir.glob("shards/*.npy")
+    rows = np.load(shard, mmap_mode="r+", allow_pickle=False)  # a genuine .npy: flip one stored row
+    rows[0] += 1.0
+    rows.flush()
+    del rows
     again = extract_egemaps(files, cache_dir=tmp_path, num_workers=1, progress=False)
     assert calls["n"] == 5
     pd.testing.assert_frame_equal(again, features)
@@ -164,7 +168,7 @@ def test_extract_pool_error_keeps_finished_work(clips, bad_clips, features, tmp_
     with pytest.raises(BadInputError) as e:
         extract_egemaps(files, num_workers=2, progress=False, cache_dir=tmp_path)
     assert bad_clips["silent"] in str(e.value) and "silent" in e.value.reason
-    assert len(list(tmp_path.rglob("*.npy"))) == 2  # the good clips were cached before the error
+    assert len(paraling.feature_cache(tmp_path)) == 2  # the good clips were cached before the error
     calls = _count_smile_calls(monkeypatch)
     got = extract_egemaps(files[:2], num_workers=1, progress=False, cache_dir=tmp_path)
     assert calls["n"] == 0
