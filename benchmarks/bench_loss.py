@@ -53,6 +53,7 @@ def main() -> None:
     import torch
     import torch.nn.functional as F
 
+    from smoothclap.config import loss_preset
     from smoothclap.losses import ClipLoss, SmoothClapLoss, unit_rows
     from smoothclap.model import SmoothClapConfig, SmoothClapModel
 
@@ -61,7 +62,7 @@ def main() -> None:
     m = C.machine()
     torch.manual_seed(0)
     d = args.embed_dim
-    clip, smooth = ClipLoss(), SmoothClapLoss(beta=0.1, gamma=0.5)
+    clip, smooth = ClipLoss(), SmoothClapLoss(loss_preset("smoothclap-reconstructed"))
     res = {"benchmark": "loss", "embed_dim": d, "repeats": repeats, "batches": {}, "machine": m}
     print(C.describe_machine(m))
     for B in [int(b) for b in args.batches.split(",")]:
@@ -79,7 +80,8 @@ def main() -> None:
             out["grads"] = (za.grad, zt.grad)
             return out
 
-        model = SmoothClapModel(SmoothClapConfig(audio_dim=384, text_dim=384, embed_dim=d))
+        model = SmoothClapModel(SmoothClapConfig(audio_tower="whisper-tiny-en", text_tower="minilm-l6",
+                                                 audio_dim=384, text_dim=384, embed_dim=d))
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         xa, xt = torch.randn(B, 384), torch.randn(B, 384)
 

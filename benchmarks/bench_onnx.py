@@ -4,8 +4,9 @@ Both sides run their ``classify_files`` end to end, no cache: list the folder, e
 prompts (7 labels x 5 templates), read and resample every clip, batch by length, audio tower,
 feature normalisation, heads, cosine, softmax. PyTorch: :func:`smoothclap.zeroshot.classify_files`
 on the saved model (whisper-tiny-en forward in worker threads). ONNX: the model exported with
-:func:`smoothclap.export.export_onnx` and run by :func:`smoothclap.onnx_runtime.classify_files`
-(numpy log-mels + onnxruntime, worker threads). Same process, interleaved, best of N. Also timed:
+:func:`smoothclap.export.export_onnx` and run by the same :func:`smoothclap.zeroshot.classify_files`
+on an :class:`~smoothclap.onnx_runtime.OnnxModel` (log-mels inside the graph, onnxruntime, worker
+threads). Same process, interleaved, best of N. Also timed:
 ONNX with one worker over all threads (intra-op only), the export, and the cold start of each
 backend in a fresh process (imports + model load, until the model can classify).
 
@@ -42,7 +43,8 @@ def _train_demo_model(out: Path) -> Path:
         import torch
 
         torch.manual_seed(0)
-        return SmoothClapModel(SmoothClapConfig()).save_pretrained(out / "model")
+        return SmoothClapModel(SmoothClapConfig(audio_tower="whisper-tiny-en", text_tower="minilm-l6",
+                                                audio_dim=384, text_dim=384)).save_pretrained(out / "model")
     from smoothclap.config import RunConfig, loss_preset
     from smoothclap.corpora import read_manifest
     from smoothclap.experiments.synth import synthesize_corpus
@@ -88,8 +90,8 @@ def main() -> None:
     from smoothclap.audio import read_audio
     from smoothclap.export import export_onnx
     from smoothclap.model import SmoothClapModel
-    from smoothclap.onnx_runtime import OnnxModel, classify_files as onnx_classify
-    from smoothclap.zeroshot import classify_files as torch_classify
+    from smoothclap.onnx_runtime import OnnxModel
+    from smoothclap.zeroshot import classify_files
 
     m = C.machine()
     src = Path(args.folder) if args.folder else Path(args.data) / "emodb" / "wav"
@@ -117,21 +119,21 @@ def main() -> None:
     files = sorted(str(p) for p in folder.iterdir())
     audio_s = sum(len(read_audio(f)) for f in files) / 16000
     # warm up: towers load lazily, onnxruntime allocates on first runs
-    torch_classify(model, files[:2], LABELS, templates="ensemble")
-    onnx_classify(om, files[:2], LABELS, templates="ensemble")
-    onnx_classify(om1, files[:2], LABELS, templates="ensemble")
+    classify_files(model, files[:2], LABELS, templates="ensemble")
+    classify_files(om, files[:2], LABELS, templates="ensemble")
+    classify_files(om1, files[:2], LABELS, templates="ensemble")
     print(f"{len(files)} clips from {src} ({audio_s / 60:.1f} min audio); model {model_dir}; export {export_dir} "
           f"(opset {meta['opset']}, {meta['exporter']}); onnx plan {om.workers} worker(s) x "
           f"{om.threads // om.workers} thread(s); {C.describe_machine(m)}")
 
     def run_torch():
-        return torch_classify(model, sorted(str(p) for p in folder.iterdir()), LABELS, templates="ensemble")
+        return classify_files(model, sorted(str(p) for p in folder.iterdir()), LABELS, templates="ensemble")
 
     def run_onnx():
-        return onnx_classify(om, sorted(str(p) for p in folder.iterdir()), LABELS, templates="ensemble")
+        return classify_files(om, sorted(str(p) for p in folder.iterdir()), LABELS, templates="ensemble")
 
     def run_onnx1():
-        return onnx_classify(om1, sorted(str(p) for p in folder.iterdir()), LABELS, templates="ensemble")
+        return classify_files(om1, sorted(str(p) for p in folder.iterdir()), LABELS, templates="ensemble")
 
     fns = {"pytorch": run_torch, "onnx": run_onnx, "onnx_1_worker": run_onnx1}
     with C.background_load(args.background_load):

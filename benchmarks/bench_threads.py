@@ -57,13 +57,15 @@ def child(workload: str, threads: str, workers: int, data: str, n: int) -> None:
                 tower.embed(b)
         dt = time.perf_counter() - t
     else:
+        from smoothclap.config import loss_preset
         from smoothclap.losses import SmoothClapLoss
         from smoothclap.model import SmoothClapConfig, SmoothClapModel
 
         torch.manual_seed(0)
-        model = SmoothClapModel(SmoothClapConfig(audio_dim=384, text_dim=384, embed_dim=768))
+        model = SmoothClapModel(SmoothClapConfig(audio_tower="whisper-tiny-en", text_tower="minilm-l6",
+                                                 audio_dim=384, text_dim=384, embed_dim=768))
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-        loss = SmoothClapLoss(0.1, 0.5)
+        loss = SmoothClapLoss(loss_preset("smoothclap-reconstructed"))
         xa, xt, loc, desc = (torch.randn(32, 384) for _ in range(4))
 
         def step():

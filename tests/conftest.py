@@ -44,10 +44,29 @@ RAVDESS_CODE = {"neutral": "01", "bored": "02", "happy": "03", "sad": "04", "ang
 EMODB_SPEAKERS = ["03", "08", "09", "10"]
 
 
+EMOVO_CODE = {"neutral": "neu", "happy": "gio", "angry": "rab", "sad": "tri", "fear": "pau"}
+EMOVO_SPEAKERS = ["f1", "f2", "m1", "m2"]
+TUREV = {"angry": ("Angry", "kz"), "bored": ("Calm", "sk"), "happy": ("Happy", "mt"), "sad": ("Sad", "hl")}
+TUREV_SPEAKERS = ["1157", "1234", "1358", "1984"]
+
+
+def _copy_level(src: Path, dst: Path, gain: float) -> None:
+    """``src`` written to ``dst`` at ``gain``: each corpus holds its own audio (other bytes), as real
+    corpora do, so the zero-shot guard of the benchmark sees no training clip among the test clips."""
+    import soundfile as sf
+
+    if dst.exists():
+        return
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    wave, sr = sf.read(src, dtype="float32")
+    sf.write(dst, wave * gain, sr, subtype="PCM_16")
+
+
 @pytest.fixture(scope="session")
 def loco_root(synth_table, tmp_path_factory) -> Path:
-    """emodb/, ravdess/, tess/ in their official layouts; the clips are the synthetic ones
-    (4 voices x 2 sentences x 6 emotions), copied (identical audio hits the embedding cache)."""
+    """emodb/, ravdess/, tess/, emovo/, turevdb/ in their official layouts; the clips are the
+    synthetic ones (4 voices x 2 sentences x 6 emotions; each corpus keeps the emotions its layout
+    has), each corpus at its own level (other bytes, nearly the same audio)."""
     root = tmp_path_factory.mktemp("loco")
     voices = sorted(synth_table["speaker"].unique())
     sentences = {v: sorted(synth_table.loc[synth_table["speaker"] == v, "sentence_id"].astype(str).unique())
@@ -57,19 +76,18 @@ def loco_root(synth_table, tmp_path_factory) -> Path:
         s = sentences[r["speaker"]].index(str(r["sentence_id"])) + 1
         lab = r["label"]
         src = Path(r["file"])
-        dst = root / "emodb" / "wav" / f"{EMODB_SPEAKERS[v]}a0{s}{EMODB_LETTER[lab]}a.wav"
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if not dst.exists():
-            shutil.copy(src, dst)
+        _copy_level(src, root / "emodb" / "wav" / f"{EMODB_SPEAKERS[v]}a0{s}{EMODB_LETTER[lab]}a.wav", 1.0)
         actor = v + 1
-        dst = root / "ravdess" / f"Actor_{actor:02d}" / f"03-01-{RAVDESS_CODE[lab]}-01-0{s}-01-{actor:02d}.wav"
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if not dst.exists():
-            shutil.copy(src, dst)
+        _copy_level(src, root / "ravdess" / f"Actor_{actor:02d}" / f"03-01-{RAVDESS_CODE[lab]}-01-0{s}-01-{actor:02d}.wav",
+                    0.9)
         if lab != "bored":
             spk = "OAF" if v < 2 else "YAF"
-            dst = root / "tess" / f"{spk}_{lab}" / f"{spk}_w{v}{s}_{lab}.wav"
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            if not dst.exists():
-                shutil.copy(src, dst)
+            _copy_level(src, root / "tess" / f"{spk}_{lab}" / f"{spk}_w{v}{s}_{lab}.wav", 0.8)
+        if lab in EMOVO_CODE:
+            spk = EMOVO_SPEAKERS[v]
+            _copy_level(src, root / "emovo" / "EMOVO" / spk / f"{EMOVO_CODE[lab]}-{spk}-b{s}.wav", 0.7)
+        if lab in TUREV:
+            folder, code = TUREV[lab]
+            _copy_level(src, root / "turevdb" / "Sound Source" / folder / f"{TUREV_SPEAKERS[v]}_{code}_kelime{s}.wav",
+                        0.6)
     return root

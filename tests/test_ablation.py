@@ -8,13 +8,14 @@ import pytest
 
 pytest.importorskip("opensmile")
 
-from smoothclap.experiments.ablation import AblationConfig, run_ablation, skew_speakers  # noqa: E402
+from smoothclap.experiments.ablation import AblationConfig, run_ablation  # noqa: E402
+from smoothclap.experiments.protocols import skew_speakers  # noqa: E402
 from smoothclap.experiments.loco import LocoConfig  # noqa: E402
 
 
 def test_study_selects_on_training_speakers_and_reports(loco_root, shared_cache, tmp_path):
-    lc = LocoConfig(data_root=str(loco_root), heldout=("emodb",), seeds=(0, 1), epochs=2, batch_size=8,
-                    embed_dim=16, cache_dir=str(shared_cache), out_dir=str(tmp_path / "abl"), num_workers=1,
+    lc = LocoConfig(data_root=str(loco_root), corpora=("emodb", "ravdess", "tess"), heldout=("emodb",), seeds=(0, 1),
+                    epochs=2, batch_size=8, embed_dim=16, cache_dir=str(shared_cache), out_dir=str(tmp_path / "abl"), num_workers=1,
                     probe=False)
     stages = [("shared", "features", {"raw": [], "corpus-norm": ["model.feature_norm_group=corpus"]}),
               ("target", "q_a2a source", {"paper": [], "labels": ["loss.local_source=labels", "loss.gamma=0.0"],

@@ -1,5 +1,6 @@
-"""The LOCO cross-corpus benchmark (smoothclap.experiments.loco) on three tiny corpora in the official
-EmoDB / RAVDESS / TESS layouts, made of the synthetic espeak-ng clips; plus a cheap real-data check."""
+"""The LOCO cross-corpus benchmark (smoothclap.experiments.loco) on five tiny corpora in the official
+EmoDB / RAVDESS / TESS / EMOVO / TurEV-DB layouts, made of the synthetic espeak-ng clips, scored
+under the three protocols; plus a cheap real-data check."""
 from __future__ import annotations
 
 import json
@@ -66,29 +67,55 @@ def test_loco_loop_structure_and_no_leak(loco_root, shared_cache, tmp_path, monk
     monkeypatch.setattr(prep_mod, "prepare", spy)
     out = tmp_path / "loco"
     res = run_loco(_cfg(loco_root, shared_cache, out))
-    assert list(res["heldout"]) == ["emodb", "ravdess", "tess"]
-    assert seen == [{"ravdess", "tess"}, {"emodb", "tess"}, {"emodb", "ravdess"}]
+    five = ["emodb", "ravdess", "tess", "emovo", "turevdb"]
+    assert list(res["heldout"]) == five
+    assert seen == [set(five) - {h} for h in five]
+    chance = {"emodb": 1 / 6, "ravdess": 1 / 6, "tess": 1 / 5, "emovo": 1 / 5, "turevdb": 1 / 4}
     for h, e in res["heldout"].items():
         assert h not in e["trained_on"] and h not in e["trained_on_models"]
         assert e["trained_on"] == sorted(set(benchmark.LOCO_CORPORA) - {h})
-        for m in ("CLAP", "SmoothCLAP"):
-            s = e["methods"][m]
-            assert len(s["uar"]) == 2 and s["seeds"] == [0, 1] and 0 <= s["mean"] <= 1 and s["sd"] >= 0
-        assert e["wins"]["n"] == 2 and e["wins"]["smoothclap"] + e["wins"]["clap"] + e["wins"]["ties"] == 2
+        for p in ("whole", "skewed", "single"):
+            for m in ("CLAP", "SmoothCLAP"):
+                s = e["protocols"][p]["methods"][m]
+                assert len(s["uar"]) == 2 and s["seeds"] == [0, 1] and 0 <= s["mean"] <= 1 and s["sd"] >= 0
+            w = e["protocols"][p]["wins"]
+            assert w["n"] == 2 and w["smoothclap"] + w["clap"] + w["ties"] == 2
+        for m in ("CLAP", "SmoothCLAP"):  # robust = mean of the protocols, seed by seed
+            per_seed = np.mean([e["protocols"][p]["methods"][m]["uar"] for p in ("whole", "skewed", "single")], 0)
+            np.testing.assert_allclose(e["robust"][m]["uar"], per_seed)
+            # without feature normalisation the single-clip path is the whole-corpus path
+            np.testing.assert_allclose(e["protocols"]["single"]["methods"][m]["uar"],
+                                       e["protocols"]["whole"]["methods"][m]["uar"])
+        assert e["methods"] == e["protocols"]["whole"]["methods"]
         assert e["probe"]["n_folds"] == (2 if h == "tess" else 4) and 0 <= e["probe"]["uar"] <= 1
-        assert e["chance"] == pytest.approx(1 / (5 if h == "tess" else 6))
+        assert e["chance"] == pytest.approx(chance[h])
         # each held-out corpus is scored with its own task's prompt words
         assert e["labels"] == list(TASKS[h].labels)
         for m in ("clap", "smoothclap"):
             cfg = json.loads((out / "models" / f"heldout-{h}" / m / "config.json").read_text())
             assert h not in cfg["trained_on"]
             assert (out / "figures" / f"confusion_{h}_{m}.png").exists()
+    sm = res["summary"]
+    assert sm["n_corpora"] == 5 and sm["robust"]["methods"]["CLAP"]["mean"] == pytest.approx(
+        np.mean([e["robust"]["CLAP"]["mean"] for e in res["heldout"].values()]))
     assert res["heldout"]["tess"]["paper"]["SmoothCLAP"] == pytest.approx(.275)
-    assert "emodb (ravdess + tess)" in res["table_md"]
+    assert "emodb (emovo + ravdess + tess + turevdb)" in res["table_md"]
+    assert "| **mean of 5** |" in res["table_md"] and "| emovo | 0.200 | skewed |" in res["table_md"]
     saved = json.loads((out / "results.json").read_text())
-    assert set(saved["heldout"]) == {"emodb", "ravdess", "tess"}
+    assert set(saved["heldout"]) == set(five)
     report = (out / "report.md").read_text()
     assert "| held out (trained on)" in report and (out / "figures" / "loco_uar.png").exists()
+
+
+def test_skewed_speakers_keep_two_emotions_each():
+    from smoothclap.experiments.protocols import skew_speakers, skewed_rows
+
+    t = pd.DataFrame({"file": [f"f{i}" for i in range(60)], "speaker": np.repeat(list("abc"), 20),
+                      "label": np.tile(list("uvwxy"), 12)})
+    s = skew_speakers(t, 2, seed=1)
+    assert s.groupby("speaker")["label"].nunique().tolist() == [2, 2, 2] and len(s) == 24
+    assert s["file"].tolist() == t["file"].iloc[skewed_rows(t, 2, seed=1)].tolist()
+    assert not s.equals(skew_speakers(t, 2, seed=2)) and s.equals(skew_speakers(t, 2, seed=1))
 
 
 def test_validate_never_sees_heldout(loco_root, shared_cache, monkeypatch, capsys):
@@ -108,14 +135,14 @@ def test_validate_never_sees_heldout(loco_root, shared_cache, monkeypatch, capsy
               validation_seeds=(0,), grid=grid, save_models=False)
     res = run_loco(lc)
     e = res["heldout"]["tess"]
-    assert all("tess" not in s for s in seen) and len(seen) == 3 * 2 + 1  # 3 candidates x 2 folds + final
+    assert all("tess" not in s for s in seen) and len(seen) == 3 * 4 + 1  # 3 candidates x 4 folds + final
     v = e["validation"]
     first = max(["small", "whisper"], key=lambda n: v["candidates"][n]["score"])
     assert v["stages"] == [["small", "whisper"], [f"{first}; 1 epoch"]]
     assert v["candidates"][f"{first}; 1 epoch"]["overrides"] == grid[0][first] + ["train.epochs=1"]
     assert v["best"] in (first, f"{first}; 1 epoch") and e["overrides"] == v["candidates"][v["best"]]["overrides"]
     for c in v["candidates"].values():
-        assert [f["val"] for f in c["per_fold"]] == [["emodb"], ["ravdess"]]
+        assert [f["val"] for f in c["per_fold"]] == [["emodb"], ["emovo"], ["ravdess"], ["turevdb"]]
 
 
 def test_validate_speaker_scheme(loco_root, shared_cache):
@@ -124,7 +151,7 @@ def test_validate_speaker_scheme(loco_root, shared_cache):
               grid={"only": ["model.embed_dim=8"]}, save_models=False)
     e = run_loco(lc)["heldout"]["emodb"]
     (fold,) = e["validation"]["candidates"]["only"]["per_fold"]
-    assert fold["train"] == fold["val"] == ["ravdess", "tess"] and 0 <= fold["uar"] <= 1
+    assert fold["train"] == fold["val"] == ["emovo", "ravdess", "tess", "turevdb"] and 0 <= fold["uar"] <= 1
     assert e["validation"]["best"] == "only" and e["overrides"] == ["model.embed_dim=8"]
 
 
@@ -137,10 +164,10 @@ def test_cli_benchmark(loco_root, shared_cache, tmp_path, capsys):
                "--set", "model.feature_norm_group=corpus", "--cache-dir", str(shared_cache), "--out", str(out)])
     assert rc == 0
     printed = capsys.readouterr().out
-    assert "emodb (ravdess + tess)" in printed and (out / "report.md").exists()
+    assert "emodb (emovo + ravdess + tess + turevdb)" in printed and (out / "report.md").exists()
     # the models say how their inputs were normalised (test clips are normalised the same way)
     cfg = json.loads((out / "models" / "heldout-emodb" / "smoothclap" / "config.json").read_text())
-    assert cfg["feature_norm_group"] == "corpus" and cfg["trained_on"] == ["ravdess", "tess"]
+    assert cfg["feature_norm_group"] == "corpus" and cfg["trained_on"] == ["emovo", "ravdess", "tess", "turevdb"]
 
 
 # ------------------------------------------------------------------------------ real data (cheap)
@@ -159,7 +186,8 @@ def test_real_loco_tables():
     if d is None or not all((d / c).is_dir() for c in benchmark.LOCO_CORPORA):
         pytest.skip("real corpora not available (set SMOOTHCLAP_DATA or provide ../shared/data)")
     tabs = {c: benchmark.load_corpus(c, d) for c in benchmark.LOCO_CORPORA}
-    assert {c: len(t) for c, t in tabs.items()} == {"emodb": 535, "ravdess": 1440, "tess": 2800}
+    assert {c: len(t) for c, t in tabs.items()} == {"emodb": 535, "ravdess": 1440, "tess": 2800, "emovo": 588,
+                                                    "turevdb": 1735}
     train = training_table({c: tabs[c] for c in ("emodb", "tess")})
     assert set(train["label"]) == {"angry", "bored", "disgusted", "fearful", "happy", "sad", "neutral", "surprised"}
     assert set(train["corpus"]) == {"emodb", "tess"}

@@ -113,14 +113,16 @@ def test_caption_without_label_or_phrases():
 
 
 def test_caption_config_from_dict():
-    cfg = CaptionConfig.from_dict({"variables": ["pitch", "rate"], "group_by": "speaker", "phrases_per_caption": 3})
+    from smoothclap.config import validate
+
+    cfg = validate(CaptionConfig, {"variables": ["pitch", "rate"], "group_by": "speaker", "phrases_per_caption": 3})
     assert cfg.variables == ["pitch", "rate"] and cfg.low_q == 0.3 and cfg.high_q == 0.7
-    assert CaptionConfig.from_dict(cfg.to_dict()) == cfg
-    assert CaptionConfig.from_dict(None) == CaptionConfig()
+    assert validate(CaptionConfig, cfg.to_dict()) == cfg
+    assert validate(CaptionConfig, {}) == CaptionConfig()
     b = ParalingBinner.from_config(cfg)
     assert b.group_by == "speaker" and b.variables == ["pitch", "rate"]
-    with pytest.raises(ValueError, match="unknown caption config keys"):
-        CaptionConfig.from_dict({"variabels": ["pitch"]})
+    with pytest.raises(ValueError, match="variabels: unknown key; did you mean 'variables'"):
+        validate(CaptionConfig, {"variabels": ["pitch"]})
     with pytest.raises(ValueError, match="placeholders"):
         CaptionConfig(templates=["a {mood} speaker"])
     with pytest.raises(ValueError, match="low_q"):

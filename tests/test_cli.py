@@ -34,11 +34,11 @@ def test_train_writes_run_folder(trained):
 def test_evaluate_refuses_training_corpus_then_reports(trained, synth_root, shared_cache, tmp_path, capsys):
     args = ["-q", "evaluate", "--model", str(trained / "model"), "--manifest", str(synth_root / "manifest.csv"),
             "--cache-dir", str(shared_cache), "--out", str(tmp_path / "ev")]
-    assert main(args) == 2
-    assert "TRAINED this model" in capsys.readouterr().err
+    assert main(args) == 2  # refused by content: the very clips that trained it
+    assert "manifest.csv: 48 of 48 clips trained this model" in capsys.readouterr().err
     assert main(args + ["--allow-trained-corpus"]) == 0
     out = capsys.readouterr().out
-    assert "UAR" in out
+    assert "UAR" in out and "48 of 48 clips TRAINED this model" in out
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert m["n"] == 48 and len(m["confusion"]) == 6
     assert (tmp_path / "ev" / "confusion.png").stat().st_size > 1000

@@ -1,7 +1,8 @@
 """One inference path: ZeroShotClassifier.predict / predict_files, classify (library and command),
 evaluate and the task runner give the same probabilities for the same clips and the same grouping,
-for a model trained with per-speaker feature normalisation and one without; and a single clip
-without a group is scored with the stored training statistics (not every clip the same class)."""
+for a model trained with per-speaker feature normalisation and one without, and for its ONNX
+export at every one of those entry points; and a single clip without a group is scored with the
+stored training statistics (not every clip the same class)."""
 from __future__ import annotations
 
 import numpy as np
@@ -105,3 +106,72 @@ def test_single_clips_without_groups_are_scored_sensibly(model, synth_table):
     all_clips = classify_files(model, synth_table["file"].tolist(), labels).table
     uar = classification_metrics(synth_table["label"], all_clips["pred"], labels)["uar"]
     assert uar >= 0.4, uar
+
+
+@pytest.fixture(scope="module")
+def exported(model, tmp_path_factory):
+    """The same model as an ONNX export (opset 17: the quicker exporter), opened as any model."""
+    pytest.importorskip("onnxruntime")
+    from smoothclap.export import export_onnx
+    from smoothclap.models import load_model
+
+    out = export_onnx(model, tmp_path_factory.mktemp("onnx") / "export", opset=17)
+    return load_model(out), out
+
+
+def _printed(out: str) -> dict[str, dict[str, float]]:
+    """``smoothclap classify``'s output -> {file: {label: probability}}."""
+    res: dict[str, dict[str, float]] = {}
+    for ln in out.splitlines():
+        if ln.startswith("  "):
+            lab, p = ln.split()
+            res[f][lab] = float(p)
+        elif ln.endswith(":"):
+            f = ln[:-1]
+            res[f] = {}
+    return res
+
+
+def test_onnx_export_gives_the_same_probabilities_at_every_entry_point(model, exported, synth_table, loco_root,
+                                                                      shared_cache, tmp_path, capsys):
+    """predict, predict_files, classify_files, evaluate, the task runner and the classify command:
+    the export's probabilities are the PyTorch model's, each with its own cache entries."""
+    from smoothclap.onnx_runtime import OnnxModel
+
+    om, out = exported
+    assert isinstance(om, OnnxModel)
+    om.config.min_group_clips = model.config.min_group_clips  # the first test may have lowered it
+    table = synth_table.iloc[::2].reset_index(drop=True)
+    files = table["file"].tolist()
+    groups = table["speaker"].astype(str).tolist()
+    labels = sorted(table["label"].unique())
+    task = get_task("ravdess")
+
+    def entry_points(m) -> dict[str, np.ndarray]:
+        clf = ZeroShotClassifier(m, labels)
+        ev = zero_shot_evaluate(m, table, labels, cache_dir=shared_cache, progress=False)
+        res = run_task(task, m, loco_root, cache_dir=shared_cache, allow_trained_corpus=True)
+        return {"predict": clf.predict([read_audio(f) for f in files], groups)[1],
+                "predict_files": clf.predict_files(files, groups, cache_dir=shared_cache)[1],
+                "classify": _probs(classify_files(m, files, labels, groups=groups, cache_dir=shared_cache).table,
+                                   labels),
+                "evaluate": _probs(ev.predictions, labels), "task": _probs(res["predictions"], task.labels)}
+
+    ref, got = entry_points(model), entry_points(om)
+    for name in ref:
+        diff = float(np.abs(np.asarray(got[name], dtype=np.float64) - np.asarray(ref[name], dtype=np.float64)).max())
+        assert diff <= TOL, (name, diff)
+    # the command: the export as --model prints the model folder's ranking (3 decimals)
+    from smoothclap.cli import main
+
+    model.save_pretrained(tmp_path / "model")
+    printed = {}
+    for spec in (tmp_path / "model", out):
+        assert main(["-q", "classify", "--model", str(spec), "--labels", ",".join(labels), *files[:3],
+                     "--top", str(len(labels))]) == 0
+        printed[spec] = _printed(capsys.readouterr().out)
+    want, have = printed[tmp_path / "model"], printed[out]
+    assert list(have) == list(want) == files[:3]
+    for f in files[:3]:
+        assert set(have[f]) == set(want[f])
+        assert max(abs(have[f][lab] - want[f][lab]) for lab in labels) <= 1e-3 + 1e-9

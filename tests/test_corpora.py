@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +39,18 @@ def counts(series) -> dict:
     return dict(series.value_counts())
 
 
+def load_skipping(name: str, root, **opts) -> tuple[pd.DataFrame, SkipLog]:
+    """``corpora.load`` skipping bad input into a SkipLog of our own: (table, what it left out)."""
+    sk = SkipLog(skip=True)
+    return corpora.load(name, root, skips=sk, **opts), sk
+
+
+def unlabelled(caplog) -> int:
+    """The number of unlabelled audio files the challenge loaders log (0 when none is logged)."""
+    found = [re.search(r"(\d+) audio file\(s\) have no label", r.getMessage()) for r in caplog.records]
+    return sum(int(m.group(1)) for m in found if m)
+
+
 STANDARD = ["file", "label", "speaker", "gender", "split", "language", "corpus"]
 
 
@@ -46,7 +60,7 @@ def check_standard(df, corpus, language):
     assert all(os.path.isabs(f) and os.path.isfile(f) for f in df["file"])
     assert df["file"].is_monotonic_increasing
     assert np.allclose(df["duration"], 0.3, atol=1e-3)
-    assert isinstance(df.attrs["skipped"], SkipLog)
+    assert not df.attrs  # what reading left out goes to the caller's SkipLog, not into the table
 
 
 # --------------------------------------------------------------------------- registry
@@ -118,9 +132,8 @@ def test_emodb_bad_names(tmp_path):
     with pytest.raises(BadInputError) as ei:
         corpora.load("emodb", root)
     assert ei.value.path.endswith(".wav")
-    df = corpora.load("emodb", root, skip_bad=True)
+    df, sk = load_skipping("emodb", root)
     assert len(df) == 7
-    sk = df.attrs["skipped"]
     assert sk.count == 3
     assert {Path(p).name for p, _ in sk.items} == {"03a01Xa.wav", "99a01Wa.wav", "notes.wav"}
 
@@ -142,8 +155,8 @@ def test_unreadable_audio_header(tmp_path):
     (tmp_path / "wav" / "03a02Wa.wav").write_bytes(b"RIFF garbage")
     with pytest.raises(BadInputError, match="unreadable"):
         corpora.load("emodb", tmp_path)
-    df = corpora.load("emodb", tmp_path, skip_bad=True)
-    assert len(df) == 7 and df.attrs["skipped"].count == 1
+    df, sk = load_skipping("emodb", tmp_path)
+    assert len(df) == 7 and sk.count == 1
     assert len(corpora.load("emodb", tmp_path, with_duration=False)) == 8  # header not read
 
 
@@ -173,7 +186,6 @@ def test_ravdess(tmp_path):
     angry = df[df["label"] == "angry"].iloc[0]
     assert angry["intensity"] == "strong" and angry["statement"] == "dogs are sitting by the door"
     assert angry["repetition"] == 2 and angry["emotion_code"] == "05" and angry["file"].endswith(".flac")
-    assert df.attrs["skipped"].count == 0
     songs = corpora.load("ravdess", root, include_song=True, with_duration=False)
     assert len(songs) == 7 and counts(songs["vocal_channel"]) == {"speech": 6, "song": 1}
 
@@ -186,9 +198,9 @@ def test_ravdess_bad_names(tmp_path):
     wav(actor / "03-01-01-01.wav")  # too few fields
     with pytest.raises(BadInputError):
         corpora.load("ravdess", root)
-    df = corpora.load("ravdess", root, skip_bad=True)
-    assert len(df) == 6 and df.attrs["skipped"].count == 3
-    reasons = " | ".join(r for _, r in df.attrs["skipped"].items)
+    df, sk = load_skipping("ravdess", root)
+    assert len(df) == 6 and sk.count == 3
+    reasons = " | ".join(r for _, r in sk.items)
     assert "unknown emotion code" in reasons and "does not match folder" in reasons and "malformed" in reasons
 
 
@@ -238,8 +250,8 @@ def test_tess_bad(tmp_path):
     wav(top / "OAF_angry" / "OAFbeanangry.wav")  # malformed
     with pytest.raises(BadInputError):
         corpora.load("tess", root)
-    df = corpora.load("tess", root, skip_bad=True)
-    assert len(df) == 17 and df.attrs["skipped"].count == 3
+    df, sk = load_skipping("tess", root)
+    assert len(df) == 17 and sk.count == 3
     # two copies side by side one level down: refuse to double count
     two = tmp_path / "two"
     wav(two / "copy1" / "OAF_angry" / "OAF_back_angry.wav")
@@ -284,7 +296,7 @@ def test_cremad_bad(tmp_path):
     wav(root / "AudioWAV" / "1001-DFA-ANG-XX.wav")
     with pytest.raises(BadInputError, match="unknown emotion code|malformed"):
         corpora.load("crema-d", root)
-    assert corpora.load("crema-d", root, skip_bad=True).attrs["skipped"].count == 2
+    assert load_skipping("crema-d", root)[1].count == 2
     write(root / "VideoDemographics.csv", "ActorID,Age\n1001,51\n")
     with pytest.raises(BadInputError, match="missing column.*Sex") as ei:
         corpora.load("crema-d", root, skip_bad=True)
@@ -358,9 +370,9 @@ def test_iemocap_bad(tmp_path):
     with pytest.raises(BadInputError) as ei:
         corpora.load("iemocap", root)
     assert "not found" in ei.value.reason or "malformed line" in ei.value.reason
-    df = corpora.load("iemocap", root, skip_bad=True)
-    assert len(df) == 5 and df.attrs["skipped"].count == 2
-    assert set(df.attrs["skipped"].by_reason()) == {"audio file not found", "malformed evaluation line"}
+    df, sk = load_skipping("iemocap", root)
+    assert len(df) == 5 and sk.count == 2
+    assert set(sk.by_reason()) == {"audio file not found", "malformed evaluation line"}
     import shutil
 
     shutil.rmtree(rel / "Session2" / "dialog")
@@ -412,8 +424,8 @@ def test_msp_podcast_bad(tmp_path):
         fh.write("MSP-PODCAST_0009_0002.wav,N,1,1,1,3,Male,Train\n")  # no audio
     with pytest.raises(BadInputError, match="unknown EmoClass"):
         corpora.load("msp-podcast", root)
-    df = corpora.load("msp-podcast", root, skip_bad=True)
-    assert len(df) == 5 and df.attrs["skipped"].by_reason() == {"unknown EmoClass": 1, "audio file not found": 1}
+    df, sk = load_skipping("msp-podcast", root)
+    assert len(df) == 5 and sk.by_reason() == {"unknown EmoClass": 1, "audio file not found": 1}
     # older releases spell it "concensus"
     (root / "Labels" / "labels_consensus.csv").rename(root / "Labels" / "labels_concensus.csv")
     assert len(corpora.load("msp-podcast", root, skip_bad=True, with_duration=False)) == 5
@@ -473,8 +485,8 @@ def test_aibo_bad(tmp_path):
         fh.write("Kid_05_001_03 NEG 1.0\n")  # not Ohm/Mont
     with pytest.raises(BadInputError, match="unknown class code"):
         corpora.load("aibo", root)
-    df = corpora.load("aibo", root, skip_bad=True)
-    assert len(df) == 6 and df.attrs["skipped"].count == 4
+    df, sk = load_skipping("aibo", root)
+    assert len(df) == 6 and sk.count == 4
     (root / "labels" / "IS2009EmotionChallenge" / "chunk_labels_5cl_corpus.txt").unlink()
     with pytest.raises(BadInputError, match="5-class label file not found") as ei:
         corpora.load("aibo", root, classes=5)
@@ -507,20 +519,22 @@ def test_alc_csv(tmp_path):
     assert set(df2["label"]) == {"intoxicated", "sober"}
 
 
-def test_alc_flat_arff_and_tsv(tmp_path):
+def test_alc_flat_arff_and_tsv(tmp_path, caplog):
     for fid in ["train_0001", "train_0002", "devel_0001", "test_0001"]:
         wav(tmp_path / "wav" / f"{fid}.flac")
     arff = ("@relation ALC\n\n@attribute name string\n@attribute pcm_loudness numeric\n"
             "@attribute class {AL,NAL}\n\n@data\n\n"
             "'train_0001',0.5,AL\n'train_0002',0.4,NAL\n'devel_0001',0.1,AL\n'test_0001',0.3,?\n")
     write(tmp_path / "ALC.arff", arff)
+    caplog.set_level(logging.INFO, logger="smoothclap.corpora")
     df = corpora.load("alc", tmp_path)
     assert len(df) == 3 and counts(df["split"]) == {"train": 2, "dev": 1}
-    assert "pcm_loudness" not in df.columns and df.attrs["unlabelled"] == 1  # test_0001: "?"
+    assert "pcm_loudness" not in df.columns and unlabelled(caplog) == 1  # test_0001: "?"
     (tmp_path / "ALC.arff").unlink()
+    caplog.clear()
     tsv = write(tmp_path / "elsewhere" / "alc.tsv", "file_name\tlabel\ntrain_0001\tAL\ntrain_0002\tnal\n")
     df = corpora.load("alc", tmp_path, labels=tsv, with_duration=False)
-    assert counts(df["label"]) == {"al": 1, "nal": 1} and df.attrs["unlabelled"] == 2
+    assert counts(df["label"]) == {"al": 1, "nal": 1} and unlabelled(caplog) == 2
 
 
 def test_alc_bad(tmp_path):
@@ -530,8 +544,8 @@ def test_alc_bad(tmp_path):
         fh.write("ALC_train_0010.wav,train,AL,spk0\n")  # no audio
     with pytest.raises(BadInputError, match="unknown class"):
         corpora.load("alc", root)
-    df = corpora.load("alc", root, skip_bad=True)
-    assert len(df) == 5 and df.attrs["skipped"].count == 2
+    df, sk = load_skipping("alc", root)
+    assert len(df) == 5 and sk.count == 2
     (root / "labels" / "alc_labels.csv").unlink()
     with pytest.raises(BadInputError, match="no alc label table"):
         corpora.load("alc", root)
@@ -564,15 +578,17 @@ def test_sld(tmp_path):
     assert "score" in df.columns
 
 
-def test_sld_bad(tmp_path):
+def test_sld_bad(tmp_path, caplog):
     root = make_sld(tmp_path)
     wav(root / "wav" / "train_0003.wav")  # no label row: left out, counted
     with open(root / "lab" / "sld_labels.csv", "a") as fh:
         fh.write("train_0004.wav;maybe;0\n")
     with pytest.raises(BadInputError, match="unknown class"):
         corpora.load("sld", root)
-    df = corpora.load("sld", root, skip_bad=True)
-    assert len(df) == 5 and df.attrs["skipped"].count == 1 and df.attrs["unlabelled"] == 1  # test_0001: "?"
+    caplog.set_level(logging.INFO, logger="smoothclap.corpora")
+    caplog.clear()
+    df, sk = load_skipping("sld", root)
+    assert len(df) == 5 and sk.count == 1 and unlabelled(caplog) == 1  # train_0003: no label row
     (root / "lab" / "sld_labels.csv").unlink()
     with pytest.raises(BadInputError, match="no sld label table"):
         corpora.load("sld", root)
@@ -596,7 +612,7 @@ def test_savee_official(tmp_path):
     wav(ad / "DC" / "x01.wav")
     with pytest.raises(BadInputError, match="malformed SAVEE"):
         corpora.load("savee", tmp_path / "SAVEE")
-    assert corpora.load("savee", tmp_path / "SAVEE", skip_bad=True).attrs["skipped"].count == 1
+    assert load_skipping("savee", tmp_path / "SAVEE")[1].count == 1
 
 
 def test_savee_flat(tmp_path):
@@ -676,12 +692,19 @@ def test_manifest_errors(tmp_path):
     with pytest.raises(BadInputError, match="audio file not found") as ei:
         read_manifest(m)
     assert ei.value.path.endswith("missing.wav")
-    df = read_manifest(m, label_set=["Happy", "SAD"], skip_bad=True)
+    sk = SkipLog(skip=True)
+    df = read_manifest(m, label_set=["Happy", "SAD"], skips=sk)
     assert len(df) == 1
-    assert df.attrs["skipped"].by_reason() == {
+    assert sk.by_reason() == {
         "unknown label": 1, "audio file not found": 1, "empty label": 1, "bad segment": 1
     }
     assert len(read_manifest(m, check_files=False, with_duration=False, skip_bad=True)) == 3
+    # as a Table: every manifest row is kept (numbered in manifest_row) or has its reason
+    t = corpora.manifest_table(m, label_set=["Happy", "SAD"], skip_bad=True)
+    assert t.source == str(m.resolve()) and t.n_rows == 5 and t.skipped.count == 4
+    assert t.rows["manifest_row"].tolist() == [1] and sorted(t.row_errors) == [2, 3, 4, 5]
+    assert "unknown label" in t.row_errors[2] and t.row_errors[3].startswith(str(tmp_path / "missing.wav"))
+    assert t.manifest_rows().tolist() == [1] and t.with_rows(t.rows.iloc[:0]).manifest_rows() is None
 
 
 # --------------------------------------------------------------------------- real data
@@ -723,7 +746,6 @@ def test_real_emodb():
     assert counts(df["label"]) == {"anger": 127, "boredom": 81, "disgust": 46, "fear": 69, "happiness": 71,
                                    "sadness": 62, "neutral": 79}
     assert counts(df["gender"]) == {"female": 302, "male": 233}
-    assert df.attrs["skipped"].count == 0
     _compare_source_manifest(df, "emodb")
 
 

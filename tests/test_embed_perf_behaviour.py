@@ -249,8 +249,8 @@ def test_predict_files_matches_predict_and_skips(clips, tmp_path):
     from smoothclap.zeroshot import ZeroShotClassifier
 
     torch.manual_seed(0)
-    model = SmoothClapModel(SmoothClapConfig(audio_tower="stats-test", text_tower="sum-text", audio_dim=4,
-                                             text_dim=3, embed_dim=8, standardize_audio=False)).eval()
+    model = SmoothClapModel(SmoothClapConfig(audio_tower="whisper-tiny-en", text_tower="minilm-l6", audio_dim=4,
+                                             text_dim=3, embed_dim=8, standardize_audio=False)).eval()  # towers set below
     model.set_tower("audio", StatsTower())
     model.set_tower("text", SumText())
     clf = ZeroShotClassifier(model, ["angry", "sad", "happy"], templates="ensemble")

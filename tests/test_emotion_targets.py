@@ -96,7 +96,8 @@ def test_loss_readings_equal_autograd_reference(divergence, t2a):
     za, zt, la, dt = _batch()
     s = torch.tensor(12.0, requires_grad=True)
     za.requires_grad_(True)
-    loss = SmoothClapLoss(beta=0.5, gamma=0.3, tau_a=0.3, tau_t=0.5, divergence=divergence, t2a_target=t2a)
+    loss = SmoothClapLoss(beta=0.5, gamma=0.3, tau_a=0.3, tau_t=0.5, local_source="tower", divergence=divergence,
+                          t2a_target=t2a)
     out = loss(za, zt, s, la, dt)
     out["loss"].backward()
     g_loss, g_s = za.grad.clone(), s.grad.clone()
@@ -114,7 +115,7 @@ def test_loss_readings_equal_autograd_reference(divergence, t2a):
 def test_beta_zero_is_clip_loss_for_every_reading(divergence, t2a):
     za, zt, la, dt = _batch()
     ref = ClipLoss()(za, zt, torch.tensor(14.0))["loss"]
-    got = SmoothClapLoss(beta=0.0, divergence=divergence, t2a_target=t2a)(za, zt, torch.tensor(14.0), la, dt)["loss"]
+    got = SmoothClapLoss(beta=0.0, local_source="tower", divergence=divergence, t2a_target=t2a)(za, zt, torch.tensor(14.0), la, dt)["loss"]
     assert float(got) == float(ref)
 
 

@@ -19,7 +19,8 @@ from smoothclap.model import SmoothClapConfig, SmoothClapModel
 @pytest.fixture()
 def model(tmp_path):
     torch.manual_seed(0)
-    m = SmoothClapModel(SmoothClapConfig(audio_dim=6, text_dim=5, embed_dim=8, trained_on=["emodb", "tess"],
+    m = SmoothClapModel(SmoothClapConfig(audio_tower="whisper-tiny-en", text_tower="minilm-l6",
+                                         audio_dim=6, text_dim=5, embed_dim=8, trained_on=["emodb", "tess"],
                                          loss={"preset": "smoothclap", "beta": 0.1, "gamma": 0.5}))
     m.fit_normalization(torch.randn(20, 6).numpy())
     m.results = [{"task": "ravdess", "corpus": "ravdess", "n": 1440, "uar": 0.25, "wa": 0.27, "macro_f1": 0.2,
@@ -96,7 +97,7 @@ def test_push_to_hub_faked(model, tmp_path, monkeypatch):
 
 
 def test_record_results_rewrites_card(model, tmp_path):
-    from smoothclap.model import record_results
+    from smoothclap.hub import record_results
 
     model.save_pretrained(tmp_path / "m")
     record_results(tmp_path / "m", [{"task": "ravdess", "uar": 0.3, "n": 1440}, {"task": "tess", "uar": 0.4, "n": 2800}])

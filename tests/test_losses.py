@@ -8,6 +8,10 @@ import torch.nn.functional as F
 from smoothclap.losses import (ClipLoss, SmoothClapLoss, soft_cross_entropy, soft_targets,
                                target_diagnostics, unit_rows)
 
+#: The paper's reading of the loss (q_a2a from local features, KL per direction); the library's defaults
+#: are the validated "smoothclap" preset (label targets, Jeffreys).
+PAPER = {"local_source": "tower", "divergence": "kl"}
+
 
 def _batch(b=6, d=8, k=5, seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -23,7 +27,7 @@ def test_beta_zero_equals_clip_loss():
     scale = torch.tensor(14.3)
     ref = ClipLoss()(za, zt, scale)["loss"]
     for gamma in (0.0, 0.5, 1.0):
-        out = SmoothClapLoss(beta=0.0, gamma=gamma)(za, zt, scale, la, et)
+        out = SmoothClapLoss(beta=0.0, gamma=gamma, **PAPER)(za, zt, scale, la, et)
         assert abs(float(out["loss"]) - float(ref)) < 1e-6
         # with one-hot targets the KL equals the CE (target entropy 0)
         assert abs(float(out["kl"]) - float(ref)) < 1e-6
@@ -36,7 +40,7 @@ def test_hand_computed_3x3():
     la = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     et = torch.tensor([[0.0, 1.0], [1.0, 0.0], [1.0, 0.0]])
     beta, gamma, tau_a, tau_t, s = 0.4, 0.25, 0.5, 1.0, 2.0
-    out = SmoothClapLoss(beta, gamma, tau_a, tau_t)(za, zt, torch.tensor(s), la, et)
+    out = SmoothClapLoss(beta=beta, gamma=gamma, tau_a=tau_a, tau_t=tau_t, **PAPER)(za, zt, torch.tensor(s), la, et)
 
     A, T = za.numpy().astype(np.float64), zt.numpy().astype(np.float64)
     S = s * A @ T.T
@@ -74,7 +78,7 @@ def test_no_gradient_into_targets():
     la.requires_grad_(True)
     et.requires_grad_(True)
     za.requires_grad_(True)
-    out = SmoothClapLoss(0.5, 0.5)(za, zt, torch.tensor(10.0), la, et)
+    out = SmoothClapLoss(beta=0.5, gamma=0.5, **PAPER)(za, zt, torch.tensor(10.0), la, et)
     assert not out["targets"].y.requires_grad
     out["loss"].backward()
     assert la.grad is None and et.grad is None
@@ -86,7 +90,7 @@ def test_gradient_matches_soft_target_closed_form():
     # temperatures so that y is far from the identity and its columns do not sum to 1.
     za, zt, la, et = _batch(b=5)
     S = (za @ zt.T * 5.0).requires_grad_(True)
-    loss_fn = SmoothClapLoss(0.6, 0.5, tau_a=1.0, tau_t=2.0)
+    loss_fn = SmoothClapLoss(beta=0.6, gamma=0.5, tau_a=1.0, tau_t=2.0, **PAPER)
     t = loss_fn.targets(la, et, 5, "cpu")
     assert float((t.y.sum(0) - 1).abs().max()) > 1e-2
     out = loss_fn.loss_from_logits(S, t)
@@ -105,7 +109,7 @@ def test_gradient_matches_soft_target_closed_form():
 
 def test_prenormalised_sources_give_the_same_loss():
     za, zt, la, et = _batch(b=7)
-    loss_fn = SmoothClapLoss(0.4, 0.3, tau_a=0.5, tau_t=0.5, topk=4)
+    loss_fn = SmoothClapLoss(beta=0.4, gamma=0.3, tau_a=0.5, tau_t=0.5, topk=4, **PAPER)
     a = loss_fn(za, zt, torch.tensor(10.0), la * 3.0, et * 0.2)
     b = loss_fn(za, zt, torch.tensor(10.0), unit_rows(la), unit_rows(et), sources_normalized=True)
     torch.testing.assert_close(a["loss"], b["loss"])
@@ -116,9 +120,9 @@ def test_prenormalised_sources_give_the_same_loss():
 def test_missing_sources_raise():
     za, zt, la, et = _batch()
     with pytest.raises(ValueError, match="local-feature"):
-        SmoothClapLoss(0.1, 0.5)(za, zt, torch.tensor(1.0), None, et)
+        SmoothClapLoss(beta=0.1, gamma=0.5, **PAPER)(za, zt, torch.tensor(1.0), None, et)
     with pytest.raises(ValueError, match="description"):
-        SmoothClapLoss(0.1, 0.5)(za, zt, torch.tensor(1.0), la, None)
+        SmoothClapLoss(beta=0.1, gamma=0.5, **PAPER)(za, zt, torch.tensor(1.0), la, None)
     with pytest.raises(ValueError, match="beta"):
         soft_targets(la, et, 1.5, 0.5)
 

@@ -7,7 +7,8 @@ from smoothclap.model import ProjectionHead, SmoothClapConfig, SmoothClapModel
 
 def test_save_load_roundtrip_exact(tmp_path):
     torch.manual_seed(0)
-    m = SmoothClapModel(SmoothClapConfig(audio_dim=12, text_dim=10, embed_dim=16, trained_on=["x"]))
+    m = SmoothClapModel(SmoothClapConfig(audio_tower="whisper-tiny-en", text_tower="minilm-l6",
+                                         audio_dim=12, text_dim=10, embed_dim=16, trained_on=["x"]))
     m.fit_normalization((torch.randn(50, 12) * 3 + 1).numpy())
     with torch.no_grad():
         m.logit_scale.fill_(2.5)
@@ -36,7 +37,8 @@ def test_head_structure_and_scale_clamp():
     ref = torch.nn.functional.layer_norm(e1 + h.linear2(torch.nn.functional.gelu(e1)), (7,),
                                          h.layer_norm.weight, h.layer_norm.bias)
     torch.testing.assert_close(h(x), ref)
-    m = SmoothClapModel(SmoothClapConfig(audio_dim=5, text_dim=5, embed_dim=8))
+    m = SmoothClapModel(SmoothClapConfig(audio_tower="whisper-tiny-en", text_tower="minilm-l6",
+                                         audio_dim=5, text_dim=5, embed_dim=8))
     assert abs(float(m.scale) - 1 / 0.07) < 1e-3
     with torch.no_grad():
         m.logit_scale.fill_(10.0)
@@ -64,3 +66,30 @@ def test_config_yaml_presets_and_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown preset"):
         loss_preset("nope")
     assert isinstance(RunConfig().train.epochs, int)
+
+
+def test_configuration_doc_is_generated_from_the_settings():
+    """docs/configuration.md's tables come from the settings' own fields (each default stated once)."""
+    from pathlib import Path
+
+    from smoothclap.config import reference_markdown
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+    assert reference_markdown() in doc
+
+
+def test_typed_values_are_not_reparsed(tmp_path):
+    """Flags reach the config as typed values: a path that reads as YAML stays a string."""
+    cfg = load_config(None, ["train.epochs=3"], {"data.manifest": "yes", "out_dir": "123", "train.seed": 4})
+    assert cfg.data.manifest == "yes" and cfg.out_dir == "123" and cfg.train.seed == 4 and cfg.train.epochs == 3
+    assert cfg.updated({"train.seed": 5}).train.seed == 5 and cfg.train.seed == 4
+
+
+def test_model_config_extends_the_model_section():
+    """A saved model's config shares every default with the run config's ``model`` section."""
+    from smoothclap.config import ConfigError, ModelConfig
+
+    mc = SmoothClapConfig(audio_tower="whisper-tiny-en", text_tower="minilm-l6", audio_dim=4, text_dim=4)
+    assert {k: getattr(mc, k) for k in ModelConfig.model_fields} == ModelConfig().to_dict()
+    with pytest.raises(ConfigError, match="audio_tower: required"):
+        SmoothClapConfig.from_dict({"text_tower": "minilm-l6", "audio_dim": 4, "text_dim": 4})

@@ -5,7 +5,6 @@ corpus, the way open_clip tests training on synthetic data.
 """
 from __future__ import annotations
 
-from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -113,7 +112,7 @@ def test_deterministic_and_resume(corpus, cache, tmp_path):
 def test_clap_and_smoothclap_differ_only_in_targets(corpus, cache):
     cfg = _cfg(cache)
     prep = prepare(cfg, corpus, cache_dir=cache, progress=False)
-    clap = train(replace(cfg, loss=loss_preset("clap")), prep, progress=False)
+    clap = train(cfg.updated({"loss": loss_preset("clap")}), prep, progress=False)
     smooth = train(cfg, prep, progress=False)
     assert all(h["y_diag"] == 1.0 for h in clap.history)
     assert all(h["y_diag"] < 1.0 for h in smooth.history)

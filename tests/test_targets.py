@@ -1,7 +1,6 @@
 """Target geometry options: top-k, standardisation, temperature calibration."""
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import pandas as pd
@@ -98,11 +97,11 @@ def test_build_loss_and_apply_options():
         m = (prep.table["corpus"] == g).to_numpy()
         np.testing.assert_allclose(prep.local[m].mean(0), 0, atol=1e-5)
     loss = build_loss(cfg, prep)
-    assert loss.tau_a != 0.07 and loss.tau_t != 0.07 and loss.topk is None
-    clap = build_loss(dataclasses.replace(cfg, loss=loss_preset("clap")), prep)
-    assert clap.beta == 0.0
-    bad = dataclasses.replace(cfg, loss=loss_preset("smoothclap-reconstructed", target_standardize="center",
-                                                    target_standardize_group="speaker"))
+    assert loss.config.tau_a != 0.07 and loss.config.tau_t != 0.07 and loss.config.topk is None
+    clap = build_loss(cfg.updated({"loss": loss_preset("clap")}), prep)
+    assert clap.config.beta == 0.0
+    bad = cfg.updated({"loss": loss_preset("smoothclap-reconstructed", target_standardize="center",
+                                           target_standardize_group="speaker")})
     with pytest.raises(ValueError, match="speaker"):
         apply_target_options(bad, _bundle())
     with pytest.raises(ValueError, match="calibrate"):

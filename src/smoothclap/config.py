@@ -1,26 +1,33 @@
-"""Typed run configuration: nested dataclasses loaded from YAML, validated, dumped beside every run.
+"""Typed run configuration: pydantic models loaded from YAML, validated, dumped beside every run.
 
-Every setting lives here (``docs/configuration.md`` lists them); nothing is read from environment
+Every setting lives here, once, with its default and its meaning (``docs/configuration.md`` is
+generated from these fields: :func:`reference_markdown`); nothing is read from environment
 variables. :func:`load_config` reads a YAML file (or a shipped config by name: ``paper``,
-``demo``) and ``section.key=value`` overrides, and checks every value before any work starts:
-unknown keys (with a "did you mean"), types and ranges. Errors are :class:`ConfigError`, naming
-the file, the key and the value.
+``demo``, ``recommended``), ``section.key=value`` strings (``--set``, values in YAML syntax) and
+typed ``{"section.key": value}`` values (the command line's own flags), and checks every value
+before any work starts: unknown keys (with a "did you mean"), types and ranges. Errors are
+:class:`ConfigError`, naming the file, the key and the value.
+
+:class:`SmoothClapConfig`, what a saved model is (its ``config.json``), extends :class:`ModelConfig`,
+so a model and the run that trained it share every default. Nothing here imports PyTorch.
 """
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import types
-import typing
-from dataclasses import dataclass, field
+import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
 
 from .cache import DEFAULT_CACHE_DIR
 from .errors import UserError
-from .captions import CaptionConfig
+
+# Strict scalars: 5.0 is not an integer, "yes" is not true/false (YAML already typed the value).
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict()]  # an integer is a number too
+Bool = Annotated[bool, Strict()]
 
 
 class ConfigError(UserError):
@@ -29,6 +36,21 @@ class ConfigError(UserError):
     def __init__(self, key: str, reason: str, where: str | None = None):
         self.key, self.reason, self.where = key, reason, where
         super().__init__(f"{where + ': ' if where else ''}{key}: {reason}")
+
+
+def _check(key: str, ok: bool, value, what: str) -> None:
+    if not ok:
+        raise ConfigError(key, f"{value!r}: must be {what}")
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors, values keep their YAML types, assignments are checked."""
+
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True, validate_assignment=True)
+
+    def to_dict(self) -> dict:
+        """Plain nested dict (YAML / JSON)."""
+        return self.model_dump()
 
 
 # Named loss presets (docs/method.md). "smoothclap" holds what the soft-target study chose on
@@ -53,171 +75,199 @@ LOSS_PRESETS: dict[str, dict] = {
 #: Shipped configs, reachable by name (``--config demo``).
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
-
-def _choice(key: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ConfigError(key, f"{value!r} is not one of {', '.join(map(repr, allowed))}")
+Group = Literal["corpus", "speaker"]
+Device = Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")]
 
 
-def _check(key: str, ok: bool, value, what: str) -> None:
-    if not ok:
-        raise ConfigError(key, f"{value!r}: must be {what}")
-
-
-@dataclass
-class TowersConfig:
+class TowersConfig(Section):
     """Encoders, by spec string (see ``smoothclap.towers``)."""
 
-    audio: str = "whisper-tiny-en"
-    text: str = "minilm-l6"
-    # Frozen "local feature" encoder for q_a2a; None = same as the audio tower (the paper's default).
-    local: str | None = None
-    batch_size: int = 16
-    device: str = "auto"
-    # Forward worker threads of the extraction pipeline (None: automatic, see smoothclap.embed).
-    embed_workers: int | None = None
-    # Trim the heap after every this many batches of a forward worker (0 = never).
-    trim_every: int = 1
-    # End-to-end mode only (train.mode: e2e): fine-tune a tower (hf: towers) with its own learning
-    # rate. A frozen tower never receives gradients (it runs under no_grad, in eval mode).
-    freeze_audio: bool = True
-    freeze_text: bool = True
-    audio_lr: float = 1e-5
-    text_lr: float = 1e-5
+    audio: str = Field("whisper-tiny-en", description="audio tower spec (README, \"Towers\")")
+    text: str = Field("minilm-l6", description="text tower spec")
+    local: str | None = Field(None, description="encoder of the q_a2a source; null = the audio tower (the paper's "
+                              "default)")
+    batch_size: Int = Field(16, ge=1, description="clips per forward pass when embedding a corpus")
+    device: Device = Field("auto", description="where frozen towers run (`auto`, `cpu`, `cuda`, `cuda:N`)")
+    embed_workers: Int | None = Field(None, ge=1, description="forward worker threads of the extraction pipeline "
+                                      "(null: automatic)")
+    trim_every: Int = Field(1, ge=0, description="hand freed heap back to the OS after every this many batches "
+                            "(0: never)")
+    freeze_audio: Bool = Field(True, description="false: fine-tune the audio tower (`train.mode: e2e`, `hf:` towers)")
+    freeze_text: Bool = Field(True, description="false: fine-tune the text tower (`train.mode: e2e`, `hf:` towers or "
+                              "`minilm-l6`)")
+    audio_lr: Float = Field(1e-5, gt=0, description="learning rate of a fine-tuned audio tower")
+    text_lr: Float = Field(1e-5, gt=0, description="learning rate of a fine-tuned text tower")
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _specs(self):
         from .towers import check_spec
 
         for key, spec, kind in (("towers.audio", self.audio, "audio"), ("towers.text", self.text, "text"),
                                 ("towers.local", self.local, "audio")):
-            if spec is None and key == "towers.local":
-                continue
-            try:
-                check_spec(spec, kind)
-            except ValueError as e:
-                raise ConfigError(key, str(e)) from None
-        _check("towers.batch_size", self.batch_size >= 1, self.batch_size, ">= 1")
-        _check("towers.embed_workers", self.embed_workers is None or self.embed_workers >= 1, self.embed_workers,
-               ">= 1 or null")
-        _check("towers.trim_every", self.trim_every >= 0, self.trim_every, ">= 0")
-        _check("towers.audio_lr", self.audio_lr > 0, self.audio_lr, "> 0")
-        _check("towers.text_lr", self.text_lr > 0, self.text_lr, "> 0")
-        _check_device("towers.device", self.device)
+            if spec is not None:
+                try:
+                    check_spec(spec, kind)
+                except ValueError as e:
+                    raise ConfigError(key, str(e)) from None
+        return self
 
 
-def _check_device(key: str, value: str) -> None:
-    import re
-
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
-        raise ConfigError(key, f"{value!r} is not auto, cpu, cuda, cuda:N or mps")
-
-
-@dataclass
-class ModelConfig:
+class ModelConfig(Section):
     """Projection heads and scale (ParaCLAP head) and what the model does before them."""
 
-    embed_dim: int = 768
-    dropout: float = 0.5
-    init_scale: float = 1.0 / 0.07
-    max_scale: float = 100.0
-    # Standardise tower embeddings with training mean / std before the heads (stored in the model).
-    standardize_audio: bool = True
-    # Cross-corpus normalisation: z-score audio-tower embeddings within each group ("corpus" or
-    # "speaker" column) before everything else, in training and (without labels) at test time.
-    feature_norm_group: str | None = None
-    # Groups with fewer clips than this use the stored training statistics at test time.
-    min_group_clips: int = 8
-    # Waveform level before the audio tower: null (as recorded), "peak" or "rms:<dBFS>".
-    loudness: str | None = None
+    embed_dim: Int = Field(768, ge=1, description="head output size d")
+    dropout: Float = Field(0.5, description="head dropout, in [0, 1)")
+    init_scale: Float = Field(1.0 / 0.07, gt=0, description="logit scale at the start of training")
+    max_scale: Float = Field(100.0, description="clamp of the logit scale (>= init_scale)")
+    standardize_audio: Bool = Field(True, description="standardise tower features with training mean / std before "
+                                    "the head")
+    feature_norm_group: Group | None = Field(
+        None, description="`corpus` / `speaker`: z-score audio features within each group, in training and at test "
+        "time (groups given by the caller; without groups the stored training statistics)")
+    min_group_clips: Int = Field(8, ge=2, description="test groups with fewer clips use the training statistics")
+    loudness: str | None = Field(None, description="level waveforms before the tower: `peak` or `rms:<dBFS>`")
 
-    def __post_init__(self) -> None:
-        _check("model.embed_dim", self.embed_dim >= 1, self.embed_dim, ">= 1")
+    @model_validator(mode="after")
+    def _ranges(self):
         _check("model.dropout", 0.0 <= self.dropout < 1.0, self.dropout, "in [0, 1)")
-        _check("model.init_scale", self.init_scale > 0, self.init_scale, "> 0")
         _check("model.max_scale", self.max_scale >= self.init_scale, self.max_scale, ">= model.init_scale")
-        _check("model.min_group_clips", self.min_group_clips >= 2, self.min_group_clips, ">= 2")
-        if self.feature_norm_group is not None:
-            _choice("model.feature_norm_group", self.feature_norm_group, ("corpus", "speaker"))
-        if self.loudness not in (None, "none", "peak"):
-            import re
-
-            if not re.fullmatch(r"rms:-?\d+(\.\d+)?", str(self.loudness)):
-                raise ConfigError("model.loudness", f"{self.loudness!r} is not null, peak or rms:<dBFS> (e.g. rms:-23)")
+        if self.loudness not in (None, "none", "peak") and not re.fullmatch(r"rms:-?\d+(\.\d+)?", str(self.loudness)):
+            raise ConfigError("model.loudness", f"{self.loudness!r} is not null, peak or rms:<dBFS> (e.g. rms:-23)")
+        return self
 
 
-@dataclass
-class LossConfig:
+class LossConfig(Section):
     """SmoothCLAP soft targets. ``preset`` fills the fields it names unless they are set explicitly."""
 
-    preset: str | None = None
-    beta: float = 0.1
-    gamma: float = 0.0
-    tau_a: float = 0.07
-    tau_t: float = 0.07
-    # Text used for q_t2t: "description" (binned eGeMAPS phrases, no emotion word),
-    # "description+label" (with the emotion word) or "caption" (the training caption itself).
-    text_target: str = "description"
-    # Target geometry: standardise local / description embeddings with training statistics before
-    # the cosine ("none" | "center" | "zscore" | "whiten"), per group ("corpus" | "speaker") or
-    # globally (None).
-    target_standardize: str = "none"
-    target_standardize_group: str | None = None
-    # Temperature calibration: pick tau_a / tau_t on training batches so that q's rows reach
-    # ``calibrate_value`` of mean diagonal mass ("diag") or of effective neighbours ("neighbours").
-    calibrate: str = "none"
-    calibrate_value: float = 0.5
-    # Keep each row's k largest similarities (the clip itself included) before the softmax.
-    topk: int | None = None
-    # Where q_a2a comes from: "tower" (towers.local, else the audio tower: the paper), "posteriors"
-    # (an emotion classifier on those features, cross-fitted out-of-fold by speaker on the training
-    # corpora) or "labels" (the training labels: same-label clips as soft positives).
-    local_source: str = "labels"
-    posterior_folds: int = 5            # speaker folds of the cross-fitted classifier
-    posterior_kind: str = "categorical"  # categorical (label posteriors) or dimensional (arousal/valence/dominance)
-    # The paper's "symmetric KL": "kl" = KL(y || p) per direction (soft cross-entropy), "jeffreys" =
-    # KL(y || p) + KL(p || y) per direction. The text-to-audio target: y^T ("transpose") or y^T with
-    # rows renormalised ("renormalized").
-    divergence: str = "jeffreys"
-    t2a_target: str = "transpose"
+    preset: str | None = Field(None, description="`clap`, `smoothclap`, `smoothclap-reconstructed`, `paper-main`, "
+                               "`smoothclap-calibrated` (fills the fields it names unless set)")
+    beta: Float = Field(0.1, description="target mix y = (1 - beta) I + beta [(1 - gamma) q_a2a + gamma q_t2t]; "
+                        "in [0, 1]; 0 = CLAP")
+    gamma: Float = Field(0.0, description="share of q_t2t in the soft targets, in [0, 1]")
+    tau_a: Float = Field(0.07, gt=0, description="temperature of q_a2a")
+    tau_t: Float = Field(0.07, gt=0, description="temperature of q_t2t")
+    text_target: Literal["description", "description+label", "caption"] = Field(
+        "description", description="text of q_t2t: binned eGeMAPS phrases, with the emotion word, or the caption")
+    target_standardize: Literal["none", "center", "zscore", "whiten"] = Field(
+        "none", description="standardise local / description embeddings with training statistics before the cosine")
+    target_standardize_group: Group | None = Field(None, description="... per `corpus` / `speaker` (null: globally)")
+    calibrate: Literal["none", "diag", "neighbours"] = Field(
+        "none", description="`diag` / `neighbours`: choose tau_a, tau_t on training batches so q's mean diagonal mass "
+        "(or effective neighbours) reaches `calibrate_value`")
+    calibrate_value: Float = Field(0.5, gt=0, description="target of `calibrate`")
+    topk: Int | None = Field(None, ge=1, description="keep each row's k largest similarities (itself included)")
+    local_source: Literal["tower", "posteriors", "labels"] = Field(
+        "labels", description="q_a2a from `tower` (local features: the paper), `posteriors` (an emotion classifier on "
+        "them, cross-fitted by speaker on the training corpora) or `labels` (same-label clips as soft positives)")
+    posterior_folds: Int = Field(5, ge=2, description="speaker folds of the cross-fitted classifier")
+    posterior_kind: Literal["categorical", "dimensional"] = Field(
+        "categorical", description="`dimensional`: predict arousal / valence / dominance where the corpora have them")
+    divergence: Literal["kl", "jeffreys"] = Field(
+        "jeffreys", description="the paper's \"symmetric KL\": `kl` = KL(y || p) per direction (soft cross-entropy), "
+        "`jeffreys` = KL(y || p) + KL(p || y)")
+    t2a_target: Literal["transpose", "renormalized"] = Field(
+        "transpose", description="text-to-audio target: y^T, or y^T with its rows renormalised")
 
-    def __post_init__(self) -> None:
-        _choice("loss.local_source", self.local_source, ("tower", "posteriors", "labels"))
-        _check("loss.posterior_folds", self.posterior_folds >= 2, self.posterior_folds, ">= 2")
-        _choice("loss.posterior_kind", self.posterior_kind, ("categorical", "dimensional"))
-        _choice("loss.divergence", self.divergence, ("kl", "jeffreys"))
-        _choice("loss.t2a_target", self.t2a_target, ("transpose", "renormalized"))
-        if self.preset is not None:
-            _choice("loss.preset", self.preset, tuple(LOSS_PRESETS))
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("preset") is None:
+            return data
+        preset = data["preset"]
+        if not isinstance(preset, str) or preset not in LOSS_PRESETS:
+            raise ConfigError("loss.preset", f"unknown preset {preset!r}; known: {', '.join(sorted(LOSS_PRESETS))}")
+        return {**LOSS_PRESETS[preset], **data}  # explicit values win
+
+    @model_validator(mode="after")
+    def _ranges(self):
         _check("loss.beta", 0.0 <= self.beta <= 1.0, self.beta, "in [0, 1]")
         _check("loss.gamma", 0.0 <= self.gamma <= 1.0, self.gamma, "in [0, 1]")
-        _check("loss.tau_a", self.tau_a > 0, self.tau_a, "> 0")
-        _check("loss.tau_t", self.tau_t > 0, self.tau_t, "> 0")
-        _choice("loss.text_target", self.text_target, ("description", "description+label", "caption"))
-        _choice("loss.target_standardize", self.target_standardize, ("none", "center", "zscore", "whiten"))
-        if self.target_standardize_group is not None:
-            _choice("loss.target_standardize_group", self.target_standardize_group, ("corpus", "speaker"))
-        _choice("loss.calibrate", self.calibrate, ("none", "diag", "neighbours"))
-        _check("loss.calibrate_value", self.calibrate_value > 0, self.calibrate_value, "> 0")
-        _check("loss.topk", self.topk is None or self.topk >= 1, self.topk, ">= 1 or null")
+        return self
 
 
-@dataclass
-class SourceConfig:
-    """One training corpus (``corpus`` + ``root``) or manifest (``manifest``)."""
+class CaptionConfig(Section):
+    """How captions and descriptions are made (:mod:`smoothclap.captions`)."""
+
+    variables: list[str] = Field(
+        default_factory=lambda: ["pitch", "pitch_variation", "loudness", "jitter", "shimmer", "duration"],
+        description="binned eGeMAPS variables (`rate` adds speaking rate; empty: captions from labels only, no "
+        "openSMILE)")
+    low_q: Float = Field(0.3, description="quantile at or below which a variable is \"low\"")
+    high_q: Float = Field(0.7, description="quantile at or above which it is \"high\"")
+    group_by: str | None = Field(None, description="fit bins per `corpus` / `speaker` (null: globally)")
+    min_group_size: Int = Field(10, description="groups with fewer training clips use the global bins")
+    templates: list[str] | None = Field(None, description="caption templates (null: the built-in pool)")
+    include_gender: Bool = Field(True, description="the speaker's gender in captions when known")
+    include_dimensions: Bool = Field(True, description="arousal / valence words in captions when given")
+    phrases_per_caption: Int | None = Field(None, ge=1, description="null: all phrases; k: a random subset of k "
+                                            "phrases per caption")
+    phrase_dropout: Float = Field(0.0, description="drop each phrase with this probability (one kept), in [0, 1)")
+    description_include_label: Bool = Field(False, description="prefix descriptions (q_t2t) with the emotion word")
+    # Chosen on validation speakers of the training corpora (BENCHMARKS.md, soft-target study):
+    # 4 scored as well as fresh captions every epoch, and the text tower runs on 4 per clip at most.
+    pool_size: Int | None = Field(4, ge=1, description="K: a fixed pool of K caption variants per clip, embedded "
+                                  "once, one drawn per epoch; null: a fresh caption per clip and epoch")
+
+    @model_validator(mode="after")
+    def _ranges(self):
+        if not 0.0 <= self.low_q < self.high_q <= 1.0:
+            raise ConfigError("captions.low_q", f"need 0 <= low_q < high_q <= 1, got {self.low_q}, {self.high_q}")
+        _check("captions.phrase_dropout", 0.0 <= self.phrase_dropout < 1.0, self.phrase_dropout, "in [0, 1)")
+        if self.templates is not None:
+            from .captions import _template_fields
+
+            if not self.templates:
+                raise ConfigError("captions.templates", "must be null (built-in pool) or a non-empty list")
+            for t in self.templates:
+                try:
+                    _template_fields(t)
+                except ValueError as e:
+                    raise ConfigError("captions.templates", str(e)) from None
+        return self
+
+
+DatasetFormat = Literal["hf", "webdataset"]
+
+
+def _check_dataset_options(key: str, dataset, options: dict) -> None:
+    """``columns`` names known fields; the dataset options need a ``dataset``."""
+    given = [k for k, v in options.items() if v not in (None, {})]
+    if dataset is None and given:
+        raise ConfigError(f"{key}.{given[0]}", "applies to a dataset only: set dataset too")
+    if not options.get("columns"):
+        return
+    from .corpora.datasets import FIELDS
+
+    for field in options["columns"]:
+        if field not in FIELDS:
+            raise ConfigError(f"{key}.columns", f"unknown field {field!r} (fields: {', '.join(FIELDS)})")
+
+
+class SourceConfig(Section):
+    """One training corpus (``corpus`` + ``root``), manifest (``manifest``) or dataset (``dataset``)."""
 
     corpus: str | None = None
     root: str | None = None
     manifest: str | None = None
-    # Rows of this split train (None: data.split). A table without split values trains on all rows.
-    split: str | None = None
-    # Label -> caption word for this source (on top of the corpus' caption vocabulary).
-    label_map: dict[str, str] = field(default_factory=dict)
-    # Keyword options of the corpus loader (e.g. {classes: 5} for aibo).
-    options: dict[str, Any] = field(default_factory=dict)
+    dataset: str | None = Field(None, description="a Hugging Face dataset (save_to_disk folder, Parquet files, Hub "
+                                "id) or WebDataset shards (`.tar` path, glob or brace pattern)")
+    format: DatasetFormat | None = Field(None, description="format of `dataset`: `hf` or `webdataset` (null: detected)")
+    dataset_split: str | None = Field(None, description="the split of a DatasetDict / Hub dataset to read (null: "
+                                      "all; a row's `split` is its split's name)")
+    columns: dict[str, str] = Field(default_factory=dict, description="field -> the dataset's column (or JSON field): "
+                                    "audio, label, caption, speaker, gender, split, language, corpus")
+    split: str | None = None  # rows of this split train (None: data.split)
+    label_map: dict[str, str] = Field(default_factory=dict)  # label -> caption word for this source
+    options: dict[str, Any] = Field(default_factory=dict)  # keyword options of the corpus loader
 
-    def __post_init__(self) -> None:
-        if (self.manifest is None) == (self.corpus is None):
-            raise ConfigError("data.sources", "each source needs exactly one of corpus (with root) or manifest")
+    @model_validator(mode="after")
+    def _one_kind(self):
+        if sum(x is not None for x in (self.manifest, self.corpus, self.dataset)) != 1:
+            raise ConfigError("data.sources", "each source needs exactly one of corpus (with root), manifest or "
+                              "dataset")
+        _check_dataset_options("data.sources", self.dataset, {"format": self.format,
+                                                              "dataset_split": self.dataset_split,
+                                                              "columns": self.columns})
         if self.corpus is not None:
             from .corpora import get_info
 
@@ -225,98 +275,136 @@ class SourceConfig:
                 get_info(self.corpus)
             except ValueError as e:
                 raise ConfigError("data.sources.corpus", str(e)) from None
+        return self
 
 
-@dataclass
-class DataConfig:
-    """Training data: one manifest (CSV/TSV/JSONL) or named corpus with its root, or several
-    (``sources``); rows of ``split`` train (a table without split values trains on all rows)."""
+class DataConfig(Section):
+    """Training data: one manifest or named corpus with its root, or several (``sources``)."""
 
-    manifest: str | None = None
-    corpus: str | None = None
-    root: str | None = None
-    sources: list[SourceConfig] = field(default_factory=list)
-    split: str | None = "train"  # rows whose ``split`` equals this train; None = all rows
-    labels: list[str] | None = None  # allowed labels; None = whatever the table has
-    # Map each corpus' labels to the shared caption vocabulary (smoothclap.corpora.registry).
-    caption_vocabulary: bool = True
-    label_map: dict[str, str] = field(default_factory=dict)  # label -> caption word, every source
-    skip_bad: bool = False
+    manifest: str | None = Field(None, description="one training manifest (`--manifest`)")
+    dataset: str | None = Field(None, description="one training dataset (`--dataset`): a Hugging Face dataset "
+                                "(save_to_disk folder, Parquet files, Hub id) or WebDataset `.tar` shards (glob, "
+                                "brace pattern); `docs/data.md`")
+    dataset_format: DatasetFormat | None = Field(None, description="`hf` or `webdataset` (`--dataset-format`; null: "
+                                                 "detected)")
+    dataset_split: str | None = Field(None, description="the split of a DatasetDict / Hub dataset to read "
+                                      "(`--dataset-split`; null: all)")
+    columns: dict[str, str] = Field(default_factory=dict, description="the dataset's column names: field -> column "
+                                    "(`--column label=emotion`; fields audio, label, caption, speaker, gender, split, "
+                                    "language, corpus)")
+    corpus: str | None = Field(None, description="one training corpus in its official layout (`--corpus`)")
+    root: str | None = Field(None, description="its folder (`--data-root`)")
+    sources: list[SourceConfig] = Field(
+        default_factory=list, description="several: a list of `{corpus, root}`, `{manifest}` or `{dataset}` entries "
+        "(a dataset with optional `format`, `dataset_split`, `columns`), each with optional `split`, `label_map`, "
+        "`options` (loader options)")
+    split: str | None = Field("train", description="rows of this split train; a table without split values trains "
+                              "on all rows; null = all rows")
+    labels: list[str] | None = Field(None, description="allowed labels (others are bad input)")
+    caption_vocabulary: Bool = Field(True, description="map labels to the shared caption vocabulary (`docs/data.md`)")
+    label_map: dict[str, str] = Field(default_factory=dict, description="label -> caption word, on top of it")
+    skip_bad: Bool = Field(False, description="skip (and count) bad files instead of stopping")
 
-    def __post_init__(self) -> None:
-        if self.labels is not None:
-            if len(set(self.labels)) != len(self.labels) or any(not str(x).strip() for x in self.labels):
-                raise ConfigError("data.labels", f"{self.labels!r}: labels must be distinct and non-empty")
+    @model_validator(mode="after")
+    def _labels(self):
+        if self.labels is not None and (len(set(self.labels)) != len(self.labels)
+                                        or any(not str(x).strip() for x in self.labels)):
+            raise ConfigError("data.labels", f"{self.labels!r}: labels must be distinct and non-empty")
+        if self.corpus is not None:  # checked here, not first when the sources are read
+            from .corpora import get_info
+
+            try:
+                get_info(self.corpus)
+            except ValueError as e:
+                raise ConfigError("data.corpus", str(e)) from None
+        _check_dataset_options("data", self.dataset, {"dataset_format": self.dataset_format,
+                                                      "dataset_split": self.dataset_split, "columns": self.columns})
+        return self
 
     def all_sources(self) -> list[SourceConfig]:
-        """``sources`` plus the single-source shorthand (``manifest`` or ``corpus`` + ``root``)."""
+        """``sources`` plus the single-source shorthand (``manifest``, ``dataset`` or ``corpus`` + ``root``)."""
         out = list(self.sources)
         if self.manifest is not None:
             out.append(SourceConfig(manifest=self.manifest))
+        if self.dataset is not None:
+            out.append(SourceConfig(dataset=self.dataset, format=self.dataset_format,
+                                    dataset_split=self.dataset_split, columns=self.columns))
         if self.corpus is not None:
             out.append(SourceConfig(corpus=self.corpus, root=self.root))
         return out
 
 
-@dataclass
-class TrainConfig:
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    seed: int = 0
-    device: str = "auto"
-    num_workers: int = 2
-    # "cached": heads + scale on cached frozen-tower embeddings (fast; the default).
-    # "e2e": towers run on the audio every step: random crops, optional unfrozen towers,
-    # gradient accumulation, mixed precision (see smoothclap.trainer.steps).
-    mode: str = "cached"
-    crop_seconds: float | None = None  # e2e: random crop length (paper: 5.0); None = whole clips
-    # e2e: micro-batches per optimizer step; the contrastive loss still sees the whole batch
-    # (features of the other micro-batches are cached, as open_clip's accum_freq).
-    accum_freq: int = 1
-    precision: str = "auto"  # e2e: auto | fp32 | bf16 | fp16 (autocast on CUDA only; CPU: fp32)
-    # Model selection: zero-shot UAR on the rows of this split after every epoch; the best epoch
-    # is saved as <run>/best_model (scores in <run>/selection.json). None = no selection.
-    select_split: str | None = None
-    select_labels: list[str] | None = None  # classes scored (None = the split's labels)
-    select_templates: str = "bare"
-    # Minutes a process waits in a collective (e.g. while rank 0 prepares data) under torchrun.
-    dist_timeout_min: float = 180.0
+def _check_templates(key: str, templates) -> None:
+    from .prompts import resolve_templates
 
-    def __post_init__(self) -> None:
+    try:
+        resolve_templates(templates)
+    except ValueError as e:
+        raise ConfigError(key, str(e)) from None
+
+
+class TrainConfig(Section):
+    epochs: Int = Field(10, description=">= 1")
+    batch_size: Int = Field(32, description="the global batch (split over processes under torchrun); >= 2")
+    lr: Float = Field(1e-3, gt=0, description="Adam on heads and scale")
+    weight_decay: Float = Field(0.0, ge=0, description="Adam weight decay")
+    seed: Int = Field(0, description="everything is seeded from it")
+    device: Device = Field("auto", description="training device")
+    num_workers: Int = Field(2, ge=0, description="audio-reading workers (e2e) and eGeMAPS processes")
+    mode: Literal["cached", "e2e"] = Field("cached", description="`cached`: heads + scale on cached frozen embeddings; "
+                                           "`e2e`: towers in the loop (`smoothclap.trainer.steps`)")
+    crop_seconds: Float | None = Field(None, gt=0, description="e2e: random crop length (the paper: 5.0); null = "
+                                       "whole clips")
+    accum_freq: Int = Field(1, ge=1, description="e2e: micro-batches per step, the contrastive batch kept whole")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="e2e on GPUs (CPU: fp32)")
+    select_split: str | None = Field(None, description="model selection: zero-shot UAR on this split after every "
+                                     "epoch; the best epoch goes to `<run>/best_model`")
+    select_labels: list[str] | None = Field(None, description="classes scored in model selection (null: the split's)")
+    select_templates: str | None = Field(None, description="templates of model selection (null: "
+                                         "`inference.templates`)")
+    dist_timeout_min: Float = Field(180.0, gt=0, description="minutes a process waits in a collective under torchrun")
+
+    @model_validator(mode="after")
+    def _ranges(self):
         _check("train.epochs", self.epochs >= 1, self.epochs, ">= 1")
         _check("train.batch_size", self.batch_size >= 2, self.batch_size, ">= 2 (a contrastive batch needs negatives)")
-        _check("train.lr", self.lr > 0, self.lr, "> 0")
-        _check("train.weight_decay", self.weight_decay >= 0, self.weight_decay, ">= 0")
-        _check("train.num_workers", self.num_workers >= 0, self.num_workers, ">= 0")
-        _choice("train.mode", self.mode, ("cached", "e2e"))
-        _choice("train.precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
-        _check("train.accum_freq", self.accum_freq >= 1, self.accum_freq, ">= 1")
-        _check("train.crop_seconds", self.crop_seconds is None or self.crop_seconds > 0, self.crop_seconds,
-               "> 0 or null")
-        _check("train.dist_timeout_min", self.dist_timeout_min > 0, self.dist_timeout_min, "> 0")
-        _check_device("train.device", self.device)
-        from .prompts import resolve_templates
-
-        try:
-            resolve_templates(self.select_templates)
-        except ValueError as e:
-            raise ConfigError("train.select_templates", str(e)) from None
+        if self.select_templates is not None:
+            _check_templates("train.select_templates", self.select_templates)
+        return self
 
 
-@dataclass
-class RunConfig:
-    towers: TowersConfig = field(default_factory=TowersConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    captions: CaptionConfig = field(default_factory=CaptionConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    cache_dir: str | None = DEFAULT_CACHE_DIR  # None: no cache
-    out_dir: str = "runs/smoothclap"
+class InferenceConfig(Section):
+    """How the trained model classifies: stored with it (its ``config.json``) and used by every entry
+    point (``classify``, ``evaluate``, tasks, the web page, the Python API) unless overridden there."""
 
-    def __post_init__(self) -> None:
+    templates: str | list[str] | None = Field(
+        None, description="prompt templates the model is used with: a set (`bare`, `feeling`, `ensemble`), one "
+        "template with `{label}`, or a list; null: bare label words (a task: its protocol's template)")
+    prompt_language: str | None = Field(
+        None, description="language of task prompts: a code, or `task` (the speech's own language where the task "
+        "has prompts in it); null: English (the paper's protocol)")
+
+    @model_validator(mode="after")
+    def _templates(self):
+        if self.templates is not None:
+            _check_templates("inference.templates", self.templates)
+        return self
+
+
+class RunConfig(Section):
+    towers: TowersConfig = Field(default_factory=TowersConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    captions: CaptionConfig = Field(default_factory=CaptionConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    cache_dir: str | None = Field(DEFAULT_CACHE_DIR, description="the embedding / eGeMAPS cache (null: no cache)")
+    out_dir: str = Field("runs/smoothclap", description="the run folder (`--out`); a folder holding a run of other "
+                         "settings is refused")
+
+    @model_validator(mode="after")
+    def _across_sections(self):
         lc, bs = self.loss, self.train.batch_size
         if lc.calibrate == "diag" and not 1.0 / bs < lc.calibrate_value < 1.0:
             raise ConfigError("loss.calibrate_value", f"{lc.calibrate_value!r}: a diagonal mass must lie in "
@@ -324,9 +412,8 @@ class RunConfig:
         if lc.calibrate == "neighbours" and not 1.0 < lc.calibrate_value < bs:
             raise ConfigError("loss.calibrate_value", f"{lc.calibrate_value!r}: effective neighbours must lie in "
                               f"(1, train.batch_size) = (1, {bs})")
-        if self.loss.text_target != "caption" and self.loss.beta > 0 and self.loss.gamma > 0 \
-                and not self.captions.variables:
-            raise ConfigError("loss.text_target", f"{self.loss.text_target!r} needs eGeMAPS variables "
+        if lc.text_target != "caption" and lc.beta > 0 and lc.gamma > 0 and not self.captions.variables:
+            raise ConfigError("loss.text_target", f"{lc.text_target!r} needs eGeMAPS variables "
                               "(captions.variables); use text_target: caption")
         if self.train.mode == "cached":
             t, tw = self.train, self.towers
@@ -337,109 +424,124 @@ class RunConfig:
             if bad:
                 raise ConfigError("train.mode", f"{', '.join(bad)} need end-to-end training: set train.mode: e2e "
                                   "(cached training sees one fixed embedding per clip)")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return self
 
     def dump(self, path: str | Path) -> None:
         from .io import atomic_write_text
 
         atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
+    def updated(self, values: dict[str, Any]) -> "RunConfig":
+        """A checked copy with ``{"section.key": value}`` set (typed values, no parsing)."""
+        data = self.to_dict()
+        for key, value in values.items():
+            _set(data, key, value.model_dump() if isinstance(value, BaseModel) else value, "values")
+        return validate(RunConfig, data)
+
+
+class SmoothClapConfig(ModelConfig):
+    """What a saved model is (``config.json``): the model section it was trained with, its towers
+    and their output sizes, how it classifies (``inference``), and provenance. Tower specs may be
+    relative to the model folder (``hf:./audio_tower?...``: a fine-tuned tower saved inside it)."""
+
+    model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True, validate_assignment=True)
+
+    audio_tower: str
+    text_tower: str
+    audio_dim: Int = Field(ge=1)
+    text_dim: Int = Field(ge=1)
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    # Provenance, recorded so reports can say what trained the model (never used for inference).
+    trained_on: list[str] | None = None
+    loss: dict | None = None
+
+    @model_validator(mode="after")
+    def _towers(self):
+        from .towers import check_spec
+
+        for key, spec, kind in (("audio_tower", self.audio_tower, "audio"), ("text_tower", self.text_tower, "text")):
+            try:
+                check_spec(spec, kind)
+            except ValueError as e:
+                raise ConfigError(key, str(e)) from None
+        return self
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SmoothClapConfig":
+        """Checked config of a saved model (keys of other versions ignored); ConfigError when wrong."""
+        return validate(cls, d)
+
 
 # -- reading ------------------------------------------------------------------------------------------
-def _convert(tp: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(where, f"expected a mapping, got {value!r}")
-        return from_dict(tp, value, where)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        reasons = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _convert(a, value, where)
-            except ConfigError as e:
-                reasons.append(e.reason)
-        allowed = " or ".join(_type_name(a) for a in args)
-        raise ConfigError(where, f"expected {allowed}, got {value!r}")
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(where, f"expected a list, got {value!r}")
-        (a,) = typing.get_args(tp)
-        return [_convert(a, v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(where, f"expected a mapping, got {value!r}")
-        ka, va = typing.get_args(tp)
-        return {_convert(ka, k, where): (_convert(va, v, f"{where}.{k}") if va is not Any else v)
-                for k, v in value.items()}
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(where, f"expected a number, got {value!r}")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(where, f"expected an integer, got {value!r}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(where, f"expected true/false, got {value!r}")
-        return value
-    if tp is str:
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            raise ConfigError(where, f"expected a string, got {value!r}")
-        return str(value)
-    return value
+_EXPECTED = {"int_type": "an integer", "int_parsing": "an integer", "int_from_float": "an integer",
+             "float_type": "a number", "float_parsing": "a number", "bool_type": "true/false",
+             "bool_parsing": "true/false", "string_type": "a string", "list_type": "a list",
+             "dict_type": "a mapping", "model_type": "a mapping", "model_attributes_type": "a mapping"}
 
 
-def _type_name(tp) -> str:
-    return {int: "an integer", float: "a number", str: "a string", bool: "true/false", type(None): "null"}.get(
-        tp, getattr(tp, "__name__", str(tp)))
+def _field_path(cls: type[BaseModel], loc: tuple, unknown_key: bool) -> tuple[list, type[BaseModel]]:
+    """(the parts of a pydantic error location that are field names or list positions, the model
+    the last field belongs to). Tags pydantic adds for the members of a union (``str``,
+    ``list[str]``) are dropped; with ``unknown_key`` the last part is the unknown key itself."""
+    out, owner, section = [], cls, cls
+    for i, p in enumerate(loc):
+        if isinstance(p, int):
+            out.append(p)
+        elif owner is not None and p in owner.model_fields:
+            out.append(p)
+            section = owner
+            ann = owner.model_fields[p].annotation
+            members = [a for a in (getattr(ann, "__args__", None) or (ann,)) if isinstance(a, type)]
+            owner = next((a for a in members if issubclass(a, BaseModel)), None)
+        elif unknown_key and i == len(loc) - 1:
+            out.append(p)
+            section = owner or section
+    return out, section
 
 
-def from_dict(cls: type, data: dict, where: str = "") -> Any:
-    """Build dataclass ``cls`` from a nested dict, checking keys, types and ranges."""
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for k in data:
-        if k not in names:
-            key = f"{where}.{k}" if where else str(k)
-            near = difflib.get_close_matches(str(k), names, n=1)
-            hint = f"; did you mean {near[0]!r}?" if near else f"; allowed: {', '.join(names)}"
-            raise ConfigError(key, f"unknown key{hint}")
-    kwargs = {k: _convert(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
-    if cls is LossConfig:
-        kwargs = _apply_preset(kwargs, set(data))
-    if cls is CaptionConfig:
-        try:
-            return cls(**kwargs)
-        except ValueError as e:
-            raise ConfigError(where or "captions", str(e)) from None
-    return cls(**kwargs)
+def _config_error(e: ValidationError, cls: type[BaseModel]) -> ConfigError:
+    """The first error of a pydantic ValidationError as today's one-line :class:`ConfigError`."""
+    err = e.errors()[0]
+    cause = (err.get("ctx") or {}).get("error")
+    if isinstance(cause, ConfigError):
+        return cause
+    value, kind = err.get("input"), err["type"]
+    loc, section = _field_path(cls, err["loc"], kind == "extra_forbidden")
+    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or cls.__name__
+    if kind == "extra_forbidden":
+        names = list(section.model_fields)
+        near = difflib.get_close_matches(str(loc[-1]), names, n=1)
+        return ConfigError(key, f"unknown key; did you mean {near[0]!r}?" if near else
+                           f"unknown key; allowed: {', '.join(names)}")
+    if kind == "literal_error":
+        return ConfigError(key, f"{value!r} is not one of {err['ctx']['expected']}")
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        op = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}[kind]
+        bound = next(iter(err["ctx"].values()))
+        return ConfigError(key, f"{value!r}: must be {op} {bound}")
+    if kind in _EXPECTED:
+        return ConfigError(key, f"expected {_EXPECTED[kind]}, got {value!r}")
+    if kind == "missing":
+        return ConfigError(key, "required")
+    return ConfigError(key, f"{err['msg']} (got {value!r})")
 
 
-def _apply_preset(kwargs: dict, explicit: set[str]) -> dict:
-    preset = kwargs.get("preset")
-    if preset is None:
-        return kwargs
-    if preset not in LOSS_PRESETS:
-        raise ConfigError("loss.preset", f"unknown preset {preset!r}; known: {', '.join(sorted(LOSS_PRESETS))}")
-    out = dict(kwargs)
-    for k, v in LOSS_PRESETS[preset].items():
-        if k not in explicit:
-            out[k] = v
-    return out
+def validate(cls: type[BaseModel], data: Any, where: str | None = None):
+    """``cls`` built from ``data`` (nested dicts), every value checked; :class:`ConfigError` if not."""
+    if not isinstance(data, dict):
+        raise ConfigError(cls.__name__, f"expected a mapping, got {data!r}", where)
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        err = _config_error(e, cls)
+        raise ConfigError(err.key, err.reason, where) from None
+    except ConfigError as e:  # raised outside pydantic's wrapping (a "before" validator's own check)
+        raise ConfigError(e.key, e.reason, where) from None
 
 
 def loss_preset(name: str, **overrides) -> LossConfig:
     """LossConfig from a named preset, e.g. ``loss_preset("clap")``."""
-    return from_dict(LossConfig, {"preset": name, **overrides}, "loss")
+    return validate(LossConfig, {"preset": name, **overrides})
 
 
 def config_path(name_or_path: str | Path) -> Path:
@@ -454,42 +556,82 @@ def config_path(name_or_path: str | Path) -> Path:
     raise ConfigError("--config", f"{name_or_path}: no such file (shipped configs: {known})")
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Load a RunConfig from YAML (a path or a shipped config's name; None = defaults) and apply
-    ``key.sub=value`` overrides (values in YAML syntax). Raises :class:`ConfigError`."""
-    data: dict = {}
-    where = None
-    if path is not None:
-        p = config_path(path)
-        where = str(p)
-        try:
-            data = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-            raise ConfigError("yaml", f"not valid YAML{at}: {getattr(e, 'problem', e)}", where) from None
-        except OSError as e:
-            raise ConfigError("--config", f"cannot read ({e.strerror})", where) from None
-        data = {} if data is None else data
-        if not isinstance(data, dict):
-            raise ConfigError("yaml", "the top level must be a mapping of sections", where)
-    for ov in overrides or []:
-        if "=" not in ov:
-            raise ConfigError("--set", f"{ov!r} must look like section.key=value")
-        key, val = ov.split("=", 1)
-        node = data
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            nxt = node.setdefault(part, {})
-            if not isinstance(nxt, dict):
-                raise ConfigError(key, f"{part!r} is a value, not a section", "--set")
-            node = nxt
-        try:
-            node[parts[-1]] = yaml.safe_load(val)
-        except yaml.YAMLError:
-            node[parts[-1]] = val
-        where = where or "--set"
+def _read_yaml(path: str | Path) -> tuple[dict, str]:
+    p = config_path(path)
     try:
-        return from_dict(RunConfig, data)
-    except ConfigError as e:
-        raise ConfigError(e.key, e.reason, where) from None
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError("yaml", f"not valid YAML{at}: {getattr(e, 'problem', e)}", str(p)) from None
+    except OSError as e:
+        raise ConfigError("--config", f"cannot read ({e.strerror})", str(p)) from None
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError("yaml", "the top level must be a mapping of sections", str(p))
+    return data, str(p)
+
+
+def _set(data: dict, key: str, value: Any, where: str) -> None:
+    """``data[a][b][c] = value`` for ``key`` = ``"a.b.c"``."""
+    node, parts = data, key.strip().split(".")
+    for part in parts[:-1]:
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(key, f"{part!r} is a value, not a section", where)
+        node = nxt
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"section.key=value"`` (``--set``; the value in YAML syntax) -> (key, typed value)."""
+    if "=" not in text:
+        raise ConfigError("--set", f"{text!r} must look like section.key=value")
+    key, val = text.split("=", 1)
+    try:
+        return key.strip(), yaml.safe_load(val)
+    except yaml.YAMLError:
+        return key.strip(), val
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                values: dict[str, Any] | None = None) -> RunConfig:
+    """A RunConfig from YAML (a path or a shipped config's name; None = defaults), then ``overrides``
+    (``"key.sub=value"`` strings, values in YAML syntax) and ``values`` (``{"key.sub": value}``,
+    typed, as the command line's flags give them). Raises :class:`ConfigError`."""
+    data, where = _read_yaml(path) if path is not None else ({}, None)
+    for text in overrides or []:
+        key, value = parse_override(text)
+        _set(data, key, value, "--set")
+        where = where or "--set"
+    for key, value in (values or {}).items():
+        _set(data, key, value, where or "arguments")
+    return validate(RunConfig, data, where)
+
+
+# -- documentation -----------------------------------------------------------------------------------------
+def _shown(v) -> str:
+    if v is None or isinstance(v, bool):
+        return {None: "null", True: "true", False: "false"}[v]
+    if isinstance(v, (list, dict)):
+        return ", ".join(map(str, v)) or ("[]" if isinstance(v, list) else "{}")
+    return f"`{v}`" if isinstance(v, str) else f"{v:g}"
+
+
+def reference_markdown() -> str:
+    """The settings tables of ``docs/configuration.md`` (one per section), from the fields above."""
+    out = []
+    sections = [(name, f.annotation) for name, f in RunConfig.model_fields.items()
+                if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)]
+    for name, cls in sections + [("top level", None)]:
+        fields = cls.model_fields if cls is not None else {k: f for k, f in RunConfig.model_fields.items()
+                                                             if k not in dict(sections)}
+        out += [f"## `{name}`" if cls is not None else "## Top level", "", "| key | default | meaning |",
+                "| --- | --- | --- |"]
+        for key, f in fields.items():
+            default = f.default_factory() if f.default_factory is not None else f.default
+            if isinstance(default, BaseModel):
+                continue
+            out.append(f"| `{key}` | {_shown(default)} | {(f.description or '').replace('|', chr(92) + '|')} |")
+        out.append("")
+    return "\n".join(out)

@@ -145,7 +145,10 @@ def extract_egemaps(
     16 kHz mono, validated) and passed to ``opensmile.Smile(feature_set, Functionals).process_signal``.
 
     Args:
-        files: audio paths. Duplicates are processed once (the result has one row per distinct path).
+        files: audio paths, or container references (``wds://...``, ``hf://...``: clips inside
+            WebDataset shards or Hugging Face datasets, :mod:`smoothclap.sources`), whose decoded
+            waveform goes to ``process_signal`` like a file's and whose cache key is the sha1 of
+            their bytes, as a file's. Duplicates are processed once (one row per distinct path).
         cache_dir: when given, each clip's vector is cached (see :func:`feature_cache`) keyed by the
             sha1 of the file's bytes; entries are written atomically by whichever process computed
             them, so a repeat run reads them (no openSMILE call, openSMILE not even needed) and an

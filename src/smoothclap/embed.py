@@ -28,6 +28,11 @@ distinct string once. How they are fast (figures: ``BENCHMARKS.md``, section "Pe
   the plan beyond float rounding (the intra-op thread count may change a kernel's summation
   order: bit-identical for whisper-tiny-en here, within 1e-7 for MiniLM). Towers on a GPU and
   towers not known to be thread-safe get one worker (the reading pipeline still overlaps).
+* **Any backend.** A tower is anything with ``spec``, ``dim``, ``sample_rate``, ``cache_key`` and
+  ``embed(waves) -> [B, dim]`` (a torch tensor or a numpy array). PyTorch is imported only for
+  torch towers (their forward plan); a tower with its own ``forward_plan(workers)`` (the ONNX
+  export's audio tower, whose sessions hold their threads) brings its plan, and the pipeline then
+  needs no torch at all.
 """
 from __future__ import annotations
 
@@ -37,7 +42,6 @@ import threading
 from typing import NamedTuple, Sequence
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from .audio import SAMPLE_RATE, content_hash, header_seconds, read_audio
@@ -66,6 +70,8 @@ def _thread_safe(tower) -> bool:
 
 
 def _on_cpu(tower) -> bool:
+    import torch
+
     try:
         p = next(tower.parameters(), None)
     except (AttributeError, TypeError):
@@ -93,8 +99,14 @@ def forward_plan(tower, workers: int | None = None) -> ForwardPlan:
     ``W = min(torch threads, MAX_WORKERS)`` workers with ``torch threads // W`` threads each (W
     batches at once, no OpenMP barriers between them); other towers one worker with torch's
     threads as they are. ``workers`` (``towers.embed_workers`` in a run config) fixes the count:
-    1 = one batch at a time over all of torch's threads (intra-op only).
+    1 = one batch at a time over all of torch's threads (intra-op only). A tower with its own
+    ``forward_plan(workers)`` method (no torch module: e.g. an ONNX export's) decides itself.
     """
+    own = getattr(tower, "forward_plan", None)
+    if own is not None:
+        return own(workers)
+    import torch
+
     total = max(1, torch.get_num_threads())
     if workers is None:
         if not (_thread_safe(tower) and _on_cpu(tower)):
@@ -181,6 +193,8 @@ class _Pipeline:
         done_here = 0
         try:
             if self.plan.threads is not None:
+                import torch
+
                 # torch sets a thread's OpenMP / MKL thread count lazily, from a process-wide value,
                 # at its first parallel op; trigger that first, so the per-thread setting sticks.
                 torch.get_num_threads()
@@ -209,7 +223,10 @@ class _Pipeline:
             self.results.put(("done", None, None))
 
     def run(self):
-        restore = torch.get_num_threads() if self.plan.threads is not None else None
+        torch = None
+        if self.plan.threads is not None:  # per-thread torch settings: only torch towers have threads
+            import torch
+        restore = torch.get_num_threads() if torch is not None else None
         threads = [threading.Thread(target=self._reader, name="smoothclap-read", daemon=True)]
         threads += [threading.Thread(target=self._worker, name=f"smoothclap-forward-{k}", daemon=True)
                     for k in range(self.workers)]
@@ -229,7 +246,7 @@ class _Pipeline:
             self.stop.set()
             for t in threads:
                 t.join()
-            if restore is not None:
+            if torch is not None:
                 # A worker's set_num_threads also sets the default that new threads start with.
                 torch.set_num_threads(restore)
             last_run.clear()
@@ -237,6 +254,99 @@ class _Pipeline:
 
 
 # -- audio -------------------------------------------------------------------------------------------
+class _Work(NamedTuple):
+    """What an extraction run computes: one item per distinct content (or path, uncached)."""
+
+    todo: list[int]  # the first file of each item, in length order once sorted
+    members: dict[int, list[int]]  # item (its first file) -> every file with that content
+    keys: list[str | None]  # cache key per file (None: caching off, or the file could not be hashed)
+
+
+def _lookup(files: list[str], cache: EmbeddingCache, pre: str, out: np.ndarray, ok: np.ndarray,
+            skip: SkipLog) -> _Work:
+    """Stage 1: fill ``out`` / ``ok`` from the cache and group the misses by content (files with
+    identical audio are computed once, and named in a warning)."""
+    dim = out.shape[1]
+    keys: list[str | None] = [None] * len(files)
+    groups: dict[str, list[int]] = {}  # one computation per distinct content (or path, uncached)
+    for i, f in enumerate(files):
+        if cache.enabled:
+            h = content_hash(f, skip)
+            if h is None:
+                continue
+            keys[i] = audio_key(h, pre)
+            v = cache.get(keys[i])
+            if v is not None and v.shape == (dim,):
+                out[i], ok[i] = v, True
+                continue
+        groups.setdefault(keys[i] if keys[i] is not None else f, []).append(i)
+    by_key: dict[str, list[int]] = {}
+    for i, k in enumerate(keys):
+        if k is not None:
+            by_key.setdefault(k, []).append(i)
+    same = [g for g in by_key.values() if len({files[i] for i in g}) > 1]
+    if same:  # suspicious input (e.g. one take copied under two names): embedded once, named here
+        shown = "; ".join(" = ".join(files[i] for i in g[:3]) for g in same[:3])
+        log.warning("%d group(s) of files with identical audio (embedded once each): %s%s", len(same), shown,
+                    " ..." if len(same) > 3 else "")
+    return _Work([g[0] for g in groups.values()], {g[0]: g for g in groups.values()}, keys)
+
+
+def _reader(files: list[str], todo: list[int], batch_size: int, sample_rate: int, loudness: str | None):
+    """Stage 2 (the reader thread's ``produce``): decode ``todo`` in order into batches of
+    ``batch_size`` clips; a bad file becomes a message (handled in order by the caller)."""
+
+    def produce(emit_batch, emit_msg, stopped):
+        idx: list[int] = []
+        waves: list[np.ndarray] = []
+        for i in todo:
+            if stopped():
+                return
+            try:
+                waves.append(read_audio(files[i], sample_rate=sample_rate, loudness=loudness))
+                idx.append(i)
+            except BadInputError as e:
+                emit_msg((i, e))
+                continue
+            if len(idx) == batch_size:
+                if not emit_batch(idx, waves):
+                    return
+                idx, waves = [], []
+        if idx:
+            emit_batch(idx, waves)
+
+    return produce
+
+
+def _collect(results, work: _Work, files: list[str], out: np.ndarray, ok: np.ndarray, cache: EmbeddingCache,
+             skip: SkipLog, bar, spec: str) -> None:
+    """Stage 3 (the calling thread): hand bad files to ``skip`` in order, store every item's
+    embedding for all its files and in the cache, advance the progress bar; close the pipeline
+    (stopping and joining its threads) at the end, also when an error leaves the loop."""
+    members, keys = work.members, work.keys
+    try:
+        for kind, payload, emb in results:
+            if kind == "msg":
+                i, err = payload
+                for j in members[i]:
+                    skip.handle(err if j == i else BadInputError(files[j], err.reason))
+                bar.update(len(members[i]))
+                continue
+            for i, v in zip(payload, emb):
+                if not np.all(np.isfinite(v)):
+                    for j in members[i]:
+                        skip.handle(BadInputError(files[j], f"{spec} produced non-finite features"))
+                    continue
+                for j in members[i]:
+                    out[j], ok[j] = v, True
+                if keys[i] is not None:
+                    cache.put(keys[i], v)
+            bar.update(sum(len(members[i]) for i in payload))
+    finally:
+        results.close()
+        bar.close()
+
+
 def embed_audio_files(
     tower,
     files: Sequence[str],
@@ -265,91 +375,24 @@ def embed_audio_files(
         # e.g. openSMILE: its own parallel, cached extractor (on the waveforms as recorded)
         return tower.embed_files(files, cache_dir=cache_dir, skip=skip, progress=progress)
     files = [str(f) for f in files]
-    cache = EmbeddingCache(cache_dir, tower.cache_key)
-    pre = preprocessing_key(tower.sample_rate, loudness)
-    n = len(files)
-    out = np.full((n, tower.dim), np.nan, dtype=np.float32)
-    ok = np.zeros(n, dtype=bool)
-    keys: list[str | None] = [None] * n
-    groups: dict[str, list[int]] = {}  # one computation per distinct content (or path, uncached)
-    for i, f in enumerate(files):
-        if cache.enabled:
-            h = content_hash(f, skip)
-            if h is None:
-                continue
-            keys[i] = audio_key(h, pre)
-            v = cache.get(keys[i])
-            if v is not None and v.shape == (tower.dim,):
-                out[i], ok[i] = v, True
-                continue
-        groups.setdefault(keys[i] if keys[i] is not None else f, []).append(i)
-    todo = [g[0] for g in groups.values()]
-    members = {g[0]: g for g in groups.values()}
-    by_key: dict[str, list[int]] = {}
-    for i, k in enumerate(keys):
-        if k is not None:
-            by_key.setdefault(k, []).append(i)
-    same = [g for g in by_key.values() if len({files[i] for i in g}) > 1]
-    if same:  # suspicious input (e.g. one take copied under two names): embedded once, named here
-        shown = "; ".join(" = ".join(files[i] for i in g[:3]) for g in same[:3])
-        log.warning("%d group(s) of files with identical audio (embedded once each): %s%s", len(same), shown,
-                    " ..." if len(same) > 3 else "")
-    if not todo:
+    cache = EmbeddingCache(cache_dir, tower.cache_key if cache_dir is not None else "")
+    out = np.full((len(files), tower.dim), np.nan, dtype=np.float32)
+    ok = np.zeros(len(files), dtype=bool)
+    work = _lookup(files, cache, preprocessing_key(tower.sample_rate, loudness), out, ok, skip)
+    if not work.todo:
         return out, ok
     # Global length order from the headers: batches of near-equal length, no decoding needed.
-    todo.sort(key=lambda i: header_seconds(files[i]))
+    work.todo.sort(key=lambda i: header_seconds(files[i]))
     plan = forward_plan(tower, workers)
     batch_size = max(1, int(batch_size))
-
-    def produce(emit_batch, emit_msg, stopped):
-        idx: list[int] = []
-        waves: list[np.ndarray] = []
-        for i in todo:
-            if stopped():
-                return
-            try:
-                waves.append(read_audio(files[i], sample_rate=tower.sample_rate, loudness=loudness))
-                idx.append(i)
-            except BadInputError as e:
-                emit_msg((i, e))
-                continue
-            if len(idx) == batch_size:
-                if not emit_batch(idx, waves):
-                    return
-                idx, waves = [], []
-        if idx:
-            emit_batch(idx, waves)
-
-    def forward(waves):
-        return tower.embed(waves).numpy()
-
+    produce = _reader(files, work.todo, batch_size, tower.sample_rate, loudness)
     # Clips decoded ahead: a queue of one batch per worker (reading is ~10x faster than the forward),
     # so at most (2 x workers + 1) batches of audio are in memory, whatever the corpus size.
     prefetch = min(max(1, chunk_size // batch_size), plan.workers)
-    bar = tqdm(total=sum(len(members[i]) for i in todo), desc=desc or f"embed {tower.spec}", unit="clip",
+    bar = tqdm(total=sum(len(work.members[i]) for i in work.todo), desc=desc or f"embed {tower.spec}", unit="clip",
                disable=not progress)
-    pipe = _Pipeline(produce, forward, plan, prefetch, trim_every).run()
-    try:
-        for kind, payload, emb in pipe:
-            if kind == "msg":
-                i, err = payload
-                for j in members[i]:
-                    skip.handle(err if j == i else BadInputError(files[j], err.reason))
-                bar.update(len(members[i]))
-                continue
-            for i, v in zip(payload, emb):
-                if not np.all(np.isfinite(v)):
-                    for j in members[i]:
-                        skip.handle(BadInputError(files[j], f"{tower.spec} produced non-finite features"))
-                    continue
-                for j in members[i]:
-                    out[j], ok[j] = v, True
-                if keys[i] is not None:
-                    cache.put(keys[i], v)
-            bar.update(sum(len(members[i]) for i in payload))
-    finally:
-        pipe.close()  # stops and joins the threads at once, also when an error leaves the loop
-        bar.close()
+    pipe = _Pipeline(produce, lambda waves: np.asarray(tower.embed(waves)), plan, prefetch, trim_every)
+    _collect(pipe.run(), work, files, out, ok, cache, skip, bar, tower.spec)
     return out, ok
 
 
@@ -381,7 +424,7 @@ def embed_texts(tower, texts: Sequence[str], *, cache_dir=None, batch_size: int 
                     return
 
         bar = tqdm(total=len(todo), desc=desc or f"embed {tower.spec}", unit="text", disable=not progress)
-        pipe = _Pipeline(produce, lambda b: tower.embed(b).numpy(), plan, 2 * plan.workers, trim_every).run()
+        pipe = _Pipeline(produce, lambda b: np.asarray(tower.embed(b)), plan, 2 * plan.workers, trim_every).run()
         try:
             for _, batch, emb in pipe:
                 for t, v in zip(batch, emb):

@@ -22,15 +22,34 @@ class BadInputError(UserError):
         super().__init__(f"{self.path}: {reason}")
 
 
+class ModelFilesError(BadInputError, OSError):
+    """A model's files cannot be used: a missing folder, weights only in pickle files (never
+    loaded: unpickling can run code), a hub id that cannot be reached. Bad input (one line), and an
+    ``OSError`` for callers that catch loading failures as such."""
+
+
 def user_message(e: BaseException) -> str | None:
     """The one line (``<file or key>: <reason>``) for a user's mistake: bad input, a bad setting, a
-    refused corpus, a full disk, a missing file. None for anything else (a bug: show the traceback)."""
+    refused corpus, a full disk, a missing file. None for anything else (a bug: show the traceback).
+    Line breaks inside (a parser's multi-line message quoted in the reason) become spaces."""
+    msg = _user_message(e)
+    if msg is None:
+        return None
+    return " ".join(part.strip() for part in msg.splitlines() if part.strip()).replace(" )", ")")
+
+
+def _user_message(e: BaseException) -> str | None:
     import errno
 
     if isinstance(e, UserError):
         return str(e)
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.ENOENT):
-        return f"{e.filename or 'disk'}: {e.strerror}"
+    user_errnos = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR,
+                   errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG, errno.EFBIG, errno.ELOOP)
+    if isinstance(e, OSError) and e.errno in user_errnos:
+        import os
+
+        where = os.fsdecode(e.filename) if e.filename is not None else "disk"
+        return f"{where}: {e.strerror or e}"
     if isinstance(e, FileNotFoundError):  # e.g. a task corpus folder that is not there
         return str(e)
     return None

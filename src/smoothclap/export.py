@@ -1,22 +1,27 @@
 """ONNX export of a smoothclap model (``smoothclap export --model DIR --format onnx --out DIR``).
 
 :func:`export_onnx` writes the folder that :mod:`smoothclap.onnx_runtime` runs without PyTorch (its
-module docstring lists the files, the graphs' inputs and outputs, and what runs in numpy around
-them). The split follows the model (:mod:`smoothclap.model`):
+module docstring lists the files and the graphs' inputs and outputs). The split follows the model
+(:mod:`smoothclap.model`):
 
-* ``audio.onnx``: the audio tower and its pooling only. Feature normalisation with groups needs the
-  statistics of all clips scored together, so it runs in numpy between this graph and
-  ``audio_head.onnx`` (input standardiser + head + L2 norm).
+* ``audio.onnx``: the audio tower with its own front end and pooling, on zero-padded waveforms +
+  lengths. Whisper's log-mels (what ``transformers.WhisperFeatureExtractor`` computes per clip:
+  reflect-padded periodic-Hann STFT, mel bank, log10, 8-decade floor below the clip's maximum)
+  are torch ops of the graph (:class:`_WhisperLogMel`), so the runtime has no front end of its
+  own; wav2vec2-like towers normalise each clip inside the graph too. Clips over 30 s are split
+  into windows by :func:`smoothclap.audio.split_windows` and pooled by
+  :func:`smoothclap.audio.pool_windows`, as in the PyTorch tower (the Whisper graph returns the
+  per-window sums over real frames and their counts).
+* ``audio_head.onnx``: input standardiser + head + L2 norm. Feature normalisation with groups
+  needs the statistics of all clips scored together, so it runs in numpy between the two graphs.
 * ``text.onnx``: token ids -> the text tower's pooled features; ``text_head.onnx``: head + L2 norm.
-* Preprocessing that is not a tensor program stays in numpy, exported as data: Whisper's log-mel
-  front end (mel filter bank, STFT window and settings; per clip, per 30 s window, so a clip's
-  features do not depend on the clips batched with it), loudness levelling, the tokenizer
-  (``tokenizer.json``), the statistics, the logit scale.
+* Data: the tokenizer (``tokenizer.json``), the statistics, the logit scale, the model's config.
 
-Supported towers: audio ``whisper-tiny-en`` (input: padded log-mels + real frame counts) and
-``hf:`` wav2vec2-like folders with a ``Wav2Vec2FeatureExtractor`` (input: normalised, zero-padded
-waveforms + lengths); text ``minilm-l6``, ``e5-small`` and ``hf:`` folders of plain transformers
-text models with a fast tokenizer. Other towers raise :class:`~smoothclap.errors.BadInputError`.
+Each supported tower has a named exporter (:func:`export_whisper_audio`, :func:`export_hf_audio`,
+:func:`export_hf_text`, named by the tower registry :mod:`smoothclap.towers.registry`): ``audio`` ``whisper-tiny-en`` and ``hf:``
+wav2vec2-like folders with a ``Wav2Vec2FeatureExtractor``; ``text`` ``minilm-l6``, ``e5-small``
+and ``hf:`` folders of plain transformers text models with a fast tokenizer. Other towers raise
+:class:`~smoothclap.errors.BadInputError`.
 
 Exporters: opset 18 and above use PyTorch's default ``torch.export``-based exporter (dynamo, needs
 ``onnxscript``); opset 17 uses the TorchScript exporter, because the dynamo exporter cannot convert
@@ -28,12 +33,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
 import warnings
-from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -48,11 +54,11 @@ log = logging.getLogger("smoothclap")
 
 SUPPORTED = ("ONNX export supports the audio towers whisper-tiny-en and hf:<wav2vec2-like folder> and the text "
              "towers minilm-l6, e5-small and hf:<BERT-like folder>")
-TEXT_SPECS = ("minilm-l6", "e5-small")  # HFTextTower over a bundled / built folder
-#: Largest |ONNX - PyTorch| on the generated check inputs that an export may show (the test asks 1e-4
-#: on real clips; this only catches a broken exporter).
+#: Largest |ONNX - PyTorch| on the generated check inputs that an export may show (the tests ask
+#: 1e-5 on real clips; this only catches a broken exporter).
 VERIFY_TOL = 1e-3
 MIN_OPSET = 17
+BATCH = ("batch", 1, None)  # a dynamic batch axis: (name, min, max)
 
 
 # -- graphs ---------------------------------------------------------------------------------------------
@@ -61,17 +67,62 @@ def _masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (h * m).sum(1) / m.sum(1).clamp_min(1.0)
 
 
-class _WhisperGraph(nn.Module):
-    """``mels [B, 80, T]`` + ``n_frames [B]`` -> mean over the real encoder frames ``[B, 384]``:
-    :meth:`smoothclap.towers.whisper.WhisperTinyEnTower.encode_mels` (final layer only) with its
-    padding masks always on (for an unpadded row they change nothing), then the tower's pooling."""
+def _sample_mask(waves: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """``[B, S]`` True on each row's real samples."""
+    return torch.arange(waves.shape[1], device=waves.device)[None, :] < lengths[:, None]
 
-    def __init__(self, encoder):
+
+class _WhisperLogMel(nn.Module):
+    """``waves [B, S]`` (zero-padded) + ``lengths [B]`` -> log-mels ``[B, n_mels, S // hop]``
+    (zero beyond each row's ``lengths // hop`` real frames) and those frame counts: per row what
+    ``WhisperFeatureExtractor`` computes for that clip alone (``padding="longest"``): centred STFT
+    with reflect padding at the row's own ends (a gather), periodic Hann window, n_fft 400, hop 160
+    (a strided convolution with the windowed DFT basis), power, Slaney mel bank, log10 floored at
+    1e-10 and 8 decades below the row's maximum, ``(x + 4) / 4``; the last STFT frame dropped.
+    Differences to the extractor are float32 rounding (max about 5e-5 on log-mels)."""
+
+    def __init__(self, mel_filters: np.ndarray, n_fft: int = 400, hop: int = 160):
         super().__init__()
-        self.enc = encoder
+        self.n_fft, self.hop = int(n_fft), int(hop)
+        win = torch.hann_window(self.n_fft, dtype=torch.float64)  # periodic, as the extractor
+        k = torch.arange(self.n_fft // 2 + 1, dtype=torch.float64)[:, None]
+        n = torch.arange(self.n_fft, dtype=torch.float64)[None, :]
+        angle = 2 * math.pi * k * n / self.n_fft
+        basis = torch.cat([win * torch.cos(angle), -win * torch.sin(angle)])  # [2 * bins, n_fft]
+        self.register_buffer("basis", basis.float()[:, None, :])
+        self.register_buffer("mel", torch.as_tensor(np.asarray(mel_filters, dtype=np.float32).T.copy()))
 
-    def forward(self, mels: torch.Tensor, n_frames: torch.Tensor) -> torch.Tensor:
+    def forward(self, waves: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        S, half = waves.shape[1], self.n_fft // 2
+        L = lengths[:, None]
+        i = (torch.arange(S + 2 * half, device=waves.device) - half)[None, :].abs()  # reflect at the start
+        i = torch.where(i >= L, 2 * (L - 1) - i, i).clamp(0, S - 1)  # ... and at the row's own end
+        spec = F.conv1d(torch.gather(waves, 1, i)[:, None, :], self.basis, stride=self.hop)
+        T, bins = S // self.hop, self.mel.shape[1]
+        re, im = spec[:, :bins, :T], spec[:, bins:, :T]
+        log_spec = torch.log10(torch.clamp(torch.matmul(self.mel, re * re + im * im), min=1e-10))
+        n_frames = lengths // self.hop
+        real = (torch.arange(T, device=waves.device)[None, :] < n_frames[:, None])[:, None, :]
+        top = log_spec.masked_fill(~real, float("-inf")).amax(dim=(1, 2), keepdim=True)
+        log_spec = (torch.maximum(log_spec, top - 8.0) + 4.0) / 4.0
+        return log_spec * real.to(log_spec.dtype), n_frames
+
+
+class _WhisperGraph(nn.Module):
+    """``waves [B, S]`` + ``lengths [B]`` -> per-row sums over the real encoder frames ``[B, dim]``
+    and their counts ``[B]``: the log-mel front end (:class:`_WhisperLogMel`), then
+    :meth:`smoothclap.towers.whisper.WhisperTinyEnTower.encode_mels` with its padding masks always
+    on (for an unpadded row they change nothing); the final layer (384), or the states ``layers``
+    (0 = the embedding output, 4 = the last layer after the final layer norm) concatenated."""
+
+    def __init__(self, encoder, front: _WhisperLogMel, layers: tuple[int, ...] | None = None):
+        super().__init__()
+        self.enc, self.front = encoder, front
+        self.layers = tuple(layers) if layers is not None else (len(encoder.layers),)
+
+    def forward(self, waves: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         enc = self.enc
+        mels, n_frames = self.front(waves, lengths)
         T = mels.shape[2]
         x = F.gelu(enc.conv1(mels))
         mel_mask = torch.arange(T, device=mels.device)[None, :] < n_frames[:, None]
@@ -82,27 +133,40 @@ class _WhisperGraph(nn.Module):
         frame_mask = torch.arange(T2, device=mels.device)[None, :] < ((n_frames + 1) // 2)[:, None]
         attn = torch.zeros(frame_mask.shape[0], 1, 1, T2, dtype=h.dtype, device=h.device)
         attn = attn.masked_fill(~frame_mask[:, None, None, :], torch.finfo(h.dtype).min)
-        for layer in enc.layers:
+        states = [h]
+        for i, layer in enumerate(enc.layers):
             h = layer(h, attn)
             if isinstance(h, tuple):  # older transformers return tuples
                 h = h[0]
-        return _masked_mean(enc.layer_norm(h), frame_mask)
+            states.append(enc.layer_norm(h) if i == len(enc.layers) - 1 else h)
+        m = frame_mask.to(h.dtype)[:, :, None]
+        return torch.cat([(states[k] * m).sum(1) for k in self.layers], dim=1), m.sum((1, 2))
 
 
 class _HFAudioGraph(nn.Module):
-    """``waves [B, S]`` (feature-extractor output, zero-padded) + ``lengths [B]`` -> pooled features,
-    as :meth:`smoothclap.towers.hf.HFAudioTower.forward_waves`."""
+    """``waves [B, S]`` (zero-padded) + ``lengths [B]`` -> pooled features, as
+    :meth:`smoothclap.towers.hf.HFAudioTower.forward_waves` with its ``Wav2Vec2FeatureExtractor``
+    (per-clip zero mean and unit variance over the real samples, padding value) in the graph."""
 
     def __init__(self, tower):
         super().__init__()
+        proc = tower.processor
         self.model = tower.model
         self.pool, self.layer = tower.pool, tower.layer
-        self.use_mask = bool(getattr(tower.processor, "return_attention_mask", False))
+        self.use_mask = bool(getattr(proc, "return_attention_mask", False))
+        self.do_normalize = bool(getattr(proc, "do_normalize", True))
+        self.padding_value = float(getattr(proc, "padding_value", 0.0))
 
     def forward(self, waves: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        S = waves.shape[1]
-        sample_mask = (torch.arange(S, device=waves.device)[None, :] < lengths[:, None]).long()
-        kw = {"attention_mask": sample_mask} if self.use_mask else {}
+        real = _sample_mask(waves, lengths)
+        if self.do_normalize:
+            m = real.to(waves.dtype)
+            n = m.sum(1, keepdim=True).clamp_min(1.0)
+            mean = (waves * m).sum(1, keepdim=True) / n
+            var = (((waves - mean) * m) ** 2).sum(1, keepdim=True) / n
+            waves = (waves - mean) / torch.sqrt(var + 1e-7)
+        waves = torch.where(real, waves, torch.full_like(waves, self.padding_value))
+        kw = {"attention_mask": real.long()} if self.use_mask else {}
         out = self.model(waves, output_hidden_states=self.layer is not None, **kw)
         h = out.last_hidden_state if self.layer is None else out.hidden_states[self.layer]
         if self.pool == "cls":
@@ -208,50 +272,67 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outpu
     return exporter
 
 
-# -- towers ------------------------------------------------------------------------------------------
-def _unsupported(where, kind: str, spec: str) -> BadInputError:
-    return BadInputError(where, f"{SUPPORTED}; this model's {kind} tower is {spec!r}")
+# -- per-tower exporters (what a tower registry can point at) -------------------------------------------
+#: Waveform inputs of every audio graph.
+AUDIO_INPUTS = {"waves": "[batch, samples] float32, zero-padded (loudness already applied)",
+                "lengths": "[batch] int64, real samples per row"}
 
 
-def _audio_tower(model, where):
-    from .towers import parse_spec
+def export_whisper_audio(tower, folder: Path, opset: int) -> dict:
+    """``audio.onnx`` for :class:`~smoothclap.towers.whisper.WhisperTinyEnTower`: waveforms ->
+    log-mels (in the graph) -> encoder -> per-window sums over the real frames + frame counts.
+    Returns the ``audio`` entry of ``preprocess.json``."""
+    from .towers.whisper import MAX_SAMPLES, MIN_SAMPLES, SAMPLE_RATE
 
-    spec = model.config.audio_tower
-    base, _ = parse_spec(spec)
-    if base == "whisper-tiny-en" or (base.startswith("hf:") and "+" not in base):
-        tower = model.tower("audio")
-    else:
-        raise _unsupported(where, "audio", spec)
-    from .towers.hf import HFAudioTower
-    from .towers.whisper import WhisperTinyEnTower
-
-    if type(tower) is WhisperTinyEnTower:
-        return "whisper", tower
-    if type(tower) is HFAudioTower:
-        from transformers import Wav2Vec2FeatureExtractor
-
-        if type(tower.processor) is not Wav2Vec2FeatureExtractor:
-            raise BadInputError(where, f"{SUPPORTED}; the audio tower {spec!r} has a "
-                                f"{type(tower.processor).__name__} (only Wav2Vec2FeatureExtractor is exported)")
-        return "hf", tower
-    raise _unsupported(where, "audio", spec)
+    enc = tower._ensure_loaded()
+    fe = tower._fe
+    graph = _WhisperGraph(enc, _WhisperLogMel(fe.mel_filters, fe.n_fft, fe.hop_length), tower.layers)
+    # example: two rows, the second padded (so the masked path is what gets traced)
+    example = (0.1 * torch.randn(2, 16000), torch.tensor([16000, 11000]))
+    _export(graph, example, folder / AUDIO_GRAPH, ["waves", "lengths"], ["sums", "frames"],
+            {"waves": {0: BATCH, 1: ("samples", MIN_SAMPLES, MAX_SAMPLES)}, "lengths": {0: BATCH}}, opset)
+    return {
+        "spec": tower.spec, "dim": int(tower.dim), "sample_rate": SAMPLE_RATE,
+        "front_end": "in the graph: WhisperFeatureExtractor's log-mels per row (n_fft %d, hop %d, %d mels)"
+                     % (fe.n_fft, fe.hop_length, fe.feature_size),
+        "windows": {"max_samples": MAX_SAMPLES, "min_samples": MIN_SAMPLES,
+                    "pooling": "mean over all real encoder frames of a clip's windows (audio.pool_windows)"},
+        "inputs": AUDIO_INPUTS,
+        "outputs": {"sums": "[batch, dim] float32, sum over the real encoder frames",
+                    "frames": "[batch] float32, real encoder frames"},
+    }
 
 
-def _text_tower(model, where):
-    from .towers import parse_spec
+def check_hf_audio(tower, where) -> None:
+    """An ``hf:`` audio tower exports when its processor is a ``Wav2Vec2FeatureExtractor``."""
+    from transformers import Wav2Vec2FeatureExtractor
 
-    spec = model.config.text_tower
-    base, _ = parse_spec(spec)
-    if not (base in TEXT_SPECS or base.startswith("hf:")):
-        raise _unsupported(where, "text", spec)
-    tower = model.tower("text")
-    from .towers.hf import HFTextTower
+    if type(tower.processor) is not Wav2Vec2FeatureExtractor:
+        raise BadInputError(where, f"{SUPPORTED}; the audio tower {tower.spec!r} has a "
+                            f"{type(tower.processor).__name__} (only Wav2Vec2FeatureExtractor is exported)")
 
-    if type(tower) is not HFTextTower:
-        raise _unsupported(where, "text", spec)
+
+def export_hf_audio(tower, folder: Path, opset: int) -> dict:
+    """``audio.onnx`` for :class:`~smoothclap.towers.hf.HFAudioTower` (wav2vec2-like): waveforms ->
+    per-clip normalisation (in the graph) -> model -> pooled features."""
+    example = (0.1 * torch.randn(2, 16000), torch.tensor([16000, 11000]))
+    _export(_HFAudioGraph(tower), example, folder / AUDIO_GRAPH, ["waves", "lengths"], ["features"],
+            {"waves": {0: BATCH, 1: ("samples", 400, None)}, "lengths": {0: BATCH}}, opset)
+    proc = tower.processor
+    return {
+        "spec": tower.spec, "dim": int(tower.dim), "sample_rate": 16000,
+        "front_end": "in the graph: Wav2Vec2FeatureExtractor (do_normalize=%s, padding_value=%s)"
+                     % (bool(getattr(proc, "do_normalize", True)), float(getattr(proc, "padding_value", 0.0))),
+        "attention_mask": bool(getattr(proc, "return_attention_mask", False)), "pool": tower.pool,
+        "inputs": AUDIO_INPUTS, "outputs": {"features": "[batch, dim] float32"},
+    }
+
+
+def check_hf_text(tower, where) -> None:
+    """An ``hf:`` text tower exports when it has a fast tokenizer (``tokenizer.json``)."""
     if getattr(tower.tokenizer, "backend_tokenizer", None) is None:
-        raise BadInputError(where, f"{SUPPORTED}; the text tower {spec!r} has no fast tokenizer (tokenizer.json)")
-    return tower
+        raise BadInputError(where, f"{SUPPORTED}; the text tower {tower.spec!r} has no fast tokenizer "
+                            "(tokenizer.json)")
 
 
 def _write_tokenizer(tower, path: Path) -> None:
@@ -266,6 +347,62 @@ def _write_tokenizer(tower, path: Path) -> None:
     t.enable_padding(direction=getattr(tok, "padding_side", "right"), pad_id=int(tok.pad_token_id),
                      pad_type_id=int(getattr(tok, "pad_token_type_id", 0) or 0), pad_token=str(tok.pad_token))
     t.save(str(path))
+
+
+def export_hf_text(tower, folder: Path, opset: int) -> dict:
+    """``text.onnx`` + ``tokenizer.json`` for :class:`~smoothclap.towers.hf.HFTextTower` (minilm-l6,
+    e5-small, ``hf:`` BERT-like): token ids -> pooled features. Returns the ``text`` entry."""
+    _write_tokenizer(tower, folder / TOKENIZER_JSON)
+    token_types = "token_type_ids" in getattr(tower.tokenizer, "model_input_names", [])
+    names = ["input_ids", "attention_mask"] + (["token_type_ids"] if token_types else [])
+    ex = tower.tokenizer(["a happy voice", "this person is feeling very sad today."], padding=True,
+                         truncation=True, max_length=tower.max_length, return_tensors="pt")
+    max_pos = int(getattr(tower.model.config, "max_position_embeddings", 0) or 0) or None
+    _export(_TextGraph(tower, token_types), tuple(ex[n] for n in names), folder / TEXT_GRAPH, names, ["features"],
+            {n: {0: BATCH, 1: ("tokens", 1, max_pos)} for n in names}, opset)
+    return {"spec": tower.spec, "dim": int(tower.dim), "tokenizer": TOKENIZER_JSON,
+            "max_length": int(tower.max_length), "prefix": tower.prefix, "pool": tower.pool,
+            "normalize": bool(tower.normalize), "inputs": names, "outputs": {"features": "[batch, text_dim]"}}
+
+
+def export_heads(model, folder: Path, opset: int) -> dict:
+    """``audio_head.onnx`` and ``text_head.onnx``; returns their ``preprocess.json`` entries."""
+    cfg = model.config
+    _export(_AudioHead(model), (torch.randn(2, cfg.audio_dim),), folder / AUDIO_HEAD_GRAPH, ["features"],
+            ["embedding"], {"features": {0: BATCH}}, opset)
+    _export(_TextHead(model), (torch.randn(2, cfg.text_dim),), folder / TEXT_HEAD_GRAPH, ["features"],
+            ["embedding"], {"features": {0: BATCH}}, opset)
+    unit = "[batch, embed_dim] float32, unit norm"
+    return {"audio_head": {"graph": AUDIO_HEAD_GRAPH, "outputs": {"embedding": unit},
+                           "inputs": {"features": "[batch, audio_dim] float32, normalised"},
+                           "contains": "input standardiser (audio_mean, audio_std), head, L2 norm"},
+            "text_head": {"graph": TEXT_HEAD_GRAPH, "inputs": {"features": "[batch, text_dim] float32"},
+                          "outputs": {"embedding": unit}}}
+
+
+Exporter = Callable[[object, Path, int], dict]
+
+
+def _unsupported(where, kind: str, spec: str) -> BadInputError:
+    return BadInputError(where, f"{SUPPORTED}; this model's {kind} tower is {spec!r}")
+
+
+def _tower_exporter(model, kind: str, where) -> tuple[object, Exporter]:
+    """(the model's ``kind`` tower, its exporter: the tower registry's export hook); BadInputError
+    naming the tower when it has none (checked before the tower is built, e.g. openSMILE)."""
+    from .towers import parse_spec
+    from .towers.registry import entry
+
+    spec = model.config.audio_tower if kind == "audio" else model.config.text_tower
+    e = entry(parse_spec(spec)[0])
+    export = e.export_hook(kind) if e is not None else None
+    if export is None:
+        raise _unsupported(where, kind, spec)
+    tower = model.tower(kind)
+    check = {export_hf_audio: check_hf_audio, export_hf_text: check_hf_text}.get(export)
+    if check is not None:
+        check(tower, where)
+    return tower, export
 
 
 # -- checks -------------------------------------------------------------------------------------------
@@ -296,7 +433,7 @@ def _verify(folder: Path, model, text_tower) -> dict:
         texts.append(LONG_TEXT)
     enc = text_tower.tokenizer([text_tower.prefix + t for t in texts], padding=True, truncation=True,
                                max_length=text_tower.max_length, return_tensors="np")
-    feeds = om.tokenize(texts)
+    feeds = om.tower("text").tokenize(texts)
     for k, v in feeds.items():
         if k not in enc or not np.array_equal(np.asarray(enc[k]), v):
             raise RuntimeError(f"ONNX export: tokenizer.json does not reproduce the tower's tokenizer ({k})")
@@ -338,8 +475,8 @@ def export_onnx(model_dir, out_dir, *, opset: int = 18, verify: bool = True) -> 
         raise BadInputError(out, "exists and is not an ONNX export (refusing to replace it)")
     model, where = _load_model(model_dir)
     model.eval()
-    kind, audio = _audio_tower(model, where)
-    text = _text_tower(model, where)
+    audio = _tower_exporter(model, "audio", where)
+    text = _tower_exporter(model, "text", where)
     t0 = time.perf_counter()
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -347,9 +484,9 @@ def export_onnx(model_dir, out_dir, *, opset: int = 18, verify: bool = True) -> 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        meta = _write(tmp, model, kind, audio, text, opset)
+        meta = _write(tmp, model, audio, text, opset)
         if verify:
-            meta["verified_max_abs_diff"] = _verify(tmp, model, text)
+            meta["verified_max_abs_diff"] = _verify(tmp, model, text[0])
             (tmp / PREPROCESS_JSON).write_text(json.dumps(meta, indent=2, default=str))
         old = out.parent / f".{out.name}.old{os.getpid()}"
         if out.exists():
@@ -364,92 +501,31 @@ def export_onnx(model_dir, out_dir, *, opset: int = 18, verify: bool = True) -> 
     return out
 
 
-def _write(folder: Path, model, kind: str, audio, text, opset: int) -> dict:
+def _write(folder: Path, model, audio: tuple[object, Exporter], text: tuple[object, Exporter], opset: int) -> dict:
+    """Every file of the export into ``folder``; returns what ``preprocess.json`` holds."""
     from . import __version__
 
-    cfg = model.config
-    arrays: dict[str, np.ndarray] = {
-        "norm_mean": model.norm_mean.detach().cpu().numpy().astype(np.float32),
-        "norm_std": model.norm_std.detach().cpu().numpy().astype(np.float32),
-        "audio_mean": model.audio_mean.detach().cpu().numpy().astype(np.float32),
-        "audio_std": model.audio_std.detach().cpu().numpy().astype(np.float32),
-    }
-    batch = ("batch", 1, None)
-    if kind == "whisper":
-        from .towers.whisper import MAX_SAMPLES, MIN_SAMPLES, SAMPLE_RATE
-
-        enc = audio._ensure_loaded()
-        fe = audio._fe
-        max_frames = 2 * int(enc.config.max_source_positions)
-        n_mels = int(enc.config.num_mel_bins)
-        # example: two rows, the second padded (so the masked path is what gets traced)
-        example = (torch.randn(2, n_mels, 317), torch.tensor([317, 250]))
-        exporter = _export(_WhisperGraph(enc), example, folder / AUDIO_GRAPH, ["mels", "n_frames"], ["features"],
-                           {"mels": {0: batch, 2: ("frames", 2, max_frames)}, "n_frames": {0: batch}}, opset)
-        arrays["mel_filters"] = np.asarray(fe.mel_filters, dtype=np.float32)  # [n_fft // 2 + 1, n_mels]
-        arrays["mel_window"] = torch.hann_window(fe.n_fft).numpy().astype(np.float32)  # periodic, as the extractor
-        audio_meta = {
-            "kind": "whisper-log-mel", "spec": audio.spec, "dim": int(audio.dim), "sample_rate": SAMPLE_RATE,
-            "n_fft": int(fe.n_fft), "hop_length": int(fe.hop_length), "n_mels": n_mels, "window": "hann (periodic)",
-            "stft": "centred, reflect padding, last frame dropped", "log_floor": 1e-10, "dynamic_range": 8.0,
-            "offset": 4.0, "divisor": 4.0, "max_samples": MAX_SAMPLES, "min_samples": MIN_SAMPLES,
-            "max_frames": max_frames, "long_clips": "ceil(T / max_samples) near-equal windows, mean over all "
-            "real encoder frames",
-            "inputs": {"mels": "[batch, n_mels, frames] float32, zero-padded", "n_frames": "[batch] int64"},
-            "outputs": {"features": "[batch, dim] float32"},
-        }
-    else:
-        proc = audio.processor
-        example = (torch.randn(2, 16000), torch.tensor([16000, 11000]))
-        exporter = _export(_HFAudioGraph(audio), example, folder / AUDIO_GRAPH, ["waves", "lengths"], ["features"],
-                           {"waves": {0: batch, 1: ("samples", 400, None)}, "lengths": {0: batch}}, opset)
-        audio_meta = {
-            "kind": "waveform", "spec": audio.spec, "dim": int(audio.dim), "sample_rate": 16000,
-            "do_normalize": bool(getattr(proc, "do_normalize", True)),
-            "padding_value": float(getattr(proc, "padding_value", 0.0)),
-            "attention_mask": bool(getattr(proc, "return_attention_mask", False)),
-            "inputs": {"waves": "[batch, samples] float32 (zero mean, unit variance per clip), zero-padded",
-                       "lengths": "[batch] int64"},
-            "outputs": {"features": "[batch, dim] float32"},
-        }
-    head_in = {"features": {0: batch}}
-    _export(_AudioHead(model), (torch.randn(2, cfg.audio_dim),), folder / AUDIO_HEAD_GRAPH, ["features"],
-            ["embedding"], head_in, opset)
-
-    _write_tokenizer(text, folder / TOKENIZER_JSON)
-    token_types = "token_type_ids" in getattr(text.tokenizer, "model_input_names", [])
-    names = ["input_ids", "attention_mask"] + (["token_type_ids"] if token_types else [])
-    ex = text.tokenizer(["a happy voice", "this person is feeling very sad today."], padding=True, truncation=True,
-                        max_length=text.max_length, return_tensors="pt")
-    max_pos = int(getattr(text.model.config, "max_position_embeddings", 0) or 0) or None
-    tokens = ("tokens", 1, max_pos)
-    _export(_TextGraph(text, token_types), tuple(ex[n] for n in names), folder / TEXT_GRAPH, names, ["features"],
-            {n: {0: batch, 1: tokens} for n in names}, opset)
-    _export(_TextHead(model), (torch.randn(2, cfg.text_dim),), folder / TEXT_HEAD_GRAPH, ["features"],
-            ["embedding"], head_in, opset)
-
-    np.savez(folder / PREPROCESS_NPZ, **arrays)
+    (audio_tower, export_audio), (text_tower, export_text) = audio, text
+    arrays = {name: getattr(model, name).detach().cpu().numpy().astype(np.float32)
+              for name in ("norm_mean", "norm_std", "audio_mean", "audio_std")}
+    if getattr(model, "trained_clips", None) is not None:  # what evaluate refuses to score as zero-shot
+        arrays["trained_clips"] = np.asarray(model.trained_clips, dtype=np.uint64)
     meta = {
         "format": FORMAT, "version": FORMAT_VERSION, "smoothclap": __version__, "torch": torch.__version__,
-        "opset": opset, "exporter": exporter,
-        "config": asdict(cfg),
+        "opset": opset, "exporter": "dynamo" if opset >= 18 else "torchscript",
+        "config": model.config.to_dict(),
         "scale": float(model.scale.detach().cpu()),
-        "embed_dim": int(cfg.embed_dim),
-        "audio": {**audio_meta, "graph": AUDIO_GRAPH},
-        "audio_head": {"graph": AUDIO_HEAD_GRAPH, "inputs": {"features": "[batch, audio_dim] float32, normalised"},
-                       "outputs": {"embedding": "[batch, embed_dim] float32, unit norm"},
-                       "contains": "input standardiser (audio_mean, audio_std), head, L2 norm"},
-        "text": {"spec": text.spec, "dim": int(text.dim), "graph": TEXT_GRAPH, "tokenizer": TOKENIZER_JSON,
-                 "max_length": int(text.max_length), "prefix": text.prefix, "pool": text.pool,
-                 "normalize": bool(text.normalize), "inputs": names, "outputs": {"features": "[batch, text_dim]"}},
-        "text_head": {"graph": TEXT_HEAD_GRAPH, "inputs": {"features": "[batch, text_dim] float32"},
-                      "outputs": {"embedding": "[batch, embed_dim] float32, unit norm"}},
+        "embed_dim": int(model.config.embed_dim),
+        "audio": {**export_audio(audio_tower, folder, opset), "graph": AUDIO_GRAPH},
+        "text": {**export_text(text_tower, folder, opset), "graph": TEXT_GRAPH},
+        **export_heads(model, folder, opset),
         "arrays": {k: list(v.shape) for k, v in arrays.items()},
     }
+    np.savez(folder / PREPROCESS_NPZ, **arrays)
     if getattr(model, "caption_bins", None) is not None:
         meta["caption_bins"] = model.caption_bins
     (folder / PREPROCESS_JSON).write_text(json.dumps(meta, indent=2, default=str))
     return meta
 
 
-__all__ = ["export_onnx", "SUPPORTED"]
+__all__ = ["export_onnx", "export_whisper_audio", "export_hf_audio", "export_hf_text", "export_heads", "SUPPORTED"]

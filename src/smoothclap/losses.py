@@ -10,14 +10,16 @@ Notation (docs/method.md), batch of B pairs:
     q = (1 - gamma) q_a2a + gamma q_t2t;  y = (1 - beta) I + beta q
     L = 1/2 [CE(y, p_a2t) + CE(y^T, p_t2a)],  CE(y, p) = -mean_i sum_j y_ij log p_ij
 
-The paper calls its loss a "symmetric KL". Two readings (``divergence``): ``"kl"`` (default) is
+The paper calls its loss a "symmetric KL". Two readings (``divergence``): ``"kl"`` is
 KL(y || p) per direction, i.e. the soft cross-entropy above up to the targets' entropy;
 ``"jeffreys"`` is KL(y || p) + KL(p || y) per direction (as a public third-party reimplementation
-does). The text-to-audio target (``t2a_target``) is y^T (``"transpose"``, default; its rows need not
+does; the default, chosen on validation speakers). The text-to-audio target (``t2a_target``) is y^T
+(``"transpose"``, default; its rows need not
 sum to 1) or y^T with its rows renormalised (``"renormalized"``). q_a2a comes from frozen local
 features, or (``local_source="labels"``) from the training labels: uniform over the clips of the
 same label (the clip itself included), as supervised contrastive targets. beta = 0 is always
-exactly ClipLoss.
+exactly ClipLoss. :class:`SmoothClapLoss` is built from the ``loss`` section of a run config
+(:class:`smoothclap.config.LossConfig`, where every default is stated).
 
 Cost (``benchmarks/bench_loss.py``): the soft loss is one autograd node with a closed-form
 gradient (:class:`_SoftContrastiveCE`), and the target sources are frozen, so a trainer
@@ -31,6 +33,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .config import LossConfig, validate
 
 
 def clip_logits(z_audio: torch.Tensor, z_text: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
@@ -214,22 +218,19 @@ class SmoothClapLoss(nn.Module):
     (:class:`SoftTargets`).
     """
 
-    def __init__(self, beta: float = 0.1, gamma: float = 0.5, tau_a: float = 0.07, tau_t: float = 0.07,
-                 topk: int | None = None, divergence: str = "kl", t2a_target: str = "transpose",
-                 local_source: str = "tower"):
+    def __init__(self, config: LossConfig | None = None, **overrides):
+        """``config``: the ``loss`` section of a run config (default: its defaults, the ``smoothclap``
+        preset); ``overrides``: fields set on top, e.g. ``beta=0.5`` or calibrated ``tau_a``."""
         super().__init__()
-        if divergence not in ("kl", "jeffreys"):
-            raise ValueError(f"divergence must be kl or jeffreys, got {divergence!r}")
-        if t2a_target not in ("transpose", "renormalized"):
-            raise ValueError(f"t2a_target must be transpose or renormalized, got {t2a_target!r}")
-        self.beta, self.gamma, self.tau_a, self.tau_t, self.topk = beta, gamma, tau_a, tau_t, topk
-        self.divergence, self.t2a_target, self.local_source = divergence, t2a_target, local_source
+        base = (config if config is not None else LossConfig()).to_dict()
+        self.config = validate(LossConfig, {**base, **overrides}) if overrides else (config or LossConfig())
 
     def targets(self, local_audio, desc_text, batch_size, device, normalized: bool = False,
                 labels: torch.Tensor | None = None) -> SoftTargets:
-        return soft_targets(local_audio, desc_text, self.beta, self.gamma, self.tau_a, self.tau_t,
-                            batch_size=batch_size, device=device, topk=self.topk, normalized=normalized,
-                            labels=labels if self.local_source == "labels" else None)
+        c = self.config
+        return soft_targets(local_audio, desc_text, c.beta, c.gamma, c.tau_a, c.tau_t, batch_size=batch_size,
+                            device=device, topk=c.topk, normalized=normalized,
+                            labels=labels if c.local_source == "labels" else None)
 
     def loss_from_logits(self, logits: torch.Tensor, t: SoftTargets) -> dict:
         """Loss of logits ``[B, B]`` against targets ``t`` (one-hot when ``t.q`` is None: ClipLoss)."""
@@ -237,7 +238,7 @@ class SmoothClapLoss(nn.Module):
             labels = torch.arange(logits.shape[0], device=logits.device)
             loss = 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
             return {"loss": loss, "kl": loss.detach(), "logits": logits, "targets": t}
-        if self.divergence == "kl" and self.t2a_target == "transpose":
+        if self.config.divergence == "kl" and self.config.t2a_target == "transpose":
             loss = soft_contrastive_ce(logits, t.y)  # the fused node with its closed-form gradient
             with torch.no_grad():
                 # mean row entropy of y equals that of y^T (same entries, same number of rows)
@@ -245,11 +246,11 @@ class SmoothClapLoss(nn.Module):
             return {"loss": loss, "kl": kl, "logits": logits, "targets": t}
         y_a2t = t.y.detach().to(logits.dtype)
         y_t2a = y_a2t.T
-        if self.t2a_target == "renormalized":
+        if self.config.t2a_target == "renormalized":
             y_t2a = y_t2a / y_t2a.sum(1, keepdim=True)
         lp_a2t, lp_t2a = F.log_softmax(logits, dim=1), F.log_softmax(logits.T, dim=1)
         kl_yp = 0.5 * (_kl(y_a2t, lp_a2t) + _kl(y_t2a, lp_t2a))
-        if self.divergence == "kl":
+        if self.config.divergence == "kl":
             loss = kl_yp + 0.5 * (_entropy(y_a2t) + _entropy(y_t2a))  # the cross-entropy form
         else:
             loss = kl_yp + 0.5 * (_kl_reverse(y_a2t, lp_a2t) + _kl_reverse(y_t2a, lp_t2a))
@@ -273,21 +274,23 @@ class SmoothClapLoss(nn.Module):
         return self.loss_from_logits(logits, t)
 
 
-def target_diagnostics(t: SoftTargets, labels: torch.Tensor | None = None) -> dict[str, float]:
-    """Summaries of one batch's targets: diagonal mass of q and y, row entropy of q (and its
-    exponent, the effective number of neighbours), and, given integer ``labels`` ``[B]``, the share
-    of q's off-diagonal mass on same-label pairs ("target precision"; diagnostics only)."""
-    out = {"y_diag": float(t.y.diagonal().mean())}
-    if t.q is None:
-        return out
-    q = t.q
-    ent = _entropy(q)
-    out.update(q_diag=float(q.diagonal().mean()), q_entropy=float(ent), q_neighbours=float(ent.exp()))
-    if labels is not None:
-        same = (labels[:, None] == labels[None, :]).to(q.dtype)
-        off = 1.0 - torch.eye(q.shape[0], device=q.device, dtype=q.dtype)
-        mass = (q * off).sum()
-        out["q_precision"] = float((q * off * same).sum() / mass.clamp_min(1e-12))
-        # what precision uniform off-diagonal targets would give: the baseline to beat
-        out["q_precision_chance"] = float((off * same).sum() / off.sum().clamp_min(1.0))
+def target_diagnostics(t: SoftTargets, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Summaries of one batch's targets, as 0-d tensors on the targets' device (read them once per
+    logging interval, not per step): diagonal mass of q and y, row entropy of q (and its exponent,
+    the effective number of neighbours), and, given integer ``labels`` ``[B]``, the share of q's
+    off-diagonal mass on same-label pairs ("target precision"; diagnostics only)."""
+    with torch.no_grad():
+        out = {"y_diag": t.y.diagonal().mean()}
+        if t.q is None:
+            return out
+        q = t.q
+        ent = _entropy(q)
+        out.update(q_diag=q.diagonal().mean(), q_entropy=ent, q_neighbours=ent.exp())
+        if labels is not None:
+            same = (labels[:, None] == labels[None, :]).to(q.dtype)
+            off = 1.0 - torch.eye(q.shape[0], device=q.device, dtype=q.dtype)
+            mass = (q * off).sum()
+            out["q_precision"] = (q * off * same).sum() / mass.clamp_min(1e-12)
+            # what precision uniform off-diagonal targets would give: the baseline to beat
+            out["q_precision_chance"] = (off * same).sum() / off.sum().clamp_min(1.0)
     return out

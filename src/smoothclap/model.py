@@ -23,7 +23,6 @@ import copy
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Sequence
 
@@ -34,20 +33,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .audio import normalize_loudness
+from .config import ConfigError, SmoothClapConfig
 from .errors import BadInputError
+from .hub import (BINS_NAME, CARD_NAME, CONFIG_NAME, RESULTS_NAME, TRAINED_CLIPS_NAME, WEIGHTS_NAME,  # noqa: F401
+                  load_trained_clips, model_card, read_results, save_trained_clips)
 from .io import atomic_save, atomic_write_json, atomic_write_text
 from .normalize import EPS, normalize_groups, standardize
+from .zeroshot import ZeroShotModel  # the inference interface (torch-free); re-exported here
 
 log = logging.getLogger("smoothclap")
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-BINS_NAME = "caption_bins.json"  # the training captions' eGeMAPS bins (describing new clips alike)
-
-#: Fewest clips a group needs to be standardised on its own statistics; smaller groups (a single
-#: clip, say) use the stored training statistics instead.
-MIN_GROUP_CLIPS = 8
 
 
 class ProjectionHead(nn.Module):
@@ -63,97 +57,6 @@ class ProjectionHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         e1 = self.linear1(x)
         return self.layer_norm(e1 + self.drop(self.linear2(F.gelu(e1))))
-
-
-@dataclass
-class SmoothClapConfig:
-    """What a saved model is (``config.json``). Tower specs may be relative to the model folder
-    (``hf:./audio_tower?...``: a fine-tuned tower saved inside it)."""
-
-    audio_tower: str = "whisper-tiny-en"
-    text_tower: str = "minilm-l6"
-    audio_dim: int = 384
-    text_dim: int = 384
-    embed_dim: int = 768
-    dropout: float = 0.5
-    init_scale: float = 1.0 / 0.07
-    max_scale: float = 100.0
-    standardize_audio: bool = True
-    # Cross-corpus normalisation (ModelConfig.feature_norm_group): z-score audio-tower features
-    # within each group ("corpus" / "speaker" column) in training and, without labels, at test time.
-    feature_norm_group: str | None = None
-    min_group_clips: int = MIN_GROUP_CLIPS
-    # Waveform level before the audio tower: None | "peak" | "rms:<dBFS>".
-    loudness: str | None = None
-    # Provenance, recorded so reports can say what trained the model (never used for inference).
-    trained_on: list | None = None
-    loss: dict | None = None
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "SmoothClapConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-
-class ZeroShotModel:
-    """What every zero-shot entry point uses of a model (:class:`SmoothClapModel`, and
-    :class:`smoothclap.baselines.ClapBaseline` for any Hugging Face ``ClapModel``).
-
-    Subclasses provide ``config`` (with ``trained_on``, ``feature_norm_group``, ``loudness``),
-    ``scale``, ``tower(kind)``, ``file_features``, ``encode_audio_features(raw, groups)`` and
-    ``encode_text_features(feats)``; the end-to-end calls below are the same for all.
-    """
-
-    caption_bins: dict | None = None
-
-    def tower_features(self, waves: Sequence[np.ndarray]) -> torch.Tensor:
-        """B waveforms -> raw audio-tower features ``[B, audio_dim]`` (loudness applied, no grad)."""
-        mode = getattr(self.config, "loudness", None)
-        waves = [np.asarray(w, dtype=np.float32) for w in waves]
-        if mode not in (None, "none"):
-            waves = [normalize_loudness(w, mode) for w in waves]
-        return self.tower("audio").embed(waves)
-
-    def file_features(self, files: Sequence[str], *, cache_dir=None, batch_size: int = 16, skip=None,
-                      progress: bool = False, desc: str | None = None, workers: int | None = None
-                      ) -> tuple[np.ndarray, np.ndarray]:
-        """Raw audio-tower features of files through the cached extraction pipeline
-        (:func:`smoothclap.embed.embed_audio_files`, with this model's loudness): ``([N, audio_dim]``
-        float32 with NaN rows for skipped files, ``ok [N])``."""
-        from .embed import embed_audio_files
-
-        return embed_audio_files(self.tower("audio"), [str(f) for f in files], cache_dir=cache_dir,
-                                 batch_size=batch_size, skip=skip, progress=progress, desc=desc or "audio",
-                                 workers=workers, loudness=getattr(self.config, "loudness", None))
-
-    @torch.no_grad()
-    def embed_audio(self, waves: Sequence[np.ndarray], groups=None) -> torch.Tensor:
-        """B mono 16 kHz waveforms (+ optional groups ``[B]``) -> ``[B, embed_dim]`` unit-norm embeddings."""
-        self.eval()
-        return self.encode_audio_features(self.tower_features(waves), groups)
-
-    @torch.no_grad()
-    def embed_files(self, files: Sequence[str], groups=None, **kw) -> tuple[torch.Tensor, np.ndarray]:
-        """Audio files (+ optional groups ``[N]``) -> (``[N, embed_dim]`` with NaN rows for skipped
-        files, ok ``[N]``). Keywords go to :meth:`file_features` (cache_dir, skip, progress, ...)."""
-        self.eval()
-        raw, ok = self.file_features(files, **kw)
-        keep = np.flatnonzero(ok)
-        out = None
-        if len(keep):
-            g = None if groups is None else np.asarray(list(groups), dtype=object)[keep]
-            z = self.encode_audio_features(raw[keep], g).cpu()
-            out = torch.full((len(ok), z.shape[1]), float("nan"))
-            out[torch.as_tensor(keep)] = z
-        else:
-            out = torch.full((len(ok), 1), float("nan"))
-        return out, ok
-
-    @torch.no_grad()
-    def embed_text(self, texts: Sequence[str]) -> torch.Tensor:
-        """B strings -> ``[B, embed_dim]`` unit-norm embeddings."""
-        self.eval()
-        return self.encode_text_features(self.tower("text").embed(list(texts)))
 
 
 class SmoothClapModel(nn.Module, ZeroShotModel):
@@ -185,6 +88,9 @@ class SmoothClapModel(nn.Module, ZeroShotModel):
         self.caption_bins = None
         # zero-shot results recorded for the model (smoothclap.hub.record_results), for its card
         self.results: list[dict] = []
+        # what trained it, by content: sorted uint64 8-byte sha1 prefixes of its training clips
+        # (smoothclap.audio.content_prefixes), or None (not recorded: models saved before it)
+        self.trained_clips: np.ndarray | None = None
 
     # -- scale --------------------------------------------------------------------------------------
     @property
@@ -263,13 +169,26 @@ class SmoothClapModel(nn.Module, ZeroShotModel):
         x = (x.float() - self.audio_mean) / self.audio_std
         return F.normalize(self.audio_head(x), dim=-1)
 
+    def _check_dim(self, kind: str, feats) -> None:
+        """Tower features of another size than the config says (a config.json naming another tower
+        than the one the heads were trained on): bad input naming the config, not a shape error."""
+        want = self.config.audio_dim if kind == "audio" else self.config.text_dim
+        got = tuple(feats.shape)[-1] if getattr(feats, "ndim", 0) >= 1 else None
+        if got is not None and got != want:
+            spec = self.config.audio_tower if kind == "audio" else self.config.text_tower
+            where = self.base_dir / CONFIG_NAME if self.base_dir is not None else "model config"
+            raise BadInputError(where, f"{kind}_tower {spec!r} gives {got}-d features, but {kind}_dim is {want} "
+                                "(the heads were trained on another tower)")
+
     def encode_audio_features(self, raw, groups=None) -> torch.Tensor:
         """Raw audio-tower features ``[B, audio_dim]`` (+ optional groups ``[B]``) -> ``[B, embed_dim]``."""
+        self._check_dim("audio", raw if hasattr(raw, "shape") else np.asarray(raw))
         x = self.normalize_audio_features(raw, groups).to(self.audio_mean.device)
         return self.project_audio(x)
 
     def encode_text_features(self, feats: torch.Tensor) -> torch.Tensor:
         """Text-tower features ``[B, text_dim]`` -> ``[B, embed_dim]`` unit norm."""
+        self._check_dim("text", feats if hasattr(feats, "shape") else np.asarray(feats))
         return F.normalize(self.text_head(torch.as_tensor(feats).float()), dim=-1)
 
     def copy(self) -> "SmoothClapModel":
@@ -279,6 +198,7 @@ class SmoothClapModel(nn.Module, ZeroShotModel):
         m.load_state_dict({k: v.detach().cpu() for k, v in self.state_dict().items()})
         m._towers, m._trainable = dict(self._towers), set(self._trainable)
         m.caption_bins, m.results = self.caption_bins, list(self.results)
+        m.trained_clips = self.trained_clips
         m.eval()
         return m
 
@@ -286,11 +206,9 @@ class SmoothClapModel(nn.Module, ZeroShotModel):
     def save_pretrained(self, path: str | Path) -> Path:
         """Write ``config.json``, ``model.safetensors``, the fine-tuned towers, the caption bins, the
         recorded results and a model card (``README.md``) to ``path``."""
-        from .hub import CARD_NAME, RESULTS_NAME, model_card
-
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        cfg = asdict(self.config)
+        cfg = self.config.to_dict()
         for kind in self.trainable_towers:
             folder = f"{kind}_tower"
             query = self._towers[kind].save(path / folder)
@@ -301,6 +219,10 @@ class SmoothClapModel(nn.Module, ZeroShotModel):
             atomic_write_json(path / BINS_NAME, self.caption_bins)
         if self.results:
             atomic_write_json(path / RESULTS_NAME, self.results)
+        if self.trained_clips is not None:
+            save_trained_clips(path / TRAINED_CLIPS_NAME, self.trained_clips)
+        elif (path / TRAINED_CLIPS_NAME).exists():  # another model's record: not this one's
+            (path / TRAINED_CLIPS_NAME).unlink()
         atomic_write_text(path / CARD_NAME, model_card(SmoothClapConfig.from_dict(cfg), self.results, name=path.name))
         atomic_write_json(path / CONFIG_NAME, cfg)
         return path
@@ -319,7 +241,7 @@ class SmoothClapModel(nn.Module, ZeroShotModel):
         """Load a model folder written by :meth:`save_pretrained`, or a Hugging Face Hub repo
         (``"<org>/<name>"``, optionally at ``revision``; through huggingface_hub's cache, offline
         with ``HF_HUB_OFFLINE=1``). Nothing in the files is executed."""
-        from .hub import model_folder, read_results
+        from .hub import model_folder
 
         path = model_folder(path, revision=revision, token=token)
         if not path.is_dir():
@@ -333,6 +255,8 @@ class SmoothClapModel(nn.Module, ZeroShotModel):
             if not isinstance(data, dict):
                 raise ValueError("not a JSON object")
             config = SmoothClapConfig.from_dict(data)
+        except ConfigError as e:
+            raise BadInputError(cfg_file, f"not a usable model config: {e.key}: {e.reason}") from None
         except (ValueError, TypeError) as e:
             raise BadInputError(cfg_file, f"corrupted model config ({e})") from None
         model = cls(config, base_dir=path.resolve())
@@ -350,6 +274,8 @@ class SmoothClapModel(nn.Module, ZeroShotModel):
         except RuntimeError as e:
             raise BadInputError(w_file, f"weights do not fit the config ({str(e).splitlines()[0]})") from None
         model.results = read_results(path)
+        if (path / TRAINED_CLIPS_NAME).exists():
+            model.trained_clips = load_trained_clips(path / TRAINED_CLIPS_NAME)
         bins = path / BINS_NAME
         if bins.exists():
             try:
@@ -360,18 +286,3 @@ class SmoothClapModel(nn.Module, ZeroShotModel):
         return model
 
 
-def record_results(folder: str | Path, results: Sequence[dict]) -> Path:
-    """Add task results (one dict each: task, uar, wa, macro_f1, n, chance_uar, protocol, corpus)
-    to a model folder's ``results.json`` (a task's newer result replaces its older one) and
-    rewrite its model card. Returns the card's path."""
-    from .hub import CARD_NAME, RESULTS_NAME, model_card, read_results
-
-    folder = Path(folder)
-    keep = ("task", "corpus", "n", "uar", "wa", "macro_f1", "chance_uar", "protocol", "trained_on")
-    old = {r["task"]: r for r in read_results(folder)}
-    for r in results:
-        old[r["task"]] = {k: r[k] for k in keep if k in r}
-    rows = list(old.values())
-    atomic_write_json(folder / RESULTS_NAME, rows)
-    config = SmoothClapConfig.from_dict(json.loads((folder / CONFIG_NAME).read_text()))
-    return atomic_write_text(folder / CARD_NAME, model_card(config, rows, name=folder.name))

@@ -67,11 +67,15 @@ def normalize_groups(x: np.ndarray, groups, min_clips: int, mean: np.ndarray, st
 
 
 def group_ids(table, column: str | None) -> np.ndarray | None:
-    """Group of each row of ``table`` by ``column`` (missing values form one group "?"); None
-    when ``column`` is None or the table has no such column."""
+    """``[N]`` group of each row of ``table`` by ``column``, as text; rows whose value is missing
+    (:func:`smoothclap.values.is_missing`: None, NaN, empty) form one group ``"?"``
+    (:data:`~smoothclap.values.MISSING_GROUP`). None when ``column`` is None or the table has no
+    such column."""
+    from .values import MISSING_GROUP, is_missing
+
     if column is None or column not in table.columns:
         return None
-    return table[column].astype(str).fillna("?").to_numpy()
+    return np.array([MISSING_GROUP if is_missing(v) else str(v) for v in table[column]], dtype=object)
 
 
 def group_stats(x: np.ndarray, groups: np.ndarray, eps: float = EPS) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -41,6 +41,11 @@ def parse_labels(text: str | Sequence[str]) -> list[str]:
     """``"angry, happy,sad"`` (or a list) -> ``["angry", "happy", "sad"]``; at least two, no
     empty or duplicated label (a duplicate would change the chance level)."""
     items = [x.strip() for x in (text.split(",") if isinstance(text, str) else text)]
+    for x in items:
+        try:
+            x.encode("utf-8")
+        except UnicodeEncodeError:  # bytes that are not UTF-8 (a shell argument): no text to embed
+            raise BadInputError("labels", f"{x!r} is not valid UTF-8 text") from None
     if any(not x for x in items):
         raise BadInputError("labels", f"empty label in {text!r}")
     dup = sorted({x for x in items if items.count(x) > 1})

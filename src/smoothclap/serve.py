@@ -227,6 +227,16 @@ def model_summary(name: str, model) -> str:
     return "; ".join(parts)
 
 
+def recipe_templates(model) -> str:
+    """The template set a model was trained to be used with (its stored recipe), for the page's
+    default; :data:`DEFAULT_TEMPLATES` when it has none (or a custom list the page cannot show)."""
+    from .prompts import TEMPLATE_SETS
+    from .zeroshot import recipe
+
+    t = recipe(model, "templates")
+    return t if isinstance(t, str) and t in TEMPLATE_SETS else DEFAULT_TEMPLATES
+
+
 # -- the page -----------------------------------------------------------------------------------------
 def build_app(models: dict[str, Any], *, default_labels: str = DEFAULT_LABELS, cache_dir=None,
               title: str = "smoothclap: speak to an emotion model"):
@@ -266,8 +276,8 @@ def build_app(models: dict[str, Any], *, default_labels: str = DEFAULT_LABELS, c
                                        elem_id="files")
                         classify_many = gr.Button("Classify files", variant="primary", elem_id="classify-files")
                 labels = gr.Textbox(default_labels, label="Labels (comma-separated)", elem_id="labels-text")
-                templates = gr.Radio(list(TEMPLATE_SETS), value=DEFAULT_TEMPLATES, label="Prompt templates",
-                                     info=template_info, elem_id="templates")
+                templates = gr.Radio(list(TEMPLATE_SETS), value=recipe_templates(models[names[0]]),
+                                     label="Prompt templates", info=template_info, elem_id="templates")
             with gr.Column(scale=1):
                 message = gr.HTML("", elem_id="message", js_on_load=None)
                 label_out = gr.Label(label="Ranked labels", elem_id="ranked")
@@ -282,8 +292,8 @@ def build_app(models: dict[str, Any], *, default_labels: str = DEFAULT_LABELS, c
                       show_progress_on=[label_out], api_visibility="private")
         classify_one.click(inputs=[model_choice, audio, labels, templates], **common)
         classify_many.click(inputs=[model_choice, many, labels, templates], **common)
-        model_choice.change(lambda n: model_summary(n, models[n]), inputs=model_choice, outputs=info,
-                            api_visibility="private")
+        model_choice.change(lambda n: (model_summary(n, models[n]), recipe_templates(models[n])), inputs=model_choice,
+                            outputs=[info, templates], api_visibility="private")
     return app
 
 
@@ -338,8 +348,9 @@ def model_names(specs: Sequence[str]) -> list[str]:
 
 
 def load_models(model_specs: Sequence[str] | None) -> dict[str, Any]:
-    """{name: model} for ``model_specs`` (folders or ``hf-clap:...``); the demo's two models when
-    none is given (BadInputError naming what is missing)."""
+    """{name: model} for ``model_specs`` (model folders, ONNX export folders, Hub ids or
+    ``hf-clap:...``: :func:`smoothclap.models.load_model`); the demo's two models when none is
+    given (BadInputError naming what is missing)."""
     from .models import load_model
 
     specs = [str(s) for s in (model_specs or [])]

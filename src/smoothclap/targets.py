@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .losses import SmoothClapLoss, similarity_targets
-from .normalize import standardize
+from .normalize import group_ids, standardize
 
 log = logging.getLogger("smoothclap")
 
@@ -38,7 +38,7 @@ def apply_target_options(cfg, prepared):
         col = lc.target_standardize_group
         if col not in prepared.table.columns:
             raise ValueError(f"loss.target_standardize_group={col!r}: the training table has no such column")
-        groups = prepared.table[col].astype(str).fillna("?").to_numpy()
+        groups = group_ids(prepared.table, col)  # missing values: one group "?"
     changes = {}
     if prepared.local is not None:
         changes["local"] = standardize(prepared.local, lc.target_standardize, groups)
@@ -104,8 +104,7 @@ def build_loss(cfg, prepared=None) -> SmoothClapLoss:
             tau_t = calibrate_tau(prepared.desc_emb, lc.calibrate, lc.calibrate_value, bs, seed, lc.topk)
         log.info("calibrated temperatures (%s = %g): tau_a = %.4f, tau_t = %.4f",
                  lc.calibrate, lc.calibrate_value, tau_a, tau_t)
-    return SmoothClapLoss(lc.beta, lc.gamma, tau_a, tau_t, topk=lc.topk, divergence=lc.divergence,
-                          t2a_target=lc.t2a_target, local_source="labels" if lc.local_source == "labels" else "tower")
+    return SmoothClapLoss(lc, tau_a=tau_a, tau_t=tau_t)
 
 
 # -- emotion-aware q_a2a sources -------------------------------------------------------------------------

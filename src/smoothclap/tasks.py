@@ -23,13 +23,17 @@ alc            al -> "intoxicated with alcohol", nal -> "not intoxicated with al
 sld            l -> "likeable", nl -> "not likeable" (test partition)
 emodb          anger boredom disgust fear happiness sadness neutral (all 535 clips)
 savee          anger disgust fear happiness neutral sadness surprise (all clips)
+emovo          disgust, joy -> "happiness", neutral fear anger surprise sadness (all 588 clips;
+               Italian prompts: disgusto gioia neutro paura rabbia sorpresa tristezza)
+turevdb        angry calm happy sad (all 1735 single-word clips; Turkish prompts: kızgın sakin
+               mutlu hüzünlü)
 =============  ==========================================================================
 
 Corpora are found under a data root by folder name (the corpus' name, aliases and release folder
 names in :data:`smoothclap.corpora.CORPORA`, matched case-insensitively, ignoring
 ``-``/``_``/``.``/spaces): ``emodb``, ``ravdess``, ``tess``, ``iemocap``, ``crema-d``, ``aibo``,
-``alc``, ``sld``, ``savee``, ``msp-podcast``. When the data root itself is the corpus root, that
-works too. To add a task: one :class:`Task` row in ``_TASK_LIST``.
+``alc``, ``sld``, ``savee``, ``emovo``, ``turevdb`` (or ``Sound Source``), ``msp-podcast``. When the
+data root itself is the corpus root, that works too. To add a task: one :class:`Task` row in ``_TASK_LIST``.
 """
 from __future__ import annotations
 
@@ -45,7 +49,8 @@ import pandas as pd
 
 from . import corpora
 from .errors import BadInputError, SkipLog
-from .evaluate import TrainedCorpusError, check_not_trained_on, zero_shot_evaluate  # noqa: F401
+from .evaluate import (TrainedCorpusError, check_clips_not_trained_on, check_not_trained_on,  # noqa: F401
+                       trained_clip_mask, zero_shot_evaluate)
 
 log = logging.getLogger("smoothclap")
 
@@ -190,6 +195,14 @@ _TASK_LIST = [
          description="EmoDB, 7 classes, all 535 clips (German speech, English label words)"),
     Task("savee", "savee", ("anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise"),
          description="SAVEE, 7 classes, all clips"),
+    Task("emovo", "emovo", ("disgust", "joy", "neutral", "fear", "anger", "surprise", "sadness"),
+         prompts={"joy": "happiness"}, language="it",
+         prompts_by_language={"it": {"disgust": "disgusto", "joy": "gioia", "neutral": "neutro", "fear": "paura",
+                                     "anger": "rabbia", "surprise": "sorpresa", "sadness": "tristezza"}},
+         description="EMOVO, 7 classes, all 588 clips (Italian speech, English label words)"),
+    Task("turevdb", "turevdb", ("angry", "calm", "happy", "sad"), language="tr",
+         prompts_by_language={"tr": {"angry": "kızgın", "calm": "sakin", "happy": "mutlu", "sad": "hüzünlü"}},
+         description="TurEV-DB, 4 classes, all 1735 clips (Turkish single words, English label words)"),
 ]
 
 #: Task name -> Task. The paper's eight tasks first, then EmoDB and SAVEE.
@@ -225,17 +238,16 @@ def find_corpus_root(task: Task, data_root) -> Path:
         raise CorpusNotFound(str(e)) from None
 
 
-def load_task_table(task: Task, data_root, *, skip_bad: bool = False) -> pd.DataFrame:
-    """The rows the task scores: loader table, filtered by split, labels checked."""
+def load_task_table(task: Task, data_root, *, skip_bad: bool = False, skips: SkipLog | None = None) -> pd.DataFrame:
+    """The rows the task scores: loader table, filtered by split, labels checked. ``skips``: the
+    :class:`SkipLog` that collects the files left out while reading (``skip_bad``)."""
     root = find_corpus_root(task, data_root)
-    df = corpora.load(task.corpus, root, skip_bad=skip_bad, **task.loader_options)
-    skipped = df.attrs.get("skipped")
+    df = corpora.load(task.corpus, root, skip_bad=skip_bad, skips=skips, **task.loader_options)
     if task.split is not None:
         if "split" not in df.columns:
             raise BadInputError(root, f"task {task.name} needs a split column (split == {task.split!r})")
         df = df[df["split"].astype(str) == task.split]
     df = df.reset_index(drop=True)
-    df.attrs["skipped"] = skipped
     if df.empty:
         raise BadInputError(root, f"task {task.name}: no clips left (protocol: {task.protocol})")
     unknown = sorted(set(df["label"].astype(str)) - set(task.labels))
@@ -266,8 +278,11 @@ def score_table(task: Task, model, table: pd.DataFrame, *, features: np.ndarray 
     if len(features) != len(table):
         raise ValueError(f"features have {len(features)} rows, table {len(table)}")
     labels = list(task.labels)
-    lang = task.resolve_language(prompt_language)
-    tmpl = templates if templates is not None else task.template_for(lang)
+    from .zeroshot import recipe
+
+    # None: the model's stored recipe (smoothclap.config.InferenceConfig), else the task's protocol
+    lang = task.resolve_language(prompt_language if prompt_language is not None else recipe(model, "prompt_language"))
+    tmpl = next(t for t in (templates, recipe(model, "templates"), task.template_for(lang)) if t is not None)
     prompts = task.prompt_map(lang)
     if task.fold_by:
         if task.fold_by not in table.columns:
@@ -321,8 +336,10 @@ def run_task(task: Task | str, model, data_root, *, cache_dir=None, allow_traine
     once (cached under ``cache_dir``), scores each fold with :func:`~smoothclap.evaluate.zero_shot_evaluate`
     and averages over folds (IEMOCAP: 5 sessions; others: one pool).
 
-    Refuses (:class:`TrainedCorpusError`) a corpus listed in ``model.config.trained_on`` unless
-    ``allow_trained_corpus``; then the result carries a ``"warning"``.
+    Refuses (:class:`TrainedCorpusError`) a corpus listed in ``model.config.trained_on``, and clips
+    whose audio trained the model (by content, :func:`~smoothclap.evaluate.check_clips_not_trained_on`),
+    unless ``allow_trained_corpus``; then the result carries a ``"warning"`` (with the count of
+    such clips, also in ``"trained_clips_scored"``).
 
     Returns a dict: task, corpus, protocol, n, n_folds, uar / wa / macro_f1 / chance_uar (fold
     means), uar_sd_folds, labels, prompt_texts, confusion (summed over folds), folds (per-fold
@@ -331,12 +348,18 @@ def run_task(task: Task | str, model, data_root, *, cache_dir=None, allow_traine
     """
     task = get_task(task) if isinstance(task, str) else task
     warning = check_not_trained_on(model, [task.corpus], allow=allow_trained_corpus, what=f"task {task.name}")
-    table = load_task_table(task, data_root, skip_bad=skip_bad)
+    read = SkipLog(skip=skip_bad)  # files left out while reading the corpus
+    table = load_task_table(task, data_root, skips=read)
+    root = str(find_corpus_root(task, data_root))
+    files = table["file"].astype(str).tolist()
+    mask = trained_clip_mask(model, files)
+    clips = check_clips_not_trained_on(model, files, allow=allow_trained_corpus, what=f"task {task.name}: {root}")
     skip = SkipLog(skip=skip_bad)
     res = score_table(task, model, table, templates=templates, cache_dir=cache_dir, skip=skip, progress=progress,
                       prompt_language=prompt_language)
-    res["warning"] = warning
-    res["skipped_files"] = list(getattr(table.attrs.get("skipped"), "items", [])) + list(skip.items)
+    res["warning"] = "; ".join(w for w in (warning, clips) if w) or None
+    res["trained_clips_scored"] = int(mask.sum()) if mask is not None else None
+    res["skipped_files"] = list(read.items) + list(skip.items)
     res["skipped"] = len(res["skipped_files"])
     return res
 

@@ -1,4 +1,7 @@
-"""Shared helpers for the corpus loaders: root checks, audio listing, the standard table."""
+"""Shared helpers for the corpus loaders: root checks, audio listing, the standard table.
+
+Genders go through :func:`smoothclap.values.normalize_gender`, missing cells are
+:func:`smoothclap.values.is_missing` (the rules shared with captions and grouping)."""
 from __future__ import annotations
 
 import logging
@@ -12,6 +15,7 @@ import pandas as pd
 import soundfile as sf
 
 from ..errors import BadInputError, SkipLog
+from ..values import is_missing
 
 log = logging.getLogger("smoothclap.corpora")
 
@@ -125,11 +129,9 @@ def parsed(items: Iterable, parse: Callable, skips: SkipLog, file=lambda item: i
 
 def norm_split(value) -> str | None:
     """Partition names to ``train`` / ``dev`` / ``test`` (``devel``/``development`` -> ``dev``)."""
-    if value is None or (isinstance(value, float) and value != value):
+    if is_missing(value):
         return None
     v = str(value).strip().lower()
-    if not v:
-        return None
     if v in ("devel", "development", "develop", "valid", "validation", "val"):
         return "dev"
     if v in ("training",):
@@ -137,19 +139,10 @@ def norm_split(value) -> str | None:
     return v
 
 
-def norm_gender(value) -> str | None:
-    if value is None or (isinstance(value, float) and value != value):
-        return None
-    v = str(value).strip().lower()
-    if v in ("m", "male", "man", "boy"):
-        return "male"
-    if v in ("f", "w", "female", "woman", "girl"):
-        return "female"
-    return None
-
-
 def _duration(path: str) -> float:
-    with sf.SoundFile(path) as f:
+    from ..audio import soundfile_path
+
+    with sf.SoundFile(soundfile_path(path)) as f:
         return f.frames / f.samplerate if f.samplerate else float("nan")
 
 
@@ -185,7 +178,8 @@ def finish(
     with_duration: bool = True,
     extra_columns: Iterable[str] = (),
 ) -> pd.DataFrame:
-    """Rows -> the standard table, sorted by file, with ``df.attrs["skipped"] = skips``."""
+    """Rows -> the standard table, sorted by file. Files whose header is unreadable (with
+    ``with_duration``) go to ``skips`` like every other bad input of the loader."""
     for r in rows:
         r.setdefault("language", language)
         r.setdefault("corpus", corpus)
@@ -203,8 +197,6 @@ def finish(
             df = df[keep].reset_index(drop=True)
     for c in ("file", "label", "speaker", "gender", "split", "language", "corpus"):
         df[c] = df[c].astype(object).where(df[c].notna(), None)
-    df.attrs["corpus"] = corpus
-    df.attrs["skipped"] = skips
     if skips.count:
         log.warning("%s: skipped %d bad input(s): %s", corpus, skips.count, skips.by_reason())
     return df

@@ -88,6 +88,7 @@ def load(
     classes: int | str = 2,
     with_duration: bool = True,
     skip_bad: bool = False,
+    skips: SkipLog | None = None,
     label_map: dict | None = None,
 ) -> pd.DataFrame:
     """FAU Aibo table (18216 chunks: Ohm 9959 train, Mont 8257 test in the official release).
@@ -107,7 +108,7 @@ def load(
     codes = LABELS_2 if ncls == 2 else LABELS_5
     labels = merge_map(codes, label_map)
     path = label_file(base, ncls)
-    skips = SkipLog(skip=skip_bad)
+    skips = skips if skips is not None else SkipLog(skip=skip_bad)
     wav_dir = child(base, "wav")
     audio = {f.stem: f for f in dedupe_stems(list_audio(wav_dir), skips)}
     if not audio:

@@ -14,12 +14,13 @@ Labels are the lower-cased official codes: ``al`` / ``nal`` (see :data:`LABELS`;
 else the ``wav/<partition>/`` folder, else a ``train_`` / ``dev(el)_`` / ``test_`` file-name prefix,
 else a partition word in the table's file name; ``devel`` becomes ``dev``. Rows whose class is
 empty or ``?`` (unreleased test labels) and audio files without a label row are left out; their
-number is in ``df.attrs["unlabelled"]``. Extra columns: ``class_code`` and the table's other columns.
+number is logged (an info line). Extra columns: ``class_code`` and the table's other columns.
 """
 from __future__ import annotations
 
 import pandas as pd
 
+from ..errors import SkipLog
 from ._challenge import load_challenge
 
 CORPUS = "alc"
@@ -34,6 +35,7 @@ def load(
     labels=None,
     with_duration: bool = True,
     skip_bad: bool = False,
+    skips: SkipLog | None = None,
     label_map: dict | None = None,
 ) -> pd.DataFrame:
     """ALC table. ``labels``: a label table path (or a list of them) when auto-discovery is not
@@ -47,5 +49,6 @@ def load(
         labels=labels,
         with_duration=with_duration,
         skip_bad=skip_bad,
+        skips=skips,
         label_map=label_map,
     )

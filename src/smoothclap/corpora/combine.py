@@ -6,6 +6,7 @@ import logging
 import pandas as pd
 
 from ..errors import BadInputError
+from ..values import is_missing
 from .registry import caption_words, canonical
 
 log = logging.getLogger("smoothclap")
@@ -19,7 +20,7 @@ def rows_of_split(df: pd.DataFrame, split: str | None, name: str, *, all_if_unsp
     if split is None:
         return df
     values = df["split"] if "split" in df.columns else pd.Series([None] * len(df), index=df.index)
-    have = values.notna() & (values.astype(str) != "None")
+    have = ~values.map(is_missing).astype(bool) & (values.astype(str) != "None")
     if not have.any():
         if all_if_unsplit:
             log.info("%s has no split values: all %d rows are used (split %r does not apply)", name, len(df), split)
@@ -32,14 +33,13 @@ def rows_of_split(df: pd.DataFrame, split: str | None, name: str, *, all_if_unsp
     return out
 
 
-def check_whole_files(table: pd.DataFrame, what: str) -> None:
+def check_whole_files(table: pd.DataFrame, what: str, source: str = "table") -> None:
     """Embeddings and features are computed per file: a table with ``start`` / ``end`` segments
-    would silently be treated as whole files, so it is refused, naming its source."""
+    would silently be treated as whole files, so it is refused, naming its ``source`` (the manifest)."""
     for col in ("start", "end"):
         if col in table.columns and table[col].notna().any():
-            src = table.attrs.get("manifest", "table")
             n = int(table[col].notna().sum())
-            raise BadInputError(src, f"{n} row(s) give {col!r} segments; {what} works on whole files: cut the "
+            raise BadInputError(source, f"{n} row(s) give {col!r} segments; {what} works on whole files: cut the "
                                 "segments into files first")
 
 
@@ -58,13 +58,13 @@ def training_table(tables: dict[str, pd.DataFrame], label_map: dict | None = Non
         df = df.copy()
         if "corpus" not in df.columns:
             df["corpus"] = name
-        corpus = [name if c is None or c != c else str(c) for c in df["corpus"]]
+        corpus = [name if is_missing(c) else str(c) for c in df["corpus"]]
         extra = {str(k): str(v) for k, v in ((per_source_maps or {}).get(name) or {}).items()}
         extra.update({str(k): str(v) for k, v in (label_map or {}).items()})
         vocab = {c: {**(caption_words(canonical(c)) if vocabulary else {}), **extra} for c in set(corpus)}
         df["label_original"] = df["label"].astype(str)
         df["label"] = [vocab[c].get(x, x) for c, x in zip(corpus, df["label_original"])]
         if "speaker" in df.columns:
-            df["speaker"] = [None if s is None or s != s else f"{c}:{s}" for c, s in zip(corpus, df["speaker"])]
+            df["speaker"] = [None if is_missing(s) else f"{c}:{s}" for c, s in zip(corpus, df["speaker"])]
         parts.append(df)
     return pd.concat(parts, ignore_index=True)

@@ -14,8 +14,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import BadInputError, SkipLog
-from ._common import (check_root, child, dedupe_stems, finish, list_audio, locate, merge_map, missing, norm_gender,
-                      parsed)
+from ..values import normalize_gender
+from ._common import check_root, child, dedupe_stems, finish, list_audio, locate, merge_map, missing, parsed
 
 CORPUS = "crema-d"
 LANGUAGE = "en"
@@ -73,7 +73,7 @@ def read_demographics(path: Path) -> dict[str, str | None]:
     if miss:
         names = {"actorid": "ActorID", "sex": "Sex"}
         raise BadInputError(path, f"missing column(s): {', '.join(names[c] for c in miss)}")
-    return {str(a).strip(): norm_gender(s) for a, s in zip(df[cols["actorid"]], df[cols["sex"]])}
+    return {str(a).strip(): normalize_gender(s) for a, s in zip(df[cols["actorid"]], df[cols["sex"]])}
 
 
 def load(
@@ -81,6 +81,7 @@ def load(
     *,
     with_duration: bool = True,
     skip_bad: bool = False,
+    skips: SkipLog | None = None,
     label_map: dict | None = None,
     demographics: str | Path | None = None,
 ) -> pd.DataFrame:
@@ -102,7 +103,7 @@ def load(
         demo_path = child(base, "VideoDemographics.csv")
     genders = read_demographics(demo_path) if demo_path is not None else {}
     labels = merge_map(LABELS, label_map)
-    skips = SkipLog(skip=skip_bad)
+    skips = skips if skips is not None else SkipLog(skip=skip_bad)
     files = dedupe_stems(list_audio(audio_dir), skips)
     if not files:
         raise BadInputError(audio_dir, "no .wav or .flac files in the CREMA-D AudioWAV folder")

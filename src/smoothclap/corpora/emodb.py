@@ -62,6 +62,7 @@ def load(
     *,
     with_duration: bool = True,
     skip_bad: bool = False,
+    skips: SkipLog | None = None,
     label_map: dict | None = None,
 ) -> pd.DataFrame:
     """EmoDB table (535 files, 10 speakers, 7 labels in the official release).
@@ -74,7 +75,7 @@ def load(
         raise missing(root, "folder 'wav/'", CORPUS)
     wav_dir = child(base, "wav")
     labels = merge_map(LABELS, label_map)
-    skips = SkipLog(skip=skip_bad)
+    skips = skips if skips is not None else SkipLog(skip=skip_bad)
     files = dedupe_stems(list_audio(wav_dir), skips)
     if not files:
         raise BadInputError(wav_dir, "no .wav or .flac files in the EmoDB wav folder")

@@ -103,6 +103,7 @@ def load(
     classes: str | int = "4",
     with_duration: bool = True,
     skip_bad: bool = False,
+    skips: SkipLog | None = None,
     label_map: dict | None = None,
 ) -> pd.DataFrame:
     """IEMOCAP table (4-class protocol: 5531 utterances in the full release).
@@ -130,7 +131,7 @@ def load(
         if not eval_files:
             raise BadInputError(eval_dir, "no <dialog>.txt evaluation files")
         layout.append((f"Session{_SESSION.match(ses.name).group(1)}", wav_root, eval_files))
-    skips = SkipLog(skip=skip_bad)
+    skips = skips if skips is not None else SkipLog(skip=skip_bad)
     rows = []
     for session_id, wav_root, eval_files in layout:
         for ev in eval_files:

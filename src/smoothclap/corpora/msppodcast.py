@@ -18,7 +18,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import BadInputError, SkipLog
-from ._common import check_root, child, finish, list_audio, locate, log, merge_map, missing, norm_gender, subdirs
+from ..values import is_missing, normalize_gender
+from ._common import check_root, child, finish, list_audio, locate, log, merge_map, missing, subdirs
 
 CORPUS = "msp-podcast"
 LANGUAGE = "en"
@@ -53,10 +54,11 @@ def _label_file(base: Path) -> Path | None:
 
 
 def _unknown_to_none(v) -> str | None:
-    if v is None or (isinstance(v, float) and v != v):
+    """A label-table cell as text; None when missing or a placeholder (``Unknown``, ``nan``, ``none``)."""
+    if is_missing(v):
         return None
     s = str(v).strip()
-    return None if s.lower() in ("", "unknown", "nan", "none") else s
+    return None if s.lower() in ("unknown", "nan", "none") else s
 
 
 def read_labels(path: Path) -> pd.DataFrame:
@@ -77,6 +79,7 @@ def load(
     keep_no_agreement: bool = False,
     with_duration: bool = True,
     skip_bad: bool = False,
+    skips: SkipLog | None = None,
     label_map: dict | None = None,
 ) -> pd.DataFrame:
     """MSP-Podcast table, all partitions (filter on ``split``).
@@ -96,7 +99,7 @@ def load(
     for f in list_audio(audio_dir, recursive=True):
         audio.setdefault(f.stem, f)
     labels = merge_map(LABELS, label_map)
-    skips = SkipLog(skip=skip_bad)
+    skips = skips if skips is not None else SkipLog(skip=skip_bad)
     rows, n_x = [], 0
     for i, r in enumerate(table.itertuples(index=False), 2):
         name = str(r.FileName).strip()
@@ -125,7 +128,7 @@ def load(
                 "file": f,
                 "label": labels[code],
                 "speaker": _unknown_to_none(r.SpkrID),
-                "gender": norm_gender(r.Gender),
+                "gender": normalize_gender(r.Gender),
                 "split": split.lower() if split else None,
                 "emotion_code": code,
                 "arousal": act,

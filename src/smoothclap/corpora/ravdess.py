@@ -83,6 +83,7 @@ def load(
     *,
     with_duration: bool = True,
     skip_bad: bool = False,
+    skips: SkipLog | None = None,
     include_song: bool = False,
     label_map: dict | None = None,
 ) -> pd.DataFrame:
@@ -95,7 +96,7 @@ def load(
     if not actor_dirs:
         raise missing(root, "'Actor_NN' folders", CORPUS)
     labels = merge_map(LABELS, label_map)
-    skips = SkipLog(skip=skip_bad)
+    skips = skips if skips is not None else SkipLog(skip=skip_bad)
     rows, n_song, seen = [], 0, {}
     for d in actor_dirs:
         folder_actor = _ACTOR_DIR.match(d.name).group(1)

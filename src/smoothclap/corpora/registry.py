@@ -21,6 +21,7 @@ from typing import Callable
 
 from ..errors import BadInputError
 from . import aibo, alc, cremad, emodb, iemocap, manifest, msppodcast, ravdess, savee, sld, tess
+from . import emovo, turevdb
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,11 @@ _LIST = [
     CorpusInfo("savee", savee.load, language="en",
                caption_words={"anger": "angry", "disgust": "disgusted", "fear": "fearful", "happiness": "happy",
                               "sadness": "sad", "surprise": "surprised"}),
+    CorpusInfo("emovo", emovo.load, language="it",
+               caption_words={"anger": "angry", "disgust": "disgusted", "fear": "fearful", "joy": "happy",
+                              "sadness": "sad", "surprise": "surprised"}),  # neutral stays
+    CorpusInfo("turevdb", turevdb.load, aliases=("tur-ev-db", "turev"), folders=("Sound Source",),
+               language="tr"),  # angry calm happy sad stay
     CorpusInfo("manifest", manifest.load, aliases=("csv", "jsonl", "tsv")),
 ]
 

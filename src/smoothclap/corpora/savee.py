@@ -66,6 +66,7 @@ def load(
     *,
     with_duration: bool = True,
     skip_bad: bool = False,
+    skips: SkipLog | None = None,
     label_map: dict | None = None,
 ) -> pd.DataFrame:
     """SAVEE table (480 files: 4 speakers x 120 in the official release).
@@ -77,7 +78,7 @@ def load(
     if found is None:
         raise missing(root, "'AudioData/<DC|JE|JK|KL>/' folders or '<SPK>_<code><nn>.wav' files", CORPUS)
     labels = merge_map(LABELS, label_map)
-    skips = SkipLog(skip=skip_bad)
+    skips = skips if skips is not None else SkipLog(skip=skip_bad)
     items: list[tuple[Path, str | None, str]] = []  # file, speaker, code token
     kind, where = found
     if kind == "official":

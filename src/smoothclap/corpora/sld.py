@@ -9,13 +9,14 @@ split from the file-name prefix ``train_`` / ``devel_`` / ``test_`` (``devel`` -
 partition column when the table has one.
 
 Labels are the lower-cased official codes ``l`` / ``nl`` (see :data:`LABELS`; override with
-``label_map``). Rows with an empty or ``?`` class are left out (``df.attrs["unlabelled"]``).
+``label_map``). Rows with an empty or ``?`` class are left out (their number is logged, an info line).
 Extra columns: ``class_code`` and the table's other columns.
 """
 from __future__ import annotations
 
 import pandas as pd
 
+from ..errors import SkipLog
 from ._challenge import load_challenge
 
 CORPUS = "sld"
@@ -30,6 +31,7 @@ def load(
     labels=None,
     with_duration: bool = True,
     skip_bad: bool = False,
+    skips: SkipLog | None = None,
     label_map: dict | None = None,
 ) -> pd.DataFrame:
     """SLD table. ``labels``: a label table path (or a list of them) when auto-discovery is not
@@ -43,5 +45,6 @@ def load(
         labels=labels,
         with_duration=with_duration,
         skip_bad=skip_bad,
+        skips=skips,
         label_map=label_map,
     )

@@ -93,6 +93,7 @@ def load(
     *,
     with_duration: bool = True,
     skip_bad: bool = False,
+    skips: SkipLog | None = None,
     label_map: dict | None = None,
 ) -> pd.DataFrame:
     """TESS table (2800 files: 2 speakers x 7 labels x 200 words in the official release).
@@ -110,7 +111,7 @@ def load(
                                 "point root at one copy of TESS")
         seen[spk, emo] = d
     labels = merge_map(LABELS, label_map)
-    skips = SkipLog(skip=skip_bad)
+    skips = skips if skips is not None else SkipLog(skip=skip_bad)
     rows = [
         {"file": f, "label": labels[info["emotion_code"]], "speaker": spk, "gender": "female", "split": None, **info}
         for d, spk, emo in dirs

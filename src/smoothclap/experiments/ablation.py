@@ -41,6 +41,7 @@ from ..targets import apply_target_options
 from ..tasks import get_task, score_table
 from ..trainer import prepare, train
 from .loco import _summary, build_config, load_corpus, test_features, validation_folds
+from .protocols import skew_speakers
 from .report import machine_info
 from .settings import AblationConfig, LocoConfig
 
@@ -96,7 +97,7 @@ class _Bundles:
         key = (table_key, cfg.towers.audio, cfg.towers.local, cfg.captions.group_by, cfg.captions.pool_size,
                cfg.train.epochs, lcf.text_target, lcf.local_source, lcf.posterior_kind, lcf.posterior_folds)
         if key not in self.store:
-            base = dataclasses.replace(cfg, loss=dataclasses.replace(lcf, target_standardize="none"))
+            base = cfg.updated({"loss.target_standardize": "none"})
             self.store[key] = prepare(base, table, cache_dir=cache_root(self.lc.cache_dir), progress=False,
                                       need_local=True, need_desc=True)
         return apply_target_options(cfg, self.store[key])
@@ -113,7 +114,7 @@ def _runs(cfg, prepared, seeds, tests: dict, feats: dict, templates=TEMPLATE_SET
     out = {t: {n: [] for n in tests} for t in templates}
     hist = []
     for seed in seeds:
-        c = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=int(seed)))
+        c = cfg.updated({"train.seed": int(seed)})
         res = train(c, prepared, run_dir=None, progress=False)
         hist.append(res.history[-1])
         for n, df in tests.items():
@@ -165,18 +166,6 @@ def _search(ac: AblationConfig, stages, bundles: _Bundles, tr_table, va_tables: 
              for t in TEMPLATE_SETS}
     return {"candidates": cands, "shared": shared, "target": target, "templates": max(per_t, key=per_t.get),
             "template_scores": per_t}
-
-
-def skew_speakers(table: pd.DataFrame, k: int, seed: int = 0) -> pd.DataFrame:
-    """Each speaker keeps only ``k`` of its emotions (drawn with ``seed``): natural speech, where a
-    speaker shows one or two emotions, not every emotion evenly as in acted corpora."""
-    rng = np.random.default_rng(seed)
-    keep = []
-    for spk, rows in table.groupby(table["speaker"].astype(str), sort=True):
-        labels = sorted(rows["label"].astype(str).unique())
-        chosen = set(rng.choice(labels, size=min(k, len(labels)), replace=False))
-        keep.append(rows[rows["label"].astype(str).isin(chosen)])
-    return pd.concat(keep).sort_index().reset_index(drop=True)
 
 
 def _final_rows(ac: AblationConfig, search: dict) -> dict[str, RunConfig]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -65,8 +64,8 @@ def run_demo(dc: DemoConfig) -> dict:
     rows, results, histories, examples = [], {}, {}, {}
     for mname, lcfg in methods.items():
         for seed in dc.seeds:
-            cfg = replace(base, loss=lcfg, train=replace(base.train, seed=seed),
-                          out_dir=str(out / "runs" / f"{lcfg.preset}-seed{seed}"))
+            cfg = base.updated({"loss": lcfg, "train.seed": seed,
+                                "out_dir": str(out / "runs" / f"{lcfg.preset}-seed{seed}")})
             res = train(cfg, prepared, run_dir=cfg.out_dir, progress=dc.progress)
             recorded = []
             for tname, df in tests.items():

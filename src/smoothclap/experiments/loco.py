@@ -35,13 +35,14 @@ import pandas as pd
 from .. import corpora
 from ..errors import BadInputError
 from ..cache import cache_root
-from ..config import RunConfig, load_config, loss_preset
+from ..config import RunConfig, load_config, loss_preset, parse_override
 from ..corpora import training_table
 from ..tasks import get_task, load_task_table, score_table
 from ..models import load_model
 from ..trainer import build_model, prepare, train
 from .report import METHODS, loco_table, machine_info, write_loco_report, write_round_files
-from .settings import DEFAULT_GRID, LOCO_CORPORA, LocoConfig  # noqa: F401
+from .protocols import PROTOCOLS, robust, score_protocols
+from .settings import BENCHMARK_BASE, DEFAULT_GRID, LOCO_CORPORA, LocoConfig  # noqa: F401
 
 log = logging.getLogger("smoothclap")
 
@@ -75,17 +76,19 @@ def load_corpus(name: str, data_root, **opts) -> pd.DataFrame:
 
 
 def build_config(lc: LocoConfig, extra: Sequence[str] = (), method: str = "SmoothCLAP") -> RunConfig:
-    """The run config of ``method`` (CLAP: loss preset ``clap``, else ``lc.smoothclap_preset``);
-    everything but the loss is identical between the two."""
-    ov = [f"towers.audio={lc.audio_tower}", f"towers.text={lc.text_tower}",
-          f"model.embed_dim={lc.embed_dim}", f"train.epochs={lc.epochs}", f"train.batch_size={lc.batch_size}",
-          f"train.lr={lc.lr}", f"train.num_workers={lc.num_workers}", "train.device=cpu",
-          f"loss.preset={lc.smoothclap_preset}", *lc.overrides, *extra]
-    cfg = load_config(None, ov)
-    if lc.cache_dir:
-        cfg.cache_dir = lc.cache_dir
+    """The run config of ``method``: the recipe (``lc.config``: a shipped config's name or a YAML
+    file; else :data:`BENCHMARK_BASE`), the benchmark's fields that are set, then ``lc.overrides``
+    and ``extra`` (later wins). CLAP differs only in its loss (preset ``clap``: beta = 0)."""
+    values = dict(BENCHMARK_BASE) if lc.config is None else {}
+    fields = {"towers.audio": lc.audio_tower, "towers.text": lc.text_tower, "model.embed_dim": lc.embed_dim,
+              "train.epochs": lc.epochs, "train.batch_size": lc.batch_size, "train.lr": lc.lr,
+              "loss.preset": lc.smoothclap_preset, "cache_dir": lc.cache_dir or None}
+    values.update({k: v for k, v in fields.items() if v is not None})
+    values.update({"train.num_workers": lc.num_workers, "train.device": "cpu"})
+    values.update(parse_override(text) for text in (*lc.overrides, *extra))  # later wins
+    cfg = load_config(lc.config, values=values)
     if method == "CLAP":
-        cfg = dataclasses.replace(cfg, loss=loss_preset("clap"))
+        cfg = cfg.updated({"loss": loss_preset("clap")})
     return cfg
 
 
@@ -93,10 +96,14 @@ def _cache(lc: LocoConfig):
     return cache_root(lc.cache_dir)
 
 
-def _check_heldout(model, heldout: str) -> None:
+def _check_heldout(model, heldout: str, table: pd.DataFrame) -> None:
+    """The held-out corpus never trained the model: by name and by the content of its clips."""
+    from ..evaluate import check_clips_not_trained_on
+
     trained = {corpora.canonical(c) for c in (model.config.trained_on or [])}
     if corpora.canonical(heldout) in trained:  # a bug, never a setting
         raise AssertionError(f"held-out corpus {heldout} is in trained_on={model.config.trained_on}")
+    check_clips_not_trained_on(model, table["file"].tolist(), what=f"held-out corpus {heldout}")
 
 
 def test_features(cfg: RunConfig, prepared, tables: dict[str, pd.DataFrame], cache_dir, progress: bool = False
@@ -116,10 +123,13 @@ def test_features(cfg: RunConfig, prepared, tables: dict[str, pd.DataFrame], cac
 def train_and_score(lc: LocoConfig, train_tables: dict[str, pd.DataFrame], test_tables: dict[str, pd.DataFrame],
                     seeds: Sequence[int], extra: Sequence[str] = (), keep_models: bool = False) -> dict:
     """Train CLAP and SmoothCLAP on ``train_tables`` (one shared bundle) for each seed and score
-    every table of ``test_tables`` with its own task's prompts.
+    every table of ``test_tables`` with its own task's prompts under each protocol
+    (:mod:`.protocols`: whole, skewed, single).
 
-    Returns ``{"prepared": ..., "scores": {test: {method: [result dict per seed]}}, "histories",
-    "examples", "models" (seed-0 models when ``keep_models``), "timings"}``.
+    Returns ``{"prepared": ..., "scores": {test: {method: [per seed {"seed", "whole", "skewed",
+    "single"} (result dicts)]}}, "histories", "examples", "models" (seed-0 models when
+    ``keep_models``), "timings", "config", "features"}``. ``test@<lang>`` entries score the same
+    models with prompts in another language (``lc.prompt_languages``).
     """
     timings: dict[str, float] = {}
     t = time.perf_counter()
@@ -137,38 +147,37 @@ def train_and_score(lc: LocoConfig, train_tables: dict[str, pd.DataFrame], test_
     timings["test_features"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    langs = [lang for lang in lc.prompt_languages if lang != "en"]
-    scores: dict[str, dict[str, list]] = {name: {m: [] for m in METHODS} for name in test_tables}
-    scores.update({f"{name}@{lang}": {m: [] for m in METHODS} for name in test_tables for lang in langs})
+    langs = [None] + [lang for lang in lc.prompt_languages if lang != "en"]
+    scores: dict[str, dict[str, list]] = {}
     histories, examples, models = {}, {}, {}
     for method in METHODS:
         cfg_m = build_config(lc, extra, method)
         for seed in seeds:
-            cfg = dataclasses.replace(cfg_m, train=dataclasses.replace(cfg_m.train, seed=int(seed)))
-            res = train(cfg, prepared, run_dir=None, progress=False)
+            res = train(cfg_m.updated({"train.seed": int(seed)}), prepared, run_dir=None, progress=False)
             if seed == seeds[0]:
-                histories[method] = res.history
-                examples[method] = res.example_targets
+                histories[method], examples[method] = res.history, res.example_targets
                 if keep_models:
                     models[method] = res.model
             for name, df in test_tables.items():
-                _check_heldout(res.model, name)
-                r = score_table(get_task(name), res.model, df, features=feats[name])
-                r["seed"] = int(seed)
-                scores[name][method].append(r)
+                _check_heldout(res.model, name, df)
                 for lang in langs:  # the same model, prompts in another language
-                    r = score_table(get_task(name), res.model, df, features=feats[name], prompt_language=lang)
-                    r["seed"] = int(seed)
-                    scores[f"{name}@{lang}"][method].append(r)
+                    r = score_protocols(get_task(name), res.model, df, feats[name], skew_emotions=lc.skew_emotions,
+                                        skew_seed=lc.skew_seed, templates=lc.templates, prompt_language=lang)
+                    key = name if lang is None else f"{name}@{lang}"
+                    scores.setdefault(key, {m: [] for m in METHODS})[method].append({"seed": int(seed), **r})
     timings["train_and_score"] = time.perf_counter() - t
     return {"prepared": prepared, "scores": scores, "histories": histories, "examples": examples,
             "models": models, "timings": timings, "config": cfg_s, "features": feats}
 
 
 def _mean_uar(scores: dict) -> float:
-    """Mean UAR over test sets, methods and seeds (validation objective: same settings for both)."""
-    vals = [np.mean([r["uar"] for r in runs]) for per in scores.values() for runs in per.values()]
-    return float(np.mean(vals))
+    """Validation objective: mean robust UAR (over protocols) over test sets, methods and seeds
+    (both methods always share the settings)."""
+    return float(np.mean([_robust_uar(runs) for per in scores.values() for runs in per.values()]))
+
+
+def _robust_uar(runs: list[dict]) -> float:
+    return float(np.mean([robust({p: r[p]["uar"] for p in PROTOCOLS}) for r in runs]))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -205,7 +214,8 @@ def validation_folds(train_tables: dict[str, pd.DataFrame], scheme: str = "corpu
 
 def validate(lc: LocoConfig, train_tables: dict[str, pd.DataFrame], grid=None) -> dict:
     """Select settings on validation folds made from ``train_tables`` only (the held-out corpus
-    is not an argument). Objective: mean zero-shot UAR over folds, both methods (they always share
+    is not an argument). Objective: mean robust UAR (the three protocols: whole, skewed speakers,
+    single clips, simulated on the validation clips) over folds, both methods (they always share
     the settings) and ``lc.validation_seeds``.
 
     ``grid``: one dict name -> overrides, or a list of such stages (default :data:`DEFAULT_GRID`):
@@ -226,8 +236,9 @@ def validate(lc: LocoConfig, train_tables: dict[str, pd.DataFrame], grid=None) -
             else:
                 res = train_and_score(lc, tr, va, lc.validation_seeds, extra)["scores"]
             per_fold.append({"train": sorted(tr), "val": sorted(va), "uar": _mean_uar(res),
-                             **{m: float(np.mean([r["uar"] for per in res.values() for r in per[m]]))
-                                for m in METHODS}})
+                             **{m: float(np.mean([_robust_uar(per[m]) for per in res.values()])) for m in METHODS},
+                             **{p: float(np.mean([r[p]["uar"] for per in res.values() for m in METHODS for r in per[m]]))
+                                for p in PROTOCOLS}})
         out[name] = {"overrides": list(extra), "score": float(np.mean([f["uar"] for f in per_fold])),
                      "per_fold": per_fold, "seconds": time.perf_counter() - t}
         log.info("validation %-45s UAR %.3f (%.0f s)", name, out[name]["score"], out[name]["seconds"])
@@ -257,10 +268,12 @@ def _train_and_score_speakers(lc, tr, va, seeds, extra) -> dict:
     for method in METHODS:
         cfg_m = build_config(lc, extra, method)
         for seed in seeds:
-            cfg = dataclasses.replace(cfg_m, train=dataclasses.replace(cfg_m.train, seed=int(seed)))
+            cfg = cfg_m.updated({"train.seed": int(seed)})
             model = train(cfg, prepared, run_dir=None, progress=False).model
             for n, df in va.items():
-                scores[n][method].append(score_table(get_task(n), model, df, features=feats[n]))
+                r = score_protocols(get_task(n), model, df, feats[n], skew_emotions=lc.skew_emotions,
+                                    skew_seed=lc.skew_seed, templates=lc.templates)
+                scores[n][method].append({"seed": int(seed), **r})
     return scores
 
 
@@ -316,79 +329,121 @@ def _summary(runs: list[dict]) -> dict:
             "macro_f1_mean": float(np.mean([r["macro_f1"] for r in runs]))}
 
 
+def paired(a: Sequence[float], b: Sequence[float]) -> dict:
+    """SmoothCLAP (``b``) against CLAP (``a``), seed by seed: mean difference and wins."""
+    d = np.asarray(b, dtype=float) - np.asarray(a, dtype=float)
+    return {"smoothclap": int((d > 0).sum()), "clap": int((d < 0).sum()), "ties": int((d == 0).sum()),
+            "n": int(len(d)), "mean_diff": float(d.mean())}
+
+
+def summarise_protocols(per: dict[str, list[dict]]) -> dict:
+    """Per protocol: each method's summary over seeds and the paired comparison; and the robust
+    UAR (mean over protocols) per method and seed."""
+    out = {"protocols": {}}
+    for p in PROTOCOLS:
+        ms = {m: _summary([{**r[p], "seed": r["seed"]} for r in per[m]]) for m in METHODS}
+        out["protocols"][p] = {"methods": ms, "wins": paired(ms["CLAP"]["uar"], ms["SmoothCLAP"]["uar"])}
+    rob = {m: [robust({p: r[p]["uar"] for p in PROTOCOLS}) for r in per[m]] for m in METHODS}
+    out["robust"] = {m: {"uar": v, "mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}
+                     for m, v in rob.items()}
+    out["robust_wins"] = paired(rob["CLAP"], rob["SmoothCLAP"])
+    return out
+
+
 def run_loco(lc: LocoConfig) -> dict:
     """Run the benchmark; writes ``results.json``, ``report.md`` and figures to ``lc.out_dir``
-    (when set) and returns the results dict (``"table_md"`` holds the Markdown table)."""
+    (when set) and returns the results dict (``"table_md"`` holds the Markdown tables)."""
     t_all = time.perf_counter()
     names = [c.lower() for c in lc.corpora]
     if len(names) < 2:
         raise ValueError("LOCO needs at least 2 corpora")
     tables = {c: load_corpus(c, lc.data_root) for c in names}
     heldouts = [h.lower() for h in (lc.heldout or names)]
+    unknown = [h for h in heldouts if h not in tables]
+    if unknown:
+        raise ValueError(f"held-out corpus {unknown[0]!r} is not among {names}")
     out_dir = Path(lc.out_dir) if lc.out_dir else None
     baselines = {spec: load_model(spec) for spec in lc.baselines}
     results: dict = {"config": dataclasses.asdict(lc), "heldout": {},
                      "train_labels": {c: corpora.caption_words(c) for c in names},
                      "machine": machine_info()}
     for h in heldouts:
-        if h not in tables:
-            raise ValueError(f"held-out corpus {h!r} is not among {names}")
-        t_h = time.perf_counter()
-        train_tables = {c: tables[c] for c in names if c != h}
-        entry: dict = {"trained_on": sorted(train_tables), "n_train": int(sum(len(d) for d in train_tables.values())),
-                       "n_test": int(len(tables[h]))}
-        extra: list[str] = []
-        if lc.validate:
-            t = time.perf_counter()
-            val = validate(lc, train_tables)
-            extra = list(val["overrides"])
-            entry["validation"] = val
-            entry["validation_seconds"] = time.perf_counter() - t
-            log.info("held out %s: validation chose %s", h, val["best"])
-        entry["overrides"] = list(lc.overrides) + extra
-        rnd = train_and_score(lc, train_tables, {h: tables[h]}, lc.seeds, extra, keep_models=lc.save_models)
-        cfg = rnd["config"]
-        entry["towers"] = {"audio": cfg.towers.audio, "text": cfg.towers.text}
-        entry["run_config"] = cfg.to_dict()
-        entry["trained_on_models"] = list(rnd["prepared"].trained_on)
-        assert h not in entry["trained_on_models"]
-        per = rnd["scores"][h]
-        entry["methods"] = {m: _summary(per[m]) for m in METHODS}
-        entry["chance"] = per["CLAP"][0]["chance_uar"]
-        entry["labels"] = per["CLAP"][0]["labels"]
-        entry["prompt_texts"] = per["CLAP"][0]["prompt_texts"]
-        entry["confusion_seed0"] = {m: per[m][0]["confusion"] for m in METHODS}
-        diff = np.array(entry["methods"]["SmoothCLAP"]["uar"]) - np.array(entry["methods"]["CLAP"]["uar"])
-        entry["wins"] = {"smoothclap": int((diff > 0).sum()), "clap": int((diff < 0).sum()),
-                         "ties": int((diff == 0).sum()), "n": int(len(diff)), "mean_diff": float(diff.mean())}
-        entry["paper"] = dict(get_task(h).paper)
-        for key, runs in rnd["scores"].items():
-            if key.startswith(f"{h}@"):
-                s = {m: _summary(runs[m]) for m in METHODS}
-                d = np.array(s["SmoothCLAP"]["uar"]) - np.array(s["CLAP"]["uar"])
-                entry.setdefault("by_language", {})[key.split("@", 1)[1]] = {
-                    "methods": s, "prompt_texts": runs["CLAP"][0]["prompt_texts"],
-                    "wins": {"smoothclap": int((d > 0).sum()), "n": int(len(d)), "mean_diff": float(d.mean())}}
-        entry["timings"] = rnd["timings"]
-        entry["caption_example"] = _caption_examples(rnd["prepared"])
-        if lc.probe:
-            t = time.perf_counter()
-            entry["probe"] = linear_probe(rnd["features"][h], tables[h]["label"], tables[h]["speaker"])
-            entry["timings"]["probe"] = time.perf_counter() - t
-        for spec, model in baselines.items():  # no training: scored as they are, same task prompts
-            r = score_table(get_task(h), model, tables[h], cache_dir=_cache(lc), progress=lc.progress)
-            entry.setdefault("baselines", {})[spec] = {k: r[k] for k in ("uar", "wa", "macro_f1", "confusion")}
-        entry["seconds"] = time.perf_counter() - t_h
+        entry, rnd = _heldout_round(lc, h, tables, baselines)
         results["heldout"][h] = entry
         if out_dir is not None:
             write_round_files(out_dir, h, rnd, entry, lc.seeds, lc.save_models)
-        log.info("held out %s: CLAP %.3f, SmoothCLAP %.3f (%.0f s)", h, entry["methods"]["CLAP"]["mean"],
-                 entry["methods"]["SmoothCLAP"]["mean"], entry["seconds"])
+        log.info("held out %s: robust CLAP %.3f, SmoothCLAP %.3f (%.0f s)", h, entry["robust"]["CLAP"]["mean"],
+                 entry["robust"]["SmoothCLAP"]["mean"], entry["seconds"])
+    results["summary"] = summary_over_corpora(results["heldout"])
     results["wall_seconds"] = time.perf_counter() - t_all
     results["table_md"] = loco_table(results)
     if out_dir is not None:
         write_loco_report(results, out_dir)
     return results
+
+
+def _heldout_round(lc: LocoConfig, h: str, tables: dict[str, pd.DataFrame], baselines: dict) -> tuple[dict, dict]:
+    """Validation (optional), training and scoring with corpus ``h`` held out: (entry, round)."""
+    t_h = time.perf_counter()
+    train_tables = {c: df for c, df in tables.items() if c != h}
+    entry: dict = {"trained_on": sorted(train_tables), "n_train": int(sum(len(d) for d in train_tables.values())),
+                   "n_test": int(len(tables[h]))}
+    extra: list[str] = []
+    if lc.validate:
+        t = time.perf_counter()
+        val = validate(lc, train_tables)
+        extra = list(val["overrides"])
+        entry["validation"], entry["validation_seconds"] = val, time.perf_counter() - t
+        log.info("held out %s: validation chose %s", h, val["best"])
+    entry["overrides"] = list(lc.overrides) + extra
+    rnd = train_and_score(lc, train_tables, {h: tables[h]}, lc.seeds, extra, keep_models=lc.save_models)
+    cfg = rnd["config"]
+    entry["towers"] = {"audio": cfg.towers.audio, "text": cfg.towers.text}
+    entry["run_config"] = cfg.to_dict()
+    entry["trained_on_models"] = list(rnd["prepared"].trained_on)
+    assert h not in entry["trained_on_models"]
+    per = rnd["scores"][h]
+    entry.update(summarise_protocols(per))
+    entry["methods"], entry["wins"] = entry["protocols"]["whole"]["methods"], entry["protocols"]["whole"]["wins"]
+    first = per["CLAP"][0]["whole"]
+    entry["chance"], entry["labels"], entry["prompt_texts"] = first["chance_uar"], first["labels"], first["prompt_texts"]
+    entry["confusion_seed0"] = {m: per[m][0]["whole"]["confusion"] for m in METHODS}
+    entry["paper"] = dict(get_task(h).paper)
+    for key, runs in rnd["scores"].items():
+        if key.startswith(f"{h}@"):
+            s = summarise_protocols(runs)
+            entry.setdefault("by_language", {})[key.split("@", 1)[1]] = {
+                "methods": s["protocols"]["whole"]["methods"], "wins": s["protocols"]["whole"]["wins"],
+                "robust": s["robust"], "prompt_texts": runs["CLAP"][0]["whole"]["prompt_texts"]}
+    entry["timings"] = rnd["timings"]
+    entry["caption_example"] = _caption_examples(rnd["prepared"])
+    if lc.probe:
+        t = time.perf_counter()
+        entry["probe"] = linear_probe(rnd["features"][h], tables[h]["label"], tables[h]["speaker"])
+        entry["timings"]["probe"] = time.perf_counter() - t
+    for spec, model in baselines.items():  # no training: scored as they are, same task prompts
+        r = score_table(get_task(h), model, tables[h], cache_dir=_cache(lc), progress=lc.progress)
+        entry.setdefault("baselines", {})[spec] = {k: r[k] for k in ("uar", "wa", "macro_f1", "confusion")}
+    entry["seconds"] = time.perf_counter() - t_h
+    return entry, rnd
+
+
+def summary_over_corpora(heldout: dict) -> dict:
+    """Means over the held-out corpora: per protocol and the robust UAR, per method, with the
+    paired comparison of the per-seed means over corpora."""
+    out: dict = {"n_corpora": len(heldout)}
+    for what in (*PROTOCOLS, "robust"):
+        per_m = {}
+        for m in METHODS:
+            cols = [e["robust"][m]["uar"] if what == "robust" else e["protocols"][what]["methods"][m]["uar"]
+                    for e in heldout.values()]
+            per_seed = np.mean(np.array(cols, dtype=float), axis=0)  # [seeds]: mean over corpora
+            per_m[m] = {"mean": float(per_seed.mean()), "per_seed": per_seed.tolist()}
+        out[what] = {"methods": per_m, "wins": paired(per_m["CLAP"]["per_seed"], per_m["SmoothCLAP"]["per_seed"])}
+    out["chance"] = float(np.mean([e["chance"] for e in heldout.values()]))
+    probes = [e["probe"]["uar"] for e in heldout.values() if "probe" in e]
+    out["probe"] = float(np.mean(probes)) if len(probes) == len(heldout) else None
+    return out
 
 
 def _caption_examples(prepared, k: int = 3) -> list[str]:

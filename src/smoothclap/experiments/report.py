@@ -17,7 +17,7 @@ def write_round_files(out_dir: Path, h: str, rnd: dict, entry: dict, seeds, save
     """Figures (confusion matrices, training curves) and seed-0 models of one held-out corpus."""
     figs = out_dir / "figures"
     for m in METHODS:
-        r = rnd["scores"][h][m][0]
+        r = rnd["scores"][h][m][0]["whole"]
         plot_confusion(r["confusion"], r["labels"],
                        f"{m} seed {seeds[0]}, held out {h} (trained on {'+'.join(entry['trained_on'])}): "
                        f"UAR {r['uar']:.3f}", figs / f"confusion_{h}_{m.lower()}.png")
@@ -55,6 +55,7 @@ def loco_table(results: dict) -> str:
             f"{_f(paper.get('CLAP'))} / {_f(paper.get('SmoothCLAP'))}" if paper else "–",
             *(_f(e.get("baselines", {}).get(b, {}).get("uar")) for b in baselines),
         ]) + " |")
+    lines += ["", protocol_table(results)]
     by_lang = [(h, lang, x) for h, e in results["heldout"].items() for lang, x in (e.get("by_language") or {}).items()]
     if by_lang:
         lines += ["", "| held out | prompts | CLAP | SmoothCLAP | SmoothCLAP wins |", "| --- | --- | --- | --- | --- |"]
@@ -64,6 +65,38 @@ def loco_table(results: dict) -> str:
             for lang, ms, w in rows:
                 lines.append(f"| {h} | {lang} | {ms['CLAP']['mean']:.3f} ± {ms['CLAP']['sd']:.3f} | "
                              f"{ms['SmoothCLAP']['mean']:.3f} ± {ms['SmoothCLAP']['sd']:.3f} | {w['smoothclap']}/{w['n']} |")
+    return "\n".join(lines)
+
+
+def _pm(m: dict) -> str:
+    return f"{m['mean']:.3f} ± {m['sd']:.3f}" if "sd" in m else f"{m['mean']:.3f}"
+
+
+def _diff(w: dict) -> str:
+    return f"{w['mean_diff']:+.3f} ({w['smoothclap']}/{w['n']})"
+
+
+def protocol_table(results: dict) -> str:
+    """Markdown: per held-out corpus and protocol (whole corpus with its groups, skewed speakers,
+    single clips; then robust = their mean), CLAP and SmoothCLAP (mean ± sd over seeds) and
+    SmoothCLAP minus CLAP, paired (wins out of the seeds); last, the means over corpora."""
+    head = ["held out", "chance", "protocol", "CLAP", "SmoothCLAP", "SmoothCLAP - CLAP (wins)"]
+    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join("---" for _ in head) + " |"]
+    for h, e in results["heldout"].items():
+        for p, x in e["protocols"].items():
+            lines.append(f"| {h} | {_f(e['chance'])} | {p} | {_pm(x['methods']['CLAP'])} | "
+                         f"{_pm(x['methods']['SmoothCLAP'])} | {_diff(x['wins'])} |")
+        r = e["robust"]
+        lines.append(f"| {h} | {_f(e['chance'])} | **robust** | **{_pm(r['CLAP'])}** | **{_pm(r['SmoothCLAP'])}** | "
+                     f"{_diff(e['robust_wins'])} |")
+    sm = results.get("summary")
+    if sm and sm["n_corpora"] > 1:
+        for what in (*[p for p in sm if p in ("whole", "skewed", "single")], "robust"):
+            x = sm[what]
+            bold = "**" if what == "robust" else ""
+            lines.append(f"| {bold}mean of {sm['n_corpora']}{bold} | {_f(sm['chance'])} | {bold}{what}{bold} | "
+                         f"{bold}{x['methods']['CLAP']['mean']:.3f}{bold} | {bold}{x['methods']['SmoothCLAP']['mean']:.3f}"
+                         f"{bold} | {_diff(x['wins'])} |")
     return "\n".join(lines)
 
 

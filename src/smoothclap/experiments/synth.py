@@ -589,9 +589,10 @@ def synthesize_clip(spec: ClipSpec, path: str | Path) -> float:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd_raw, raw = tempfile.mkstemp(dir=path.parent, prefix=".raw-", suffix=".wav")
-    fd_out, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".wav")
+    from ..io import temp_beside
+
+    tmp = temp_beside(path.with_suffix(".tmp.wav"))  # mode 0o666 & ~umask, as the finished clip gets
     os.close(fd_raw)
-    os.close(fd_out)
     try:
         ssml = f'<speak><prosody range="{spec.range}">{escape(spec.text)}</prosody></speak>'
         _run(

@@ -20,8 +20,8 @@ spec                   kind   what
                               (``?modality=audio|text``; see :mod:`.hf_clap`)
 =====================  =====  ==================================================================
 
-To add a tower: a module with an :class:`AudioTower` or :class:`TextTower` subclass, one branch in
-:func:`_build` for its spec, and a row in this table (and in ``docs/architecture.md``).
+Every tower is one row of :data:`smoothclap.towers.registry.TOWERS` (builder, kind, licence, ONNX
+export hook); to add one, see that module.
 """
 from __future__ import annotations
 
@@ -38,10 +38,6 @@ def __getattr__(name: str):  # the tower classes load torch; spec handling does 
 
 
 _CACHE: dict[tuple[str, str], object] = {}
-
-#: Spec names known without options (``hf:`` and ``a+b`` take arguments).
-KNOWN_SPECS = ("whisper-tiny-en", "egemaps", "minilm-l6", "e5-small")
-TEXT_SPECS = ("minilm-l6", "e5-small")
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
@@ -62,22 +58,26 @@ def resolve_spec(spec: str, base_dir: str | Path | None = None) -> str:
 
 
 def check_spec(spec: str, kind: str | None = None) -> None:
-    """ValueError naming the spec when it is not a tower spec (checked before any work)."""
+    """ValueError naming the spec when it is not a tower spec of ``kind``, or takes an option its
+    tower does not (checked before any work)."""
+    from .registry import entry, named
+
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"empty tower spec {spec!r}")
-    base, _ = parse_spec(spec)
-    if base.startswith("hf:") or base.startswith("hf-clap:"):
-        if len(base.split(":", 1)[1]) == 0:
-            raise ValueError(f"tower spec {spec!r} names no model")
-        return
-    parts = base.split("+")
-    unknown = [p for p in parts if p not in KNOWN_SPECS]
-    if unknown:
-        raise ValueError(f"unknown tower spec {spec!r}; known: {', '.join(KNOWN_SPECS)}, hf:<id or folder>, a+b")
-    if kind == "text" and (len(parts) > 1 or parts[0] not in TEXT_SPECS):
-        raise ValueError(f"{spec!r} is an audio tower, not a text tower")
-    if kind == "audio" and any(p in TEXT_SPECS for p in parts):
-        raise ValueError(f"{spec!r} is a text tower, not an audio tower")
+    parts = [spec] if spec.startswith(("hf:", "hf-clap:")) else spec.split("+")
+    for part in parts:
+        base, opts = parse_spec(part)
+        e = entry(base)
+        if e is None:
+            if base in ("hf:", "hf-clap:"):
+                raise ValueError(f"tower spec {spec!r} names no model")
+            raise ValueError(f"unknown tower spec {spec!r}; known: {', '.join(named())}, hf:<id or folder>, "
+                             "hf-clap:<id or folder>, a+b")
+        e.check_options(part, opts)
+        if kind == "text" and (len(parts) > 1 or e.kind == "audio"):
+            raise ValueError(f"{spec!r} is an audio tower, not a text tower")
+        if kind == "audio" and e.kind == "text":
+            raise ValueError(f"{spec!r} is a text tower, not an audio tower")
 
 
 def build_tower(spec: str, device: str = "cpu", shared: bool = True, base_dir: str | Path | None = None):
@@ -94,37 +94,12 @@ def build_tower(spec: str, device: str = "cpu", shared: bool = True, base_dir: s
 
 
 def _build(spec: str, device: str):
-    base, opts = parse_spec(spec)
-    if "+" in base and not base.startswith("hf:"):
+    from .registry import entry
+
+    check_spec(spec)
+    if "+" in spec and not spec.startswith(("hf:", "hf-clap:")):
         from .concat import ConcatAudioTower
 
         return ConcatAudioTower([build_tower(s, device) for s in spec.split("+")])
-    if base == "whisper-tiny-en":
-        from .whisper import WhisperTinyEnTower
-
-        return WhisperTinyEnTower(device=device)
-    if base == "minilm-l6":
-        from .hf import HFTextTower, minilm_path
-
-        return HFTextTower(str(minilm_path()), pool="mean", spec="minilm-l6", device=device,
-                           normalize=opts.get("normalize", "1") == "1")
-    if base == "e5-small":
-        from .e5 import e5_small_dir
-        from .hf import HFTextTower
-
-        return HFTextTower(str(e5_small_dir(opts.get("cache"))), pool="mean", spec="e5-small", device=device,
-                           normalize=True, prefix="query: ", max_length=512)
-    if base == "egemaps":
-        from .egemaps import EGeMAPSTower
-
-        return EGeMAPSTower(feature_set=opts.get("set", "eGeMAPSv02"))
-    if base.startswith("hf:"):
-        from .hf import build_hf_tower
-
-        return build_hf_tower(base[3:], opts, spec=spec, device=device)
-    if base.startswith("hf-clap:"):
-        from .hf_clap import build_hf_clap_tower
-
-        return build_hf_clap_tower(base[len("hf-clap:"):], opts, spec=spec, device=device)
-    check_spec(spec)
-    raise ValueError(f"unknown tower spec {spec!r}")
+    base, opts = parse_spec(spec)
+    return entry(base).build(base, opts, spec, device)

@@ -78,6 +78,9 @@ class _HFTower:
         shutil.rmtree(tmp, ignore_errors=True)
         self.model.save_pretrained(tmp)
         (self.processor if self.modality == "audio" else self.tokenizer).save_pretrained(tmp)
+        from ..io import honour_umask
+
+        honour_umask(tmp)  # safetensors writes 0600 whatever the umask
         old = folder.parent / f".{folder.name}.old{os.getpid()}"
         if folder.exists():
             os.replace(folder, old)
@@ -86,19 +89,58 @@ class _HFTower:
         return "?" + urlencode(self._options())
 
 
+#: Weight files that are pickles (loading one can run code): never loaded, see :func:`check_model_folder`.
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle")
+
+
+def looks_local(name: str) -> bool:
+    """A filesystem path rather than a hub id (``org/name`` or ``name``)?"""
+    p = Path(name).expanduser()
+    return (p.exists() or name.startswith(("/", "~", "."))  # absolute, home, ./ ../
+            or name.count("/") > 1 or (os.sep != "/" and os.sep in name))
+
+
+def check_model_folder(name: str | Path, what: str = "model") -> Path:
+    """A local Hugging Face folder that can be loaded without unpickling anything: it exists, and
+    holds safetensors weights when it holds weights at all. Raises
+    :class:`~smoothclap.errors.ModelFilesError` naming the folder otherwise."""
+    from ..errors import ModelFilesError
+
+    p = Path(name).expanduser()
+    if not p.exists():
+        raise ModelFilesError(name, f"cannot load the {what}: no such folder")
+    if not p.is_dir():
+        raise ModelFilesError(name, f"cannot load the {what}: not a folder")
+    safe = any(p.glob("*.safetensors")) or any(p.glob("*.safetensors.index.json"))
+    pickles = sorted({f.name for pat in PICKLE_WEIGHTS for f in p.glob(pat)})
+    if pickles and not safe:
+        raise ModelFilesError(p, f"cannot load the {what}: its weights are pickle files only ({', '.join(pickles[:3])}"
+                              f"{' ...' if len(pickles) > 3 else ''}), which smoothclap never loads (unpickling can "
+                              "run code); convert them to model.safetensors (save_pretrained in transformers >= 5, "
+                              "where you trust the files)")
+    return p
+
+
 def _load(cls_name: str, name: str, **kw):
     import transformers
 
+    from ..errors import ModelFilesError
+
     cls = getattr(transformers, cls_name)
+    if cls_name not in ("AutoConfig", "AutoTokenizer", "AutoFeatureExtractor"):
+        kw.setdefault("use_safetensors", True)  # weights: safetensors only, never a pickle
     try:
         return cls.from_pretrained(name, **kw)
     except OSError as e:
         where = "local folder" if Path(name).exists() else "hub id (no model hub is reachable offline)"
-        raise OSError(f"cannot load {cls_name} from {name!r} ({where}): {e}") from e
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelFilesError(name, f"cannot load {cls_name} ({where}): {first[:300]}") from e
 
 
 def build_hf_tower(name: str, opts: dict[str, str], spec: str, device: str = "cpu"):
     """``hf:<name>?pool=mean|cls&layer=-1&modality=audio|text`` -> HFAudioTower or HFTextTower."""
+    if looks_local(name):
+        check_model_folder(name, "tower")
     modality = opts.get("modality")
     if modality is None:
         cfg = _load("AutoConfig", name)

@@ -184,17 +184,23 @@ def load_clap(name_or_path: str | Path, device: str = "cpu", shared: bool = True
         with _BUNDLES_LOCK:
             if key in _BUNDLES:
                 return _BUNDLES[key]
+    from ..errors import ModelFilesError
+    from .hf import check_model_folder
+
     if local and not Path(src).is_dir():
-        raise OSError(f"cannot load CLAP model {name!r}: local folder {src} does not exist")
+        raise ModelFilesError(name, f"cannot load CLAP model: local folder {src} does not exist")
+    if local:
+        check_model_folder(src, "CLAP model")  # safetensors weights only: never a pickle
     try:
         processor = transformers.ClapProcessor.from_pretrained(src)
-        model = transformers.ClapModel.from_pretrained(src)
+        model = transformers.ClapModel.from_pretrained(src, use_safetensors=True)
     except OSError as e:
         where = (f"local folder {src}: needs config.json, the weights and the ClapProcessor files "
                  "(save_pretrained of both)" if local else
                  "hub id: no model hub is reachable offline and it is not in the Hugging Face cache; "
                  "use a local folder saved with save_pretrained")
-        raise OSError(f"cannot load CLAP model {name!r} ({where}): {e}") from e
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelFilesError(name, f"cannot load CLAP model ({where}): {first[:300]}") from e
     if not isinstance(model.config, transformers.ClapConfig):  # pragma: no cover - from_pretrained checks
         raise ValueError(f"{name!r} is not a CLAP checkpoint (model_type {model.config.model_type!r})")
     model = model.float().to(device).eval().requires_grad_(False)
@@ -207,12 +213,6 @@ def load_clap(name_or_path: str | Path, device: str = "cpu", shared: bool = True
         with _BUNDLES_LOCK:
             bundle = _BUNDLES.setdefault(key, bundle)
     return bundle
-
-
-def clear_clap_cache() -> None:
-    """Forget the shared bundles (e.g. after a local folder's weights were overwritten)."""
-    with _BUNDLES_LOCK:
-        _BUNDLES.clear()
 
 
 def clap_logit_scale(bundle: ClapBundle, direction: str = "audio") -> float:

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from smoothclap.audio import split_windows
+from smoothclap.audio import pool_windows, split_windows
 from smoothclap.errors import BadInputError
 from smoothclap.towers.base import AudioTower
 from smoothclap.towers.ct2 import read_ct2, scan_ct2
@@ -165,16 +165,42 @@ def load_whisper_encoder(model_dir: str | os.PathLike | None = None):
     return enc
 
 
+def parse_layers(value: str | None, n_states: int = 5) -> tuple[int, ...] | None:
+    """The ``layers`` option of a ``whisper-tiny-en?layers=...`` spec: ``all`` (the embedding output
+    and every layer: 0..4) or comma-separated indices into :meth:`WhisperTinyEnTower.forward_hidden`'s
+    states; None (no option) = the last layer only. ValueError naming the option when malformed."""
+    if value is None:
+        return None
+    if value == "all":
+        return tuple(range(n_states))
+    try:
+        out = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise ValueError(f"whisper-tiny-en: layers={value!r}: expected 'all' or indices like 1,2,4") from None
+    if not out or len(set(out)) != len(out) or not all(0 <= i < n_states for i in out):
+        raise ValueError(f"whisper-tiny-en: layers={value!r}: distinct indices in 0..{n_states - 1}")
+    return out
+
+
 class WhisperTinyEnTower(AudioTower):
-    """Frozen Whisper tiny.en encoder, 384-d, mean over real frames (see module docstring)."""
+    """Frozen Whisper tiny.en encoder, 384-d, mean over real frames (see module docstring). With
+    ``layers`` (spec ``whisper-tiny-en?layers=all`` or ``?layers=1,2``): the mean-pooled states of
+    those layers concatenated, ``384 * len(layers)``-d (0 = the embedding output, 4 = the last
+    layer after the final layer norm): middle layers carry more of how something is said."""
 
     spec = "whisper-tiny-en"
     dim = 384
     n_layers = 4
     thread_safe = True  # stateless forward once loaded
 
-    def __init__(self, model_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu"):
+    def __init__(self, model_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu",
+                 layers: tuple[int, ...] | None = None):
         super().__init__()
+        self.layers = tuple(layers) if layers is not None else None
+        if self.layers is not None:
+            self.spec = "whisper-tiny-en?layers=" + ("all" if self.layers == tuple(range(self.n_layers + 1))
+                                                     else ",".join(map(str, self.layers)))
+            self.dim = 384 * len(self.layers)
         # Resolve the default folder now so a missing package fails early with a clear message.
         self.model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
         self._device = torch.device(device)
@@ -277,17 +303,16 @@ class WhisperTinyEnTower(AudioTower):
         m = mask.to(hid.dtype)
         sums = torch.einsum("sltd,st->sld", hid, m)  # [S, L, D]
         counts = m.sum(1)  # [S]
-        if len(segs) == len(waves):  # no long clip: one window per clip
-            return sums / counts.clamp_min(1.0)[:, None, None]
-        own = torch.tensor(owner, device=sums.device)
-        tot = torch.zeros(len(waves), *sums.shape[1:], dtype=sums.dtype, device=sums.device)
-        tot.index_add_(0, own, sums)
-        cnt = torch.zeros(len(waves), dtype=counts.dtype, device=counts.device).index_add_(0, own, counts)
-        return tot / cnt.clamp_min(1.0)[:, None, None]
+        # mean over all real frames of each clip's windows (shared with the ONNX runtime)
+        pooled = pool_windows(sums.detach().cpu().numpy(), counts.cpu().numpy(), owner, len(waves))
+        return torch.from_numpy(pooled).to(sums.device)
 
     def forward_waves(self, waves: Sequence[np.ndarray]) -> torch.Tensor:
-        """B clips -> ``[B, 384]`` mean over real encoder frames after the final layer norm."""
-        return self.forward_hidden(waves, layers=False)[:, -1]
+        """B clips -> ``[B, dim]``: the mean over real encoder frames after the final layer norm
+        (384), or of each of ``layers``, concatenated."""
+        if self.layers is None:
+            return self.forward_hidden(waves, layers=False)[:, -1]
+        return self.forward_hidden(waves, layers=True)[:, list(self.layers)].flatten(1)
 
     def forward_frames(self, waves: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-frame last hidden states ``[B, T2, 384]`` and real-frame mask ``[B, T2]`` (clips <= 30 s)."""

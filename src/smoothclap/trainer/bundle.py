@@ -55,6 +55,9 @@ class Prepared:
     trained_on: list[str]
     skipped: SkipLog = field(default_factory=SkipLog)
     timings: dict = field(default_factory=dict)
+    # [K] sorted uint64: 8-byte sha1 prefixes of the clips' contents (what the model records of
+    # its training data, smoothclap.evaluate.check_clips_not_trained_on); None: not computed
+    trained_clips: np.ndarray | None = None
 
 
 def norm_groups(cfg: RunConfig, prepared: Prepared) -> np.ndarray | None:
@@ -92,8 +95,19 @@ def _check_table(cfg: RunConfig, table: pd.DataFrame) -> None:
     for key, col in (("model.feature_norm_group", cfg.model.feature_norm_group),
                      ("captions.group_by", cfg.captions.group_by),
                      ("loss.target_standardize_group", cfg.loss.target_standardize_group)):
-        if col and col not in table.columns:
-            raise BadInputError("training table", f"{key}={col!r} but the table has no {col!r} column")
+        if not col:
+            continue
+        if col not in table.columns:
+            raise BadInputError(key, f"{col!r}: the training table has no {col!r} column")
+        from ..values import is_missing
+
+        missing = sum(1 for v in table[col] if is_missing(v))
+        if missing == len(table):
+            raise BadInputError(key, f"{col!r}: the training table's {col!r} column is empty in every row "
+                                f"(a {col} per clip is needed to group by it; or set {key}: null)")
+        if missing:
+            log.warning("%s=%s: %d of %d training clips have no %s; they form one group", key, col, missing,
+                        len(table), col)
 
 
 def prepare(cfg: RunConfig, table: pd.DataFrame, *, cache_dir=None, progress: bool = True,
@@ -104,66 +118,18 @@ def prepare(cfg: RunConfig, table: pd.DataFrame, *, cache_dir=None, progress: bo
     ``need_local`` / ``need_desc`` force the soft-target sources on (e.g. to share one bundle
     between a CLAP and a SmoothCLAP run); by default they follow ``cfg.loss``.
 
+    Stages: frozen features of every clip (:func:`_clip_features`), the clips every stage could
+    use, eGeMAPS bins, captions (:func:`_captions`), text embeddings (:func:`_text_embeddings`).
     A clip bad for any tower (or for eGeMAPS) is one skipped clip, counted once in ``skip``.
     """
-    from ..towers import build_tower
-
     _check_table(cfg, table)
     skip = skip if skip is not None else SkipLog(skip=cfg.data.skip_bad)
     cache_dir = cache_root(cache_dir)
-    timings: dict[str, float] = {}
-    table = table.reset_index(drop=True)
-    files = table["file"].astype(str).tolist()
-    ok = np.ones(len(files), dtype=bool)
-    tc = cfg.towers
-    kw = dict(cache_dir=cache_dir, batch_size=tc.batch_size, progress=progress, workers=tc.embed_workers,
-              trim_every=tc.trim_every, loudness=cfg.model.loudness)
-    stage_skips: list[SkipLog] = []
-
-    def stage_skip() -> SkipLog:
-        s = SkipLog(skip=skip.skip)
-        stage_skips.append(s)
-        return s
-
-    t = time.perf_counter()
-    # frozen towers run on the configured device (GPU when there is one); embeddings come back to CPU
-    device = str(resolve_device(tc.device))
-    audio_tower = build_tower(tc.audio, device=device)
-    audio, a_ok = embed_audio_files(audio_tower, files, skip=stage_skip(), desc=f"audio {tc.audio}", **kw)
-    ok &= a_ok
-    timings["audio_embeddings"] = time.perf_counter() - t
-
     need_local = needs_local(cfg) if need_local is None else need_local
     need_desc = needs_desc(cfg) if need_desc is None else need_desc
-    local = None
-    if need_local:
-        spec = tc.local or tc.audio
-        if spec == tc.audio:
-            local = audio  # the paper's default: the audio tower's own frozen embedding
-        else:
-            t = time.perf_counter()
-            local, l_ok = embed_audio_files(build_tower(spec, device=device), files, skip=stage_skip(),
-                                            desc=f"local {spec}", **kw)
-            ok &= l_ok
-            timings["local_embeddings"] = time.perf_counter() - t
-
-    cc = cfg.captions
-    if cc.variables:
-        from ..egemaps import extract_egemaps
-
-        t = time.perf_counter()
-        feats = extract_egemaps(files, cache_dir=cache_dir, num_workers=cfg.train.num_workers, skip=stage_skip(),
-                                progress=progress)
-        timings["egemaps"] = time.perf_counter() - t
-        ok &= np.array([f in feats.index for f in files])
-        feats = feats.reindex(files)
-    # one entry per bad clip, whichever stages it failed in
-    seen: set[str] = set()
-    for s in stage_skips:
-        for path, reason in s.items:
-            if path not in seen:
-                seen.add(path)
-                skip.items.append((path, reason))
+    table = table.reset_index(drop=True)
+    timings: dict[str, float] = {}
+    audio, local, feats, ok = _clip_features(cfg, table, cache_dir, progress, need_local, skip, timings)
     keep = np.flatnonzero(ok)
     if len(keep) < 2:
         raise BadInputError("training table", f"only {len(keep)} usable training clips after skipping bad files")
@@ -175,6 +141,7 @@ def prepare(cfg: RunConfig, table: pd.DataFrame, *, cache_dir=None, progress: bo
     label_ids = np.array([label_names.index(x) for x in labels], dtype=np.int64)
     if local is not None and cfg.loss.local_source == "posteriors":
         local = emotion_targets(cfg, table, local, label_ids)
+    cc = cfg.captions
     if cc.variables:
         feats = feats.iloc[keep].reset_index(drop=True)
         if cc.group_by:
@@ -183,51 +150,126 @@ def prepare(cfg: RunConfig, table: pd.DataFrame, *, cache_dir=None, progress: bo
             binner = ParalingBinner.from_config(cc).fit(feats)
         bins = binner.transform(feats).reset_index(drop=True)
     else:
-        binner = None
-        bins = pd.DataFrame(index=range(len(table)))
-
+        binner, bins = None, pd.DataFrame(index=range(len(table)))
     builder = CaptionBuilder(cc)
-    extra = {k: (table[k].tolist() if k in table.columns else None) for k in ("gender", "arousal", "valence")}
-    epochs = max(1, cfg.train.epochs)
-    if cc.pool_size is None:  # a fresh caption per clip and epoch
-        per_epoch = [builder.captions(bins, labels, rng=np.random.default_rng([cfg.train.seed, e]), **extra)
-                     for e in range(epochs)]
-    else:  # a fixed pool of K variants per clip (embedded once); each epoch draws one per clip
-        pool = [builder.captions(bins, labels, rng=np.random.default_rng([cfg.train.seed, 1 << 20, k]), **extra)
-                for k in range(cc.pool_size)]
-        draws = [np.random.default_rng([cfg.train.seed, 1 << 21, e]).integers(cc.pool_size, size=len(labels))
-                 for e in range(epochs)]
-        per_epoch = [[pool[k][i] for i, k in enumerate(d)] for d in draws]
-    if "caption" in table.columns:  # a manifest's own captions win over generated ones
-        given = [None if c is None or c != c or not str(c).strip() else str(c).strip() for c in table["caption"]]
-        per_epoch = [[g if g is not None else c for g, c in zip(given, caps)] for caps in per_epoch]
-    caption_texts = sorted({c for caps in per_epoch for c in caps})
-    pos = {c: i for i, c in enumerate(caption_texts)}
-    caption_index = [np.array([pos[c] for c in caps], dtype=np.int64) for caps in per_epoch]
-
+    caption_texts, caption_index = _captions(cfg, builder, table, bins, labels)
     t = time.perf_counter()
-    text_tower = build_tower(tc.text, device=device)
-    tkw = dict(cache_dir=cache_dir, progress=progress, workers=tc.embed_workers, trim_every=tc.trim_every)
-    caption_emb = embed_texts(text_tower, caption_texts, desc=f"captions {tc.text}", **tkw)
-    desc_texts = desc_emb = None
-    if need_desc and cfg.loss.text_target != "caption":
-        if not cc.variables:
-            raise BadInputError("training table", "loss.text_target=description needs eGeMAPS variables "
-                                "(captions.variables)")
-        with_label = cfg.loss.text_target == "description+label"
-        desc_texts = builder.descriptions(bins, labels if with_label else None)
-        desc_emb = embed_texts(text_tower, desc_texts, desc="descriptions", **tkw)
+    caption_emb, desc_texts, desc_emb = _text_embeddings(cfg, builder, caption_texts, bins, labels, need_desc,
+                                                         cache_dir, progress)
     timings["text_embeddings"] = time.perf_counter() - t
-
     trained_on = sorted(table["corpus"].astype(str).unique()) if "corpus" in table.columns else ["(table)"]
     if skip.count:
         log.warning("skipped %d bad clip(s) while preparing training data", skip.count)
+    from ..audio import content_prefixes
+
+    # every kept clip was read (and, with a cache, hashed) above: file_hash remembers it
+    prefixes, hashed = content_prefixes(table["file"].astype(str).tolist())
     prepared = Prepared(table=table, audio=audio.astype(np.float32),
                         local=None if local is None else local.astype(np.float32),
                         caption_texts=caption_texts, caption_emb=caption_emb, caption_index=caption_index,
                         desc_texts=desc_texts, desc_emb=desc_emb, label_ids=label_ids, label_names=label_names,
-                        binner=binner, trained_on=trained_on, skipped=skip, timings=timings)
+                        binner=binner, trained_on=trained_on, skipped=skip, timings=timings,
+                        trained_clips=np.unique(prefixes[hashed]))
     return apply_target_options(cfg, prepared)
+
+
+def _clip_features(cfg: RunConfig, table: pd.DataFrame, cache_dir, progress: bool, need_local: bool,
+                   skip: SkipLog, timings: dict):
+    """Frozen features of every clip: (audio ``[N, audio_dim]``, local ``[N, k]`` or None, eGeMAPS
+    functionals (DataFrame indexed by file, or None), ok ``[N]``: usable by every stage). Each bad
+    clip goes into ``skip`` once, whichever stages it failed in."""
+    from ..towers import build_tower
+
+    files = table["file"].astype(str).tolist()
+    tc = cfg.towers
+    kw = dict(cache_dir=cache_dir, batch_size=tc.batch_size, progress=progress, workers=tc.embed_workers,
+              trim_every=tc.trim_every, loudness=cfg.model.loudness)
+    stages: list[SkipLog] = []
+
+    def stage_skip() -> SkipLog:
+        stages.append(SkipLog(skip=skip.skip))
+        return stages[-1]
+
+    t = time.perf_counter()
+    # frozen towers run on the configured device (GPU when there is one); embeddings come back to CPU
+    device = str(resolve_device(tc.device))
+    audio, ok = embed_audio_files(build_tower(tc.audio, device=device), files, skip=stage_skip(),
+                                  desc=f"audio {tc.audio}", **kw)
+    timings["audio_embeddings"] = time.perf_counter() - t
+    local = None
+    if need_local:
+        spec = tc.local or tc.audio
+        if spec == tc.audio:
+            local = audio  # the paper's default: the audio tower's own frozen embedding
+        else:
+            t = time.perf_counter()
+            local, l_ok = embed_audio_files(build_tower(spec, device=device), files, skip=stage_skip(),
+                                            desc=f"local {spec}", **kw)
+            ok = ok & l_ok
+            timings["local_embeddings"] = time.perf_counter() - t
+    feats = None
+    if cfg.captions.variables:
+        from ..egemaps import extract_egemaps
+
+        t = time.perf_counter()
+        feats = extract_egemaps(files, cache_dir=cache_dir, num_workers=cfg.train.num_workers, skip=stage_skip(),
+                                progress=progress)
+        timings["egemaps"] = time.perf_counter() - t
+        ok = ok & np.array([f in feats.index for f in files])
+        feats = feats.reindex(files)
+    seen: set[str] = set()
+    for s in stages:
+        for path, reason in s.items:
+            if path not in seen:
+                seen.add(path)
+                skip.items.append((path, reason))
+    return audio, local, feats, ok
+
+
+def _captions(cfg: RunConfig, builder: CaptionBuilder, table: pd.DataFrame, bins: pd.DataFrame,
+              labels: list[str]) -> tuple[list[str], list[np.ndarray]]:
+    """Every epoch's caption of every clip: (M distinct caption strings, E arrays ``[N]`` of indices
+    into them). A fresh caption per clip and epoch, or (``captions.pool_size`` K) one of K variants
+    per clip drawn each epoch; a manifest's own ``caption`` column wins over generated ones."""
+    cc, seed = cfg.captions, cfg.train.seed
+    extra = {k: (table[k].tolist() if k in table.columns else None) for k in ("gender", "arousal", "valence")}
+    epochs = max(1, cfg.train.epochs)
+    if cc.pool_size is None:
+        per_epoch = [builder.captions(bins, labels, rng=np.random.default_rng([seed, e]), **extra)
+                     for e in range(epochs)]
+    else:
+        pool = [builder.captions(bins, labels, rng=np.random.default_rng([seed, 1 << 20, k]), **extra)
+                for k in range(cc.pool_size)]
+        draws = [np.random.default_rng([seed, 1 << 21, e]).integers(cc.pool_size, size=len(labels))
+                 for e in range(epochs)]
+        per_epoch = [[pool[k][i] for i, k in enumerate(d)] for d in draws]
+    if "caption" in table.columns:
+        from ..values import is_missing
+
+        given = [None if is_missing(c) else str(c).strip() for c in table["caption"]]
+        per_epoch = [[g if g is not None else c for g, c in zip(given, caps)] for caps in per_epoch]
+    texts = sorted({c for caps in per_epoch for c in caps})
+    pos = {c: i for i, c in enumerate(texts)}
+    return texts, [np.array([pos[c] for c in caps], dtype=np.int64) for caps in per_epoch]
+
+
+def _text_embeddings(cfg: RunConfig, builder: CaptionBuilder, caption_texts: list[str], bins: pd.DataFrame,
+                     labels: list[str], need_desc: bool, cache_dir, progress: bool):
+    """(caption embeddings ``[M, text_dim]``, descriptions ``[N]`` or None, their embeddings
+    ``[N, text_dim]`` or None): the frozen text tower, each distinct string once."""
+    from ..towers import build_tower
+
+    tc = cfg.towers
+    text_tower = build_tower(tc.text, device=str(resolve_device(tc.device)))
+    kw = dict(cache_dir=cache_dir, progress=progress, workers=tc.embed_workers, trim_every=tc.trim_every)
+    caption_emb = embed_texts(text_tower, caption_texts, desc=f"captions {tc.text}", **kw)
+    if not need_desc or cfg.loss.text_target == "caption":
+        return caption_emb, None, None
+    if not cfg.captions.variables:
+        raise BadInputError("training table", "loss.text_target=description needs eGeMAPS variables "
+                            "(captions.variables)")
+    desc_texts = builder.descriptions(bins, labels if cfg.loss.text_target == "description+label" else None)
+    return caption_emb, desc_texts, embed_texts(text_tower, desc_texts, desc="descriptions", **kw)
 
 
 def emotion_targets(cfg: RunConfig, table: pd.DataFrame, features: np.ndarray, label_ids: np.ndarray) -> np.ndarray:

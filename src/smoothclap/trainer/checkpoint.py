@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +40,7 @@ class RunFolderError(BadInputError):
 
 def config_fingerprint(cfg) -> dict:
     """The parts of a run config that change what training computes (see :data:`NOT_COMPUTATION`)."""
-    d = {s: asdict(getattr(cfg, s)) for s in _SECTIONS}
+    d = {s: getattr(cfg, s).to_dict() for s in _SECTIONS}
     for section, keys in NOT_COMPUTATION.items():
         for k in keys:
             d[section].pop(k, None)
@@ -67,10 +66,10 @@ def check_run_folder(run_dir, cfg) -> None:
     old_cfg = run_dir / "config.yaml"
     if not (run_dir / CHECKPOINT_NAME).exists() or not old_cfg.exists():
         return
-    from ..config import ConfigError, from_dict, RunConfig
+    from ..config import ConfigError, RunConfig, validate
 
     try:
-        old = from_dict(RunConfig, yaml.safe_load(old_cfg.read_text()) or {})
+        old = validate(RunConfig, yaml.safe_load(old_cfg.read_text()) or {})
     except (ConfigError, yaml.YAMLError, OSError) as e:
         raise RunFolderError(old_cfg, f"cannot read the config of the run already in this folder ({e})") from None
     a, b = config_fingerprint(old), config_fingerprint(cfg)

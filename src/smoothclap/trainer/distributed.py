@@ -248,22 +248,6 @@ def wrap_ddp(module: nn.Module, env: DistEnv, find_unused_parameters: bool = Fal
 
 
 # -- RNG ------------------------------------------------------------------------------------------
-def rng_state(device: torch.device | None = None) -> dict:
-    """Torch (CPU and, on CUDA, this device's) and NumPy global RNG states."""
-    st = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}
-    if device is not None and device.type == "cuda":
-        st["cuda"] = torch.cuda.get_rng_state(device)
-    return st
-
-
-def set_rng_state(st: dict, device: torch.device | None = None) -> None:
-    torch.set_rng_state(st["torch"])
-    if "numpy" in st:
-        np.random.set_state(st["numpy"])
-    if "cuda" in st and device is not None and device.type == "cuda":
-        torch.cuda.set_rng_state(st["cuda"], device)
-
-
 # -- sharded extraction ---------------------------------------------------------------------------
 def embed_sharded(tower, files: Sequence[str], *, env: DistEnv, cache_dir=None, batch_size: int = 16,
                   skip=None, progress: bool = True, desc: str | None = None, gather: bool = True, **kw):
@@ -375,59 +359,65 @@ class EmbedRun:
     output: str | None = None
 
 
+def _embed_listing(read, emb: np.ndarray, ok: np.ndarray, reasons: list[str]):
+    """(array, listing) that :func:`embed_corpus` writes: for a manifest's rows (``read``, a
+    :class:`~smoothclap.corpora.Table`, every kept row still there) one row per manifest row, with
+    the rows left out while reading as NaN rows and their reason; else one row per clip."""
+    import pandas as pd
+
+    files = read.rows["file"].astype(str).tolist()
+    rows = read.manifest_rows()
+    if rows is None:
+        listing = pd.DataFrame({"row": np.arange(1, len(files) + 1), "file": files, "ok": ok, "reason": reasons})
+        return emb, listing
+    n = int(read.n_rows)
+    emb_out = np.full((n, emb.shape[1]), np.nan, dtype=np.float32)
+    idx = rows - 1
+    emb_out[idx] = emb
+    listing = pd.DataFrame({"row": np.arange(1, n + 1), "file": [""] * n, "ok": [False] * n, "reason": [""] * n})
+    for r, reason in read.row_errors.items():
+        listing.loc[r - 1, "reason"] = reason
+    listing.loc[idx, "file"] = files
+    listing.loc[idx, "ok"] = ok
+    listing.loc[idx, "reason"] = reasons
+    return emb_out, listing
+
+
 def embed_corpus(table, spec: str, *, device: str = "auto", cache_dir=None, batch_size: int = 16,
                  skip_bad: bool = False, progress: bool = True, output=None, loudness: str | None = None,
                  workers: int | None = None) -> EmbedRun | None:
     """``smoothclap embed``: run tower ``spec`` over the table's files once, into the cache (under
-    ``torchrun`` split over the processes, see :func:`embed_sharded`). With ``output`` rank 0
+    ``torchrun`` split over the processes, see :func:`embed_sharded`). ``table``: a
+    :class:`~smoothclap.corpora.Table` (or a DataFrame, which skipped nothing). With ``output`` rank 0
     writes the array (``.npy``, atomically) and ``<output>.files.csv`` beside it: one row per
     array row (row, file, ok, reason). For a manifest the array has one row per manifest row, in
     its order: rows skipped while reading the manifest are NaN like clips skipped while embedding."""
     import time
 
-    import pandas as pd
-
     from ..cache import cache_root
+    from ..corpora import Table, check_whole_files
     from ..errors import SkipLog
     from ..io import atomic_save, atomic_write_text
     from ..towers import build_tower
 
+    read = Table.of(table)
     env = init_distributed(device)
     try:
         skip = SkipLog(skip=skip_bad)
         t = time.perf_counter()
-        from ..corpora import check_whole_files
-
-        check_whole_files(table, "embedding")
+        check_whole_files(read.rows, "embedding", source=read.source)
         tower = build_tower(spec, device=str(env.device))
-        files = table["file"].astype(str).tolist()
+        files = read.rows["file"].astype(str).tolist()
         emb, ok = embed_sharded(tower, files, env=env, cache_dir=cache_root(cache_dir), batch_size=batch_size,
                                 skip=skip, progress=progress and env.is_main, loudness=loudness, workers=workers)
         if not env.is_main:
             return None
-        read = list(getattr(table.attrs.get("skipped"), "items", []))
         run = EmbedRun(embeddings=emb, ok=ok, seconds=time.perf_counter() - t, world_size=env.world_size,
-                       skipped=read + list(skip.items))
+                       skipped=list(read.skipped.items) + list(skip.items))
         if output:
             out = str(output)
             why = dict(skip.items)
-            reasons = [why.get(f, "") for f in files]
-            rows = table.attrs.get("rows")
-            if rows is not None and len(rows) == len(files):  # a manifest: one row per manifest row
-                n = int(table.attrs["n_rows"])
-                emb_out = np.full((n, emb.shape[1]), np.nan, dtype=np.float32)
-                idx = np.asarray(rows, dtype=int) - 1
-                emb_out[idx] = emb
-                listing = pd.DataFrame({"row": np.arange(1, n + 1), "file": [""] * n, "ok": [False] * n,
-                                        "reason": [""] * n})
-                for r, reason in (table.attrs.get("row_errors") or {}).items():
-                    listing.loc[r - 1, "reason"] = reason
-                listing.loc[idx, "file"] = files
-                listing.loc[idx, "ok"] = ok
-                listing.loc[idx, "reason"] = reasons
-            else:
-                listing = pd.DataFrame({"row": np.arange(1, len(files) + 1), "file": files, "ok": ok, "reason": reasons})
-                emb_out = emb
+            emb_out, listing = _embed_listing(read, emb, ok, [why.get(f, "") for f in files])
 
             def write(tmp):
                 with open(tmp, "wb") as f:

@@ -28,21 +28,21 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..config import RunConfig, from_dict
+from ..config import RunConfig, SmoothClapConfig, validate
 from ..io import atomic_write_json
 from ..losses import target_diagnostics
-from ..model import SmoothClapConfig, SmoothClapModel
+from ..model import SmoothClapModel
 from ..targets import build_loss
 from .bundle import BatchBuilder, Prepared, norm_groups
-from .checkpoint import (CHECKPOINT_NAME, check_run_folder, fingerprint, load_checkpoint, rng_state,
-                         save_checkpoint, set_rng_state)
+from .checkpoint import (CHECKPOINT_NAME, RunFolderError, check_run_folder, fingerprint, load_checkpoint,
+                         rng_state, save_checkpoint, set_rng_state)
 from .distributed import (DistEnv, GlobalBatchLoss, all_gather_object, barrier, broadcast_object, current_env,
                           local_slice, wrap_ddp)
 from .steps import CachedStep, EndToEndStep
@@ -62,20 +62,17 @@ class TrainResult:
 
 def build_model(cfg: RunConfig, prepared: Prepared) -> SmoothClapModel:
     """An untrained model for ``cfg`` with the bundle's feature sizes and provenance."""
-    mc = SmoothClapConfig(
-        audio_tower=cfg.towers.audio, text_tower=cfg.towers.text,
-        audio_dim=int(prepared.audio.shape[1]), text_dim=int(prepared.caption_emb.shape[1]),
-        embed_dim=cfg.model.embed_dim, dropout=cfg.model.dropout, init_scale=cfg.model.init_scale,
-        max_scale=cfg.model.max_scale, standardize_audio=cfg.model.standardize_audio,
-        feature_norm_group=cfg.model.feature_norm_group, min_group_clips=cfg.model.min_group_clips,
-        loudness=cfg.model.loudness, trained_on=list(prepared.trained_on), loss=asdict(cfg.loss),
-    )
-    return SmoothClapModel(mc)
+    mc = SmoothClapConfig(**cfg.model.to_dict(), audio_tower=cfg.towers.audio, text_tower=cfg.towers.text,
+                          audio_dim=int(prepared.audio.shape[1]), text_dim=int(prepared.caption_emb.shape[1]),
+                          inference=cfg.inference, trained_on=list(prepared.trained_on), loss=cfg.loss.to_dict())
+    model = SmoothClapModel(mc)
+    model.trained_clips = getattr(prepared, "trained_clips", None)
+    return model
 
 
 def validated(cfg: RunConfig) -> RunConfig:
     """``cfg`` checked again (its fields may have been set after it was built)."""
-    return from_dict(RunConfig, cfg.to_dict())
+    return validate(RunConfig, cfg.to_dict())
 
 
 def _take(x, m: torch.Tensor):
@@ -223,82 +220,89 @@ class Trainer:
             torch.manual_seed(self.cfg.train.seed + 7919 * self.env.rank + 104729 * int(ck["epoch"]))
 
     # -- the loop ---------------------------------------------------------------------------------------
+    def _resume(self, run_dir: Path | None, fp: str, load: bool = True) -> tuple[list[dict], int]:
+        """Prepare the run folder and (``load``) its checkpoint, if any: (history, first epoch to train)."""
+        if run_dir is None:
+            return [], 0
+        cfg, env = self.cfg, self.env
+        ck = None
+        if env.is_main:
+            check_run_folder(run_dir, cfg)
+            ck = load_checkpoint(run_dir / CHECKPOINT_NAME, fp) if load else None
+            if ck is not None and int(ck["epoch"]) > cfg.train.epochs:
+                raise RunFolderError(run_dir, f"holds a run already trained for {int(ck['epoch'])} epochs; "
+                                     f"train.epochs={cfg.train.epochs} cannot shorten it (its model stays as it is): "
+                                     "choose another output folder (--out) or raise train.epochs")
+        ck = broadcast_object(ck, env)  # every rank resumes from rank 0's checkpoint
+        if env.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            cfg.dump(run_dir / "config.yaml")
+            if self.prepared.binner is not None:  # caption bins, fitted on training data only
+                atomic_write_json(run_dir / "caption_bins.json", self.prepared.binner.to_dict())
+        if ck is None:
+            return [], 0
+        self.load(ck)
+        if env.is_main:
+            log.info("resuming %s from epoch %d", run_dir, int(ck["epoch"]))
+        return ck["history"], int(ck["epoch"])
+
+    def _epoch(self, epoch: int, example: dict) -> dict:
+        """Train one epoch; returns its record (means of the batch statistics, the scale). The
+        statistics stay on the device until the end of the epoch (no synchronisation per step)."""
+        n, bs = len(self.prepared.table), self.cfg.train.batch_size
+        self.step_impl.set_train()
+        batches = self.batches(epoch)
+        sums: dict[str, torch.Tensor] = {}
+        for idx, data in zip(batches, self.step_impl.loader(epoch, batches)):
+            self.opt.zero_grad(set_to_none=True)
+            out = self.accumulate(epoch, idx, data)
+            self.step()
+            stats = {"loss": out["loss"].detach(), "kl": out["kl"],
+                     **target_diagnostics(out["targets"], self.labels[idx].to(self.device))}
+            for k, v in stats.items():  # summed in float64, as Python floats were
+                sums[k] = sums[k] + v.double() if k in sums else v.double()
+            if epoch == self.cfg.train.epochs - 1 and not example and len(idx) == min(bs, n):
+                t = out["targets"]
+                example.update(y=t.y.cpu().numpy(), q=None if t.q is None else t.q.cpu().numpy(),
+                               labels=[self.prepared.label_names[i] for i in self.labels[idx].tolist()])
+        if not batches:
+            raise ValueError(f"epoch {epoch + 1}: no batch of at least {max(2, self.env.world_size)} clips "
+                             f"({n} clips, train.batch_size {bs})")
+        means = torch.stack(list(sums.values())).cpu() / len(batches)  # one transfer per epoch
+        return {"epoch": epoch + 1, **dict(zip(sums, means.tolist())), "scale": float(self.model.scale.detach())}
+
     def fit(self, run_dir=None, progress: bool = True, resume: bool = True, callback=None) -> TrainResult:
         t0 = time.perf_counter()
-        cfg, prepared, env = self.cfg, self.prepared, self.env
-        main = env.is_main
-        n = len(prepared.table)
-        if n < 2:
-            raise ValueError(f"need at least 2 training clips, got {n}")
-        history: list[dict] = []
-        start_epoch = 0
+        cfg, env = self.cfg, self.env
+        if len(self.prepared.table) < 2:
+            raise ValueError(f"need at least 2 training clips, got {len(self.prepared.table)}")
         run_dir = Path(run_dir) if run_dir is not None else None
-        ckpt_path = run_dir / CHECKPOINT_NAME if run_dir is not None else None
-        fp = fingerprint(cfg, prepared)
-        if run_dir is not None:
-            ck = None
-            if main:
-                check_run_folder(run_dir, cfg)
-                ck = load_checkpoint(ckpt_path, fp) if resume else None
-            ck = broadcast_object(ck, env)  # every rank resumes from rank 0's checkpoint
-            if main:
-                run_dir.mkdir(parents=True, exist_ok=True)
-                cfg.dump(run_dir / "config.yaml")
-                if prepared.binner is not None:  # caption bins, fitted on training data only
-                    atomic_write_json(run_dir / "caption_bins.json", prepared.binner.to_dict())
-            if ck is not None:
-                self.load(ck)
-                history, start_epoch = ck["history"], int(ck["epoch"])
-                if main:
-                    log.info("resuming %s from epoch %d", run_dir, start_epoch)
-        resumed_from = start_epoch
+        fp = fingerprint(cfg, self.prepared)
+        history, start_epoch = self._resume(run_dir, fp, load=resume)
         example: dict = {}
-        epochs = cfg.train.epochs
-        bs = cfg.train.batch_size
         label = f"train{' e2e' if cfg.train.mode == 'e2e' else ''} beta={cfg.loss.beta:g}"
-        bar = tqdm(range(start_epoch, epochs), desc=label, unit="epoch", disable=not progress or not main,
-                   initial=start_epoch, total=epochs)
+        bar = tqdm(range(start_epoch, cfg.train.epochs), desc=label, unit="epoch", initial=start_epoch,
+                   total=cfg.train.epochs, disable=not progress or not env.is_main)
         for epoch in bar:
-            self.step_impl.set_train()
-            batches = self.batches(epoch)
-            sums: dict[str, float] = {}
-            count = 0
-            for idx, data in zip(batches, self.step_impl.loader(epoch, batches)):
-                self.opt.zero_grad(set_to_none=True)
-                out = self.accumulate(epoch, idx, data)
-                self.step()
-                stats = {"loss": float(out["loss"].detach()), "kl": float(out["kl"])}
-                stats.update(target_diagnostics(out["targets"], self.labels[idx].to(self.device)))
-                for k, v in stats.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                count += 1
-                if epoch == epochs - 1 and not example and len(idx) == min(bs, n):
-                    t = out["targets"]
-                    example = {"y": t.y.cpu().numpy(), "q": None if t.q is None else t.q.cpu().numpy(),
-                               "labels": [prepared.label_names[i] for i in self.labels[idx].tolist()]}
-            if count == 0:
-                raise ValueError(f"epoch {epoch + 1}: no batch of at least {max(2, env.world_size)} clips "
-                                 f"({n} clips, train.batch_size {bs})")
-            rec = {"epoch": epoch + 1, **{k: v / count for k, v in sums.items()},
-                   "scale": float(self.model.scale.detach())}
+            rec = self._epoch(epoch, example)
             history.append(rec)
-            bar.set_postfix(loss=f"{rec.get('loss', float('nan')):.3f}", scale=f"{rec['scale']:.1f}")
-            if ckpt_path is not None:
+            bar.set_postfix(loss=f"{rec['loss']:.3f}", scale=f"{rec['scale']:.1f}")
+            if run_dir is not None:
                 rngs = all_gather_object(rng_state(self.device), env) if env.enabled else None
-                if main:
-                    save_checkpoint(ckpt_path, self.state(epoch + 1, history, fp, rngs))
+                if env.is_main:
+                    save_checkpoint(run_dir / CHECKPOINT_NAME, self.state(epoch + 1, history, fp, rngs))
             if callback is not None:
                 callback(epoch + 1, rec, self.model)
         bar.close()
         self.step_impl.finish()
         self.model.eval()
         self.model.cpu()
-        if run_dir is not None and main:
+        if run_dir is not None and env.is_main:
             self.model.save_pretrained(run_dir / "model")
             atomic_write_json(run_dir / "history.json", history)
         barrier(env)
         return TrainResult(model=self.model, history=history, run_dir=run_dir, example_targets=example,
-                           seconds=time.perf_counter() - t0, resumed_from_epoch=resumed_from)
+                           seconds=time.perf_counter() - t0, resumed_from_epoch=start_epoch)
 
 
 TARGETS_NAME = "target_sources.npz"

@@ -36,6 +36,9 @@ def run_training(cfg: RunConfig, *, progress: bool = True, new_folder: bool = Fa
     is refused, or, with ``new_folder``, left alone and the run goes to ``<out_dir>-2`` (-3, ...)."""
     cfg = validated(cfg)
     out_dir = Path(cfg.out_dir)
+    for p in (out_dir, *out_dir.parents):
+        if p.exists() and not p.is_dir():
+            raise BadInputError(p, "exists and is not a folder (out_dir, --out: the run folder)")
     try:
         check_run_folder(out_dir, cfg)
     except RunFolderError:
@@ -44,7 +47,8 @@ def run_training(cfg: RunConfig, *, progress: bool = True, new_folder: bool = Fa
         out_dir = next_free_folder(out_dir)
     env = init_distributed(cfg.train.device, timeout_min=cfg.train.dist_timeout_min)
     try:
-        table = load_sources(cfg.data, cfg.data.split)
+        read = SkipLog(skip=cfg.data.skip_bad)  # what reading the training data left out
+        table = load_sources(cfg.data, cfg.data.split, skips=read)
         cache_dir = cache_root(cfg.cache_dir)
         show = progress and env.is_main
         callback = None
@@ -72,8 +76,7 @@ def run_training(cfg: RunConfig, *, progress: bool = True, new_folder: bool = Fa
             res = train(cfg, prepared, run_dir=out_dir, progress=show, callback=callback, dist_env=env)
         if not env.is_main:
             return None
-        read = list(getattr(table.attrs.get("skipped"), "items", []))
-        skipped = read + list(prepared.skipped.items)
+        skipped = list(read.items) + list(prepared.skipped.items)
         atomic_write_json(out_dir / "skipped.json", {"count": len(skipped),
                                                       "files": [{"file": p, "reason": r} for p, r in skipped]})
         return TrainingRun(result=res, prepared=prepared, out_dir=out_dir, world_size=env.world_size,

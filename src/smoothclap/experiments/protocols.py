@@ -1,0 +1,55 @@
+"""How a held-out corpus is scored: three protocols, the way users meet a model.
+
+* ``whole``: the whole corpus scored at once, with its own groups (the model's
+  ``feature_norm_group`` column: per-corpus or per-speaker statistics of the clips scored);
+* ``skewed``: each speaker keeps only ``k`` of its emotions (seeded), as in natural speech where a
+  speaker shows one or two emotions, scored with its groups;
+* ``single``: every clip on its own, no groups at all: the path of ``smoothclap classify FILE``,
+  the web page and the three-call API (the model's stored training statistics).
+
+The **robust UAR** of a corpus is the mean over the three; over corpora, the mean of those.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..tasks import Task, score_table
+
+PROTOCOLS = ("whole", "skewed", "single")
+
+
+def skew_speakers(table: pd.DataFrame, k: int, seed: int = 0) -> pd.DataFrame:
+    """Each speaker keeps only ``k`` of its emotions (drawn with ``seed``): natural speech, where a
+    speaker shows one or two emotions, not every emotion evenly as in acted corpora. Rows keep
+    their order; the index is reset."""
+    rng = np.random.default_rng(seed)
+    keep = []
+    for _, rows in table.groupby(table["speaker"].astype(str), sort=True):
+        labels = sorted(rows["label"].astype(str).unique())
+        chosen = set(rng.choice(labels, size=min(k, len(labels)), replace=False))
+        keep.append(rows[rows["label"].astype(str).isin(chosen)])
+    return pd.concat(keep).sort_index().reset_index(drop=True)
+
+
+def skewed_rows(table: pd.DataFrame, k: int, seed: int = 0) -> np.ndarray:
+    """Row positions of ``table`` kept by :func:`skew_speakers` (to reuse features computed once)."""
+    marked = table.reset_index(drop=True).assign(_row=np.arange(len(table)))
+    return skew_speakers(marked, k, seed)["_row"].to_numpy()
+
+
+def score_protocols(task: Task, model, table: pd.DataFrame, features: np.ndarray, *, skew_emotions: int = 2,
+                    skew_seed: int = 0, **kw) -> dict[str, dict]:
+    """:func:`smoothclap.tasks.score_table` of ``table`` under each of :data:`PROTOCOLS`: protocol ->
+    result. ``features``: the model's raw audio-tower features of ``table``'s rows ``[N, audio_dim]``
+    (computed once, shared by the protocols); ``kw`` go to ``score_table`` (templates, language)."""
+    table = table.reset_index(drop=True)
+    rows = skewed_rows(table, skew_emotions, skew_seed)
+    return {"whole": score_table(task, model, table, features=features, **kw),
+            "skewed": score_table(task, model, table.iloc[rows], features=features[rows], **kw),
+            "single": score_table(task, model, table, features=features, use_groups=False, **kw)}
+
+
+def robust(per_protocol: dict[str, float]) -> float:
+    """Mean over the protocols (the robust UAR of one corpus)."""
+    return float(np.mean([per_protocol[p] for p in PROTOCOLS]))
