@@ -170,6 +170,47 @@ def test_cli_benchmark(loco_root, shared_cache, tmp_path, capsys):
     assert cfg["feature_norm_group"] == "corpus" and cfg["trained_on"] == ["emovo", "ravdess", "tess", "turevdb"]
 
 
+def test_regime_table_masks_and_flips_training_labels_only():
+    tabs = {c: pd.DataFrame({"file": [f"{c}{i}" for i in range(40)], "label": ["anger", "sadness"] * 20,
+                             "speaker": np.repeat(list("abcd"), 10), "corpus": c}) for c in ("emodb", "tess")}
+    table = training_table(tabs)
+    same = benchmark.regime_table(_cfg(".", None, None), table)
+    pd.testing.assert_frame_equal(same, table)  # the defaults change nothing
+    lc = _cfg(".", None, None, labelled_fraction=0.25, label_noise=0.5, regime_seed=3)
+    out = benchmark.regime_table(lc, table)
+    from smoothclap.corpora import labelled_mask
+
+    has = labelled_mask(out)
+    assert [int(has[out["corpus"] == c].sum()) for c in ("emodb", "tess")] == [10, 10]
+    assert out.loc[~has, "label"].isna().all()
+    assert int(out["label_flipped"].sum()) == 40  # half of each corpus' 40 labels, before masking
+    pd.testing.assert_frame_equal(out, benchmark.regime_table(lc, table))  # seeded
+
+
+def test_cli_regimes_study(loco_root, shared_cache, tmp_path, capsys):
+    """The regimes study through the benchmark: 30 % labels, 20 % noise, captions without the
+    emotion word, the soft-target source chosen on validation speakers (--grid targets)."""
+    from smoothclap.cli import main
+
+    out = tmp_path / "r"
+    rc = main(["-q", "benchmark", "loco", "--data-root", str(loco_root), "--heldout", "tess", "--seeds", "0",
+               "--epochs", "1", "--embed-dim", "8", "--batch-size", "8", "--no-probe", "--validate",
+               "--validation-scheme", "speakers", "--validation-seeds", "0", "--grid", "targets",
+               "--candidates", "q from labels;q from the audio tower", "--labelled-fraction", "0.3",
+               "--label-noise", "0.2", "--set", "captions.emotion_word=false",
+               "--cache-dir", str(shared_cache), "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    res = json.loads((out / "results.json").read_text())
+    e = res["heldout"]["tess"]
+    assert res["config"]["labelled_fraction"] == 0.3 and res["config"]["label_noise"] == 0.2
+    assert e["validation"]["best"] in ("q from labels", "q from the audio tower")
+    assert set(e["validation"]["candidates"]) == {"q from labels", "q from the audio tower"}
+    assert "captions.emotion_word=false" in e["overrides"]
+    assert set(e["target_precision"]) == {"precision", "precision_chance"}
+    examples = " ".join(e["caption_example"]).lower()
+    assert not any(w in examples for w in ("angry", "sad", "happy", "neutral", "fear", "disgust")), examples
+
+
 # ------------------------------------------------------------------------------ real data (cheap)
 
 

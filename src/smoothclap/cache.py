@@ -50,9 +50,10 @@ in-memory index, one writer per shard width); after ``fork`` the child starts af
 32 bytes per entry, e.g. 32 MB for a million entries) and reads the new records of grown index
 files when a key is missed (at most every few milliseconds). ``get`` is a binary search plus one
 ``pread`` of the row, checked against its CRC-32. ``locate(keys)`` returns a handle whose
-``rows(idx)`` gathers only those rows from the memory-mapped shards, for training on a corpus
-larger than memory. The old per-file layout is read when the shards miss (:func:`migrate` moves
-it into shards). A process keeps at most 64 data files open for reading and 16 shards open for
+``rows(idx)`` gathers only those rows from the memory-mapped shards (or, ``mapped=False``, with
+``pread``: nothing mapped, so the pages read never count in the process's resident set), for
+training on a corpus larger than memory. The old per-file layout is read when the shards miss
+(:func:`migrate` moves it into shards). A process keeps at most 64 data files open for reading and 16 shards open for
 writing, whatever the number of folders (the least recently used writer is finished: fsync'ed and
 unlocked, its free rows reused by the next claim).
 
@@ -110,6 +111,7 @@ _KEY_DT = np.dtype([("p", ">u8"), ("k2", ">u8"), ("k3", ">u4")])
 _REFRESH_MIN_S = 0.005  # a miss rereads grown index files at most this often
 _MAX_READ_FDS = 64  # data files kept open for reading, per process (least recently used closed)
 _MAX_WRITERS = 16  # shards held open for appending, per process (least recently used finished)
+_PREAD_MAX_BYTES = 16 << 20  # the largest single read of Located(mapped=False)
 _MERGE_MIN = 1 << 16  # new entries kept in a dict before they are merged into the sorted arrays
 _LEGACY_DIR = re.compile(r"[0-9a-f]{2}")
 _LEGACY_FILE = re.compile(r"([0-9a-f]{40})\.npy")
@@ -839,15 +841,22 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 # -- the public classes --------------------------------------------------------------------------
 class Located:
-    """Rows of ``keys`` found by :meth:`ArrayCache.locate`, read on demand from memory-mapped shards.
+    """Rows of ``keys`` found by :meth:`ArrayCache.locate`, read on demand from the shards.
 
     ``found`` [N] bool; ``dim``; ``rows(idx)`` -> ``[len(idx), dim]`` (NaN rows for keys not found;
     :class:`CacheCorruptError` when a found row fails its checksum now). Holds 12 bytes per key
-    plus the open maps; picklable (e.g. into DataLoader workers: the maps are reopened there).
+    plus the open maps (or descriptors); picklable (e.g. into DataLoader workers: the maps and
+    descriptors are reopened there).
+
+    ``mapped=True`` gathers rows from memory-mapped shards. ``mapped=False`` reads them with
+    ``pread`` instead (runs of consecutive rows in one call): nothing is mapped, so the pages read
+    stay in the kernel's page cache and never count in this process's resident set, which a
+    memory map's pages do once touched (a training epoch touches every row). At most
+    :data:`_MAX_READ_FDS` descriptors are kept open per handle (least recently used closed).
     """
 
     def __init__(self, shard_paths: list[str], shard: np.ndarray, row: np.ndarray, crc: np.ndarray,
-                 legacy: dict[int, str], dim: int, dtype):
+                 legacy: dict[int, str], dim: int, dtype, mapped: bool = True):
         self._paths = shard_paths
         self._shard = shard.astype(np.int32)
         self._row = row.astype(np.uint32)
@@ -855,10 +864,12 @@ class Located:
         self._legacy = legacy
         self.dim = int(dim)
         self.dtype = np.dtype(dtype)
+        self.mapped = bool(mapped)
         self.found = self._shard >= 0
         for i in legacy:
             self.found[i] = True
         self._maps: dict[int, np.ndarray] = {}
+        self._fds: OrderedDict[int, tuple] = OrderedDict()  # shard -> (fd, dtype, data offset)
 
     def __len__(self) -> int:
         return len(self._shard)
@@ -866,7 +877,44 @@ class Located:
     def __getstate__(self):
         d = dict(self.__dict__)
         d["_maps"] = {}
+        d["_fds"] = OrderedDict()
         return d
+
+    def close(self) -> None:
+        """Close the descriptors and maps this handle holds (reopened when rows are read again)."""
+        for s in list(self._fds):
+            self._drop(s)
+        self._maps = {}
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+    def _drop(self, s: int) -> None:
+        self._maps.pop(s, None)
+        fd = self._fds.pop(s, None)
+        if fd is not None:
+            try:
+                os.close(fd[0])
+            except OSError:
+                pass
+
+    def _reader(self, s: int) -> tuple:
+        r = self._fds.get(s)
+        if r is not None:
+            self._fds.move_to_end(s)
+            return r
+        header = _read_shard_header(self._paths[s])
+        if header is None or header[2] != self.dim:
+            got = "unreadable header" if header is None else f"width {header[2]}"
+            raise ValueError(f"{self._paths[s]}: {got}, not [rows, {self.dim}]")
+        fd = os.open(self._paths[s], os.O_RDONLY)
+        r = self._fds[s] = (fd, header[0], header[3])
+        while len(self._fds) > _MAX_READ_FDS:
+            self._drop(next(iter(self._fds)))
+        return r
 
     def _map(self, s: int) -> np.ndarray:
         m = self._maps.get(s)
@@ -877,12 +925,7 @@ class Located:
             self._maps[s] = m
         return m
 
-    def _gather(self, idx, strict: bool) -> tuple[np.ndarray, np.ndarray]:
-        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
-        out = np.full((len(idx), self.dim), np.nan, dtype=self.dtype)
-        ok = np.zeros(len(idx), dtype=bool)
-        s = self._shard[idx]
-        bad: list[int] = []
+    def _gather_mapped(self, idx, s, out, ok, bad, strict) -> None:
         for u in np.unique(s[s >= 0]).tolist():
             sel = np.flatnonzero(s == u)
             pos = idx[sel]
@@ -898,12 +941,97 @@ class Located:
                 good = np.array([zlib.crc32(block[j]) == crcs[j] for j in range(len(sel))], dtype=bool)
                 if good.all() or attempt:
                     break
-                self._maps.pop(u, None)  # once more through a new map (stale NFS pages)
+                self._drop(u)  # once more through a new map (stale NFS pages)
             if block is None:
                 continue
             out[sel[good]] = block[good]
             ok[sel[good]] = True
             bad.extend(pos[~good].tolist())
+
+    def _pread_into(self, buf: np.ndarray, sh: list, rows: list, crcs: list, strict: bool) -> np.ndarray:
+        """Read row ``rows[j]`` of shard ``sh[j]`` into ``buf[j]`` (the lists sorted by shard, then
+        row), one ``pread`` per run of consecutive rows of a shard. Returns ``[len(buf)]`` bool:
+        read whole and matching its checksum ``crcs[j]`` (rows short of the file, or of an
+        unreadable shard, do not)."""
+        n = len(buf)
+        good = [False] * n
+        crc32, preadv = zlib.crc32, os.preadv
+        cur, j = -1, 0
+        while j < n:
+            u, r0 = sh[j], rows[j]
+            k = j + 1
+            while k < n and sh[k] == u and rows[k] == r0 + (k - j):
+                k += 1
+            if u != cur:
+                try:
+                    fd, dtype, off = self._reader(u)
+                except (OSError, ValueError) as e:
+                    if strict:
+                        raise CacheCorruptError(f"cache shard {self._paths[u]} unreadable: {e}") from e
+                    while k < n and sh[k] == u:
+                        k += 1
+                    j = k
+                    continue
+                cur, rb, same = u, self.dim * dtype.itemsize, dtype == buf.dtype
+                step = max(1, _PREAD_MAX_BYTES // rb)
+            if same and k - j <= step:  # the usual case: one read straight into place
+                dest = buf[j:k]
+                got = preadv(fd, [dest], off + r0 * rb)
+                if got == dest.nbytes:
+                    for i in range(j, k):
+                        good[i] = crc32(buf[i]) == crcs[i]
+                    j = k
+                    continue
+            for a in range(j, k, step):
+                b = min(k, a + step)
+                pos = off + (r0 + a - j) * rb
+                # a shard of another float type: read its own bytes (what the checksums cover)
+                dest = buf[a:b] if same else np.empty((b - a, self.dim), dtype)
+                got = preadv(fd, [dest], pos)
+                if 0 < got < dest.nbytes:  # a short read: the rest, if there is any
+                    view = memoryview(dest).cast("B")[got:]
+                    while len(view) and (m := preadv(fd, [view], pos + got)) > 0:
+                        view, got = view[m:], got + m
+                for i in range(max(0, got) // rb):
+                    good[a + i] = crc32(dest[i]) == crcs[a + i]
+                if not same:
+                    buf[a:b] = dest
+            j = k
+        return np.asarray(good, dtype=bool)
+
+    def _gather_pread(self, idx, s, out, ok, bad, strict) -> None:
+        sel = np.flatnonzero(s >= 0)
+        if not len(sel):
+            return
+        pos = idx[sel]
+        key = (s[sel].astype(np.int64) << 32) | self._row[pos].astype(np.int64)
+        order = np.argsort(key, kind="stable")
+        pos, key = pos[order], key[order]
+        sh, rows = (key >> 32).tolist(), (key & 0xFFFFFFFF).tolist()
+        crcs = self._crc[pos].tolist()
+        for attempt in range(2):
+            buf = np.full((len(pos), self.dim), np.nan, dtype=self.dtype)
+            good = self._pread_into(buf, sh, rows, crcs, strict)
+            if good.all() or attempt:
+                break
+            for u in set(np.asarray(sh)[~good].tolist()):
+                self._drop(u)  # once more through a fresh descriptor (stale NFS pages)
+        dest = sel[order]
+        if good.all():
+            out[dest] = buf
+            ok[dest] = True
+        else:
+            out[dest[good]] = buf[good]
+            ok[dest[good]] = True
+            bad.extend(pos[~good].tolist())
+
+    def _gather(self, idx, strict: bool) -> tuple[np.ndarray, np.ndarray]:
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        out = np.full((len(idx), self.dim), np.nan, dtype=self.dtype)
+        ok = np.zeros(len(idx), dtype=bool)
+        s = self._shard[idx]
+        bad: list[int] = []
+        (self._gather_mapped if self.mapped else self._gather_pread)(idx, s, out, ok, bad, strict)
         for j in np.flatnonzero(s < 0).tolist():
             path = self._legacy.get(int(idx[j]))
             if path is not None:
@@ -984,12 +1112,13 @@ class ArrayCache:
             raise ValueError(f"put_many needs [len(keys), d] rows, got {arr.shape} for {len(keys)} keys")
         self._store().put_many([_kb(k) for k in keys], arr)
 
-    def locate(self, keys: Sequence[str], length: int | None = None) -> Located:
+    def locate(self, keys: Sequence[str], length: int | None = None, *, mapped: bool = True) -> Located:
         """A handle on the rows of ``keys`` (nothing read yet): ``.found``, ``.rows(idx)``.
-        ``length``: the row width (default: the width of the entries found)."""
+        ``length``: the row width (default: the width of the entries found); ``mapped=False``:
+        rows are read with ``pread`` rather than through memory maps (see :class:`Located`)."""
         if not self.enabled:
             return Located([], np.full(len(keys), -1), np.zeros(len(keys)), np.zeros(len(keys)), {},
-                           length or 0, self.dtype)
+                           length or 0, self.dtype, mapped)
         st = self._store()
         kbs = [_kb(k) for k in keys]
         sh, row, crc = st.lookup_many(kbs)
@@ -1006,7 +1135,7 @@ class ArrayCache:
                 p = self._path(keys[i])
                 if p.exists():
                     legacy[i] = str(p)
-        return Located(paths, sh, row, crc, legacy, length, self.dtype)
+        return Located(paths, sh, row, crc, legacy, length, self.dtype, mapped)
 
     def get_many(self, keys: Sequence[str], length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(array [N, d] with NaN rows for misses, found [N] bool)``; rows failing their checksum

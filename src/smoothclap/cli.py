@@ -354,7 +354,9 @@ def _loco_config(args, **extra):
                       skew_emotions=args.skew_emotions, templates=args.templates,
                       cache_dir=args.cache_dir, out_dir=args.out, num_workers=args.num_workers,
                       progress=not args.quiet, baselines=tuple(args.baseline or ()),
-                      prompt_languages=tuple(x.strip() for x in args.prompt_languages.split(",")), **extra)
+                      prompt_languages=tuple(x.strip() for x in args.prompt_languages.split(",")),
+                      labelled_fraction=args.labelled_fraction, label_noise=args.label_noise,
+                      regime_seed=args.regime_seed, **extra)
 
 
 def cmd_benchmark(args) -> int:
@@ -373,8 +375,11 @@ def cmd_benchmark(args) -> int:
     lc = _loco_config(args, probe=not args.no_probe, validate=args.validate,
                       validation_scheme=args.validation_scheme,
                       validation_seeds=tuple(int(x) for x in args.validation_seeds.split(",")))
+    from .experiments.settings import GRIDS
+
+    lc.grid = GRIDS[args.grid]
     if args.candidates:
-        lc.grid = select_candidates([c.strip() for c in args.candidates.split(";") if c.strip()])
+        lc.grid = select_candidates([c.strip() for c in args.candidates.split(";") if c.strip()], lc.grid)
     res = run_loco(lc)
     print()
     print("Zero-shot UAR, leave one corpus out (mean ± sd over seeds " + ",".join(map(str, lc.seeds)) + "):")
@@ -538,8 +543,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per held-out corpus, choose among candidate settings on the training corpora only")
     s.add_argument("--validation-scheme", default=loco.validation_scheme, choices=["corpus", "speakers"])
     s.add_argument("--validation-seeds", default=",".join(map(str, loco.validation_seeds)))
-    s.add_argument("--candidates", help="';'-separated candidate names from smoothclap.experiments.loco.DEFAULT_GRID "
-                   "(default: all of its stages)")
+    s.add_argument("--grid", default="recipe", choices=["recipe", "targets"],
+                   help="what --validate chooses among: recipe = features, training length and inference prompts "
+                        "(smoothclap.experiments.settings.DEFAULT_GRID); targets = the soft-target source (TARGET_GRID)")
+    s.add_argument("--candidates", help="';'-separated candidate names from the grid (default: all of its stages)")
+    s.add_argument("--labelled-fraction", type=float, default=loco.labelled_fraction,
+                   help="study: share of each training corpus kept labelled; the rest trains unlabelled")
+    s.add_argument("--label-noise", type=float, default=loco.label_noise,
+                   help="study: share of training labels replaced by another class (seeded)")
+    s.add_argument("--regime-seed", type=int, default=loco.regime_seed, help="seed of the label regime's draws")
     s.add_argument("--no-probe", action="store_true", help="skip the in-corpus linear probe")
     s.add_argument("--prompt-languages", default=",".join(loco.prompt_languages),
                    help="score held-out corpora with label prompts in these languages too (e.g. en,de)")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
 from .cache import DEFAULT_CACHE_DIR
 from .errors import UserError
@@ -203,6 +203,9 @@ class CaptionConfig(Section):
                                             "phrases per caption")
     phrase_dropout: Float = Field(0.0, description="drop each phrase with this probability (one kept), in [0, 1)")
     description_include_label: Bool = Field(False, description="prefix descriptions (q_t2t) with the emotion word")
+    emotion_word: Bool = Field(True, description="false: generated captions never name the emotion, not even for "
+                               "labelled clips (labels then reach training only through the soft targets; a study "
+                               "setting). Unlabelled clips' captions never do")
     # Chosen on validation speakers of the training corpora (BENCHMARKS.md, soft-target study):
     # 4 scored as well as fresh captions every epoch, and the text tower runs on 4 per clip at most.
     pool_size: Int | None = Field(4, ge=1, description="K: a fixed pool of K caption variants per clip, embedded "
@@ -243,6 +246,20 @@ def _check_dataset_options(key: str, dataset, options: dict) -> None:
             raise ConfigError(f"{key}.columns", f"unknown field {field!r} (fields: {', '.join(FIELDS)})")
 
 
+#: ``labelled`` of a source: every row labelled, some (``partial``), or none (labels ignored).
+Labelled = Bool | Literal["partial"]
+
+_LABELLED_DOC = ("`true`: every row needs a label (or a caption); `partial`: rows with an empty label train "
+                 "unlabelled; `false`: an unlabelled source (its labels, if any, ignored; rows need only audio). "
+                 "Unlabelled rows get captions without an emotion word (`docs/data.md`)")
+
+
+def _check_labelled(key: str, value):
+    if value is True or value is False or value == "partial":
+        return value
+    raise ConfigError(key, f"{value!r} is not one of true, false or partial")
+
+
 class SourceConfig(Section):
     """One training corpus (``corpus`` + ``root``), manifest (``manifest``) or dataset (``dataset``)."""
 
@@ -259,6 +276,12 @@ class SourceConfig(Section):
     split: str | None = None  # rows of this split train (None: data.split)
     label_map: dict[str, str] = Field(default_factory=dict)  # label -> caption word for this source
     options: dict[str, Any] = Field(default_factory=dict)  # keyword options of the corpus loader
+    labelled: Labelled = Field(True, description=_LABELLED_DOC)
+
+    @field_validator("labelled", mode="before")
+    @classmethod
+    def _labelled(cls, v):
+        return _check_labelled("data.sources.labelled", v)
 
     @model_validator(mode="after")
     def _one_kind(self):
@@ -297,13 +320,20 @@ class DataConfig(Section):
     sources: list[SourceConfig] = Field(
         default_factory=list, description="several: a list of `{corpus, root}`, `{manifest}` or `{dataset}` entries "
         "(a dataset with optional `format`, `dataset_split`, `columns`), each with optional `split`, `label_map`, "
-        "`options` (loader options)")
+        "`options` (loader options), `labelled` (`true`, `partial`, `false`)")
     split: str | None = Field("train", description="rows of this split train; a table without split values trains "
                               "on all rows; null = all rows")
     labels: list[str] | None = Field(None, description="allowed labels (others are bad input)")
     caption_vocabulary: Bool = Field(True, description="map labels to the shared caption vocabulary (`docs/data.md`)")
     label_map: dict[str, str] = Field(default_factory=dict, description="label -> caption word, on top of it")
     skip_bad: Bool = Field(False, description="skip (and count) bad files instead of stopping")
+    labelled: Labelled = Field(True, description="`labelled` of the single source (`manifest`, `dataset` or "
+                               "`corpus`; each entry of `sources` sets its own): " + _LABELLED_DOC)
+
+    @field_validator("labelled", mode="before")
+    @classmethod
+    def _labelled(cls, v):
+        return _check_labelled("data.labelled", v)
 
     @model_validator(mode="after")
     def _labels(self):
@@ -325,12 +355,12 @@ class DataConfig(Section):
         """``sources`` plus the single-source shorthand (``manifest``, ``dataset`` or ``corpus`` + ``root``)."""
         out = list(self.sources)
         if self.manifest is not None:
-            out.append(SourceConfig(manifest=self.manifest))
+            out.append(SourceConfig(manifest=self.manifest, labelled=self.labelled))
         if self.dataset is not None:
             out.append(SourceConfig(dataset=self.dataset, format=self.dataset_format,
-                                    dataset_split=self.dataset_split, columns=self.columns))
+                                    dataset_split=self.dataset_split, columns=self.columns, labelled=self.labelled))
         if self.corpus is not None:
-            out.append(SourceConfig(corpus=self.corpus, root=self.root))
+            out.append(SourceConfig(corpus=self.corpus, root=self.root, labelled=self.labelled))
         return out
 
 

@@ -17,7 +17,8 @@ does; the default, chosen on validation speakers). The text-to-audio target (``t
 (``"transpose"``, default; its rows need not
 sum to 1) or y^T with its rows renormalised (``"renormalized"``). q_a2a comes from frozen local
 features, or (``local_source="labels"``) from the training labels: uniform over the clips of the
-same label (the clip itself included), as supervised contrastive targets. beta = 0 is always
+same label (the clip itself included), as supervised contrastive targets; an unlabelled clip's row
+(label -1) uses no label: its local-feature similarities, or itself alone. beta = 0 is always
 exactly ClipLoss. :class:`SmoothClapLoss` is built from the ``loss`` section of a run config
 (:class:`smoothclap.config.LossConfig`, where every default is stated).
 
@@ -81,11 +82,30 @@ class SoftTargets:
     q_t2t: torch.Tensor | None = None
 
 
-def label_targets(labels: torch.Tensor) -> torch.Tensor:
-    """Integer labels ``[B]`` -> ``[B, B]``: row i uniform over the clips with i's label (i included)."""
+#: The label id of an unlabelled clip (``Prepared.label_ids``; :func:`label_targets`).
+UNLABELLED = -1
+
+
+def label_targets(labels: torch.Tensor, local_audio: torch.Tensor | None = None, tau: float = 0.07,
+                  topk: int | None = None, normalized: bool = False) -> torch.Tensor:
+    """Integer labels ``[B]`` -> ``[B, B]``: row i uniform over the clips with i's label (i included).
+
+    A label < 0 marks an unlabelled clip (:data:`UNLABELLED`). A labelled clip's row spreads over
+    the labelled clips of its label only (an unlabelled clip gets no mass there). An unlabelled
+    clip's row uses no label at all: the tower similarity of its ``local_audio`` row
+    (:func:`similarity_targets` at ``tau``, ``topk``), over every clip of the batch; without local
+    features it is one-hot on itself (hard targets: that row is CLAP's)."""
     with torch.no_grad():
         same = (labels[:, None] == labels[None, :]).float()
-        return same / same.sum(1, keepdim=True)
+        q = same / same.sum(1, keepdim=True)
+        unl = labels < 0
+        if bool(unl.any()):
+            if local_audio is not None:
+                sim = similarity_targets(local_audio, tau, topk, normalized)  # the tower source's rows
+                q[unl] = sim[unl.to(sim.device)].to(device=q.device, dtype=q.dtype)
+            else:
+                q[unl] = torch.eye(len(labels), dtype=q.dtype, device=q.device)[unl]
+        return q
 
 
 def soft_targets(
@@ -105,7 +125,8 @@ def soft_targets(
 
     local_audio: ``[B, k_a]`` frozen local-feature audio embeddings (needed when beta > 0, gamma < 1).
     desc_text: ``[B, k_t]`` frozen text embeddings of the paralinguistic descriptions (when gamma > 0).
-    labels: ``[B]`` integer training labels: q_a2a = :func:`label_targets` instead of local features.
+    labels: ``[B]`` integer training labels: q_a2a = :func:`label_targets` instead of local features
+    (-1: an unlabelled clip, whose row comes from ``local_audio`` when given, else is one-hot).
     normalized: both have unit-length rows already (:func:`unit_rows`), so they are not normalised here.
     """
     ref = local_audio if local_audio is not None else desc_text
@@ -127,7 +148,7 @@ def soft_targets(
         raise ValueError("beta > 0 and gamma > 0 need description text embeddings")
     with torch.no_grad():
         if gamma < 1.0:
-            q_a2a = (label_targets(labels) if labels is not None
+            q_a2a = (label_targets(labels, local_audio, tau_a, topk, normalized) if labels is not None
                      else similarity_targets(local_audio, tau_a, topk, normalized)).to(device)
         if gamma > 0.0:
             q_t2t = similarity_targets(desc_text, tau_t, topk, normalized).to(device)
@@ -278,7 +299,10 @@ def target_diagnostics(t: SoftTargets, labels: torch.Tensor | None = None) -> di
     """Summaries of one batch's targets, as 0-d tensors on the targets' device (read them once per
     logging interval, not per step): diagonal mass of q and y, row entropy of q (and its exponent,
     the effective number of neighbours), and, given integer ``labels`` ``[B]``, the share of q's
-    off-diagonal mass on same-label pairs ("target precision"; diagnostics only)."""
+    off-diagonal mass on same-label pairs ("target precision"; diagnostics only). Precision and
+    its chance level count only pairs of two labelled clips (labels < 0 are unlabelled: skipped);
+    where the batch has no such pair (or q puts no mass on one) they are NaN: undefined, and left
+    out of the trainer's epoch means."""
     with torch.no_grad():
         out = {"y_diag": t.y.diagonal().mean()}
         if t.q is None:
@@ -288,9 +312,12 @@ def target_diagnostics(t: SoftTargets, labels: torch.Tensor | None = None) -> di
         out.update(q_diag=q.diagonal().mean(), q_entropy=ent, q_neighbours=ent.exp())
         if labels is not None:
             same = (labels[:, None] == labels[None, :]).to(q.dtype)
-            off = 1.0 - torch.eye(q.shape[0], device=q.device, dtype=q.dtype)
+            known = (labels >= 0).to(q.dtype)
+            off = (1.0 - torch.eye(q.shape[0], device=q.device, dtype=q.dtype)) * known[:, None] * known[None, :]
             mass = (q * off).sum()
-            out["q_precision"] = (q * off * same).sum() / mass.clamp_min(1e-12)
+            nan = torch.full((), float("nan"), dtype=q.dtype, device=q.device)
+            out["q_precision"] = torch.where(mass > 0, (q * off * same).sum() / mass.clamp_min(1e-12), nan)
             # what precision uniform off-diagonal targets would give: the baseline to beat
-            out["q_precision_chance"] = (off * same).sum() / off.sum().clamp_min(1.0)
+            pairs = off.sum()
+            out["q_precision_chance"] = torch.where(pairs > 0, (off * same).sum() / pairs.clamp_min(1.0), nan)
     return out

@@ -38,7 +38,7 @@ from .errors import BadInputError
 from .hub import (BINS_NAME, CARD_NAME, CONFIG_NAME, RESULTS_NAME, TRAINED_CLIPS_NAME, WEIGHTS_NAME,  # noqa: F401
                   load_trained_clips, model_card, read_results, save_trained_clips)
 from .io import atomic_save, atomic_write_json, atomic_write_text
-from .normalize import EPS, normalize_groups, standardize
+from .normalize import EPS, ZScored, group_codes, is_row_source, moments, normalize_groups
 from .zeroshot import ZeroShotModel  # the inference interface (torch-free); re-exported here
 
 log = logging.getLogger("smoothclap")
@@ -128,24 +128,38 @@ class SmoothClapModel(nn.Module, ZeroShotModel):
         return tuple(k for k in ("audio", "text") if k in self._trainable)
 
     # -- 3. feature normalisation -------------------------------------------------------------------------
-    def fit_normalization(self, raw: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
+    def fit_normalization(self, raw, groups: np.ndarray | None = None):
         """Fit the statistics on training features ``raw`` ``[N, audio_dim]`` (``groups`` ``[N]``:
         each clip's group, needed when ``config.feature_norm_group`` is set) and return the
-        normalised features ``[N, audio_dim]`` float32 that the heads train on."""
-        raw = np.asarray(raw, dtype=np.float32)
+        normalised features ``[N, audio_dim]`` float32 that the heads train on.
+
+        ``raw`` may be a :class:`~smoothclap.normalize.RowSource` (rows read on demand, e.g. from the
+        embedding cache): it is read in chunks and never held whole, and the features come back
+        as a row source too (:class:`~smoothclap.normalize.ZScored`: each batch normalised as it
+        is read), so memory does not grow with N. Every statistic is accumulated in float64 in
+        row order (:func:`~smoothclap.normalize.moments`), which gives the same bits as over the
+        whole array at once, so an array and a row source of the same rows train identically.
+        The input standardiser's mean / std (unbiased) are computed in float64 too and stored as
+        float32 (before: torch float32 reductions, a few float32 ulps away)."""
+        if not is_row_source(raw):
+            raw = np.asarray(raw, dtype=np.float32)
         x = raw
         if self.config.feature_norm_group:
             if groups is None:
                 raise ValueError(f"model.feature_norm_group={self.config.feature_norm_group!r}: the training "
                                  "table needs that column")
-            x = standardize(raw, "zscore", np.asarray(groups))
-            r = raw.astype(np.float64)
-            self.norm_mean.copy_(torch.from_numpy(r.mean(0)))
-            self.norm_std.copy_(torch.from_numpy(np.maximum(r.std(0), EPS)))
+            _, codes = group_codes(groups)
+            mean, std = moments(raw, codes)
+            x = ZScored(raw, codes, mean, np.maximum(std, EPS))  # = standardize(raw, "zscore", groups)
+            if not is_row_source(raw):
+                x = np.asarray(x)
+            mean, std = moments(raw)
+            self.norm_mean.copy_(torch.from_numpy(mean[0]))
+            self.norm_std.copy_(torch.from_numpy(np.maximum(std[0], EPS)))
         if self.config.standardize_audio:
-            t = torch.from_numpy(x).float()
-            self.audio_mean.copy_(t.mean(0))
-            self.audio_std.copy_(t.std(0).clamp_min(1e-6))
+            mean, std = moments(x, ddof=1)
+            self.audio_mean.copy_(torch.from_numpy(mean[0]))
+            self.audio_std.copy_(torch.from_numpy(std[0]).float().clamp_min(1e-6))
         return x
 
     def normalize_audio_features(self, raw, groups: Sequence | np.ndarray | None = None) -> torch.Tensor:

@@ -4,12 +4,133 @@ Used by the model for cross-corpus feature normalisation (``model.feature_norm_g
 :meth:`smoothclap.model.SmoothClapModel.normalize_audio_features`) and by the soft targets
 (``loss.target_standardize``). Statistics always come from the rows given (training rows when
 fitting, the clips being scored at test time; never labels).
+
+**Streaming.** Training statistics may come from more rows than memory holds: a
+:class:`RowSource` (``[N, k]`` rows read on demand, e.g. from the embedding cache,
+:class:`smoothclap.trainer.mapped.CachedRows`) is read in chunks of :data:`CHUNK_ROWS` rows by
+:func:`moments`, which accumulates in float64 row after row, in the order NumPy's ``x.mean(0)`` /
+``x.std(0)`` add them (a reduction over the first axis of a C-ordered array adds the rows one by
+one), so the statistics are bit-for-bit those of the whole array at once (``tests/
+test_scale_training.py``), whatever the chunk size. :class:`ZScored` applies per-group
+statistics to the rows as they are read, with the arithmetic of :func:`standardize`.
 """
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 
 EPS = 1e-6
+#: Rows per chunk when statistics are accumulated over a :class:`RowSource` (or a large array).
+CHUNK_ROWS = 1 << 12
+
+log = logging.getLogger("smoothclap")
+
+
+class RowSource:
+    """``[N, k]`` rows read on demand: ``shape``, ``len(x)``, ``x[idx]`` (an index array or a
+    slice) -> ``np.ndarray`` ``[len(idx), k]``; ``np.asarray(x)`` reads all of it (in chunks).
+    Subclasses set ``shape`` (and ``dtype``) and implement :meth:`__getitem__`."""
+
+    ndim = 2
+    dtype = np.dtype(np.float32)
+    shape: tuple[int, int] = (0, 0)
+
+    def __len__(self) -> int:
+        return int(self.shape[0])
+
+    def __getitem__(self, idx) -> np.ndarray:
+        raise NotImplementedError
+
+    @property
+    def nbytes(self) -> int:
+        """What the rows would take in memory (they are not held)."""
+        return int(self.shape[0]) * int(self.shape[1]) * self.dtype.itemsize
+
+    def __array__(self, dtype=None, copy=None):
+        log.info("reading all %d x %d rows of %s into memory", self.shape[0], self.shape[1], type(self).__name__)
+        out = np.empty(self.shape, dtype=self.dtype)
+        step = CHUNK_ROWS
+        for a in range(0, len(self), step):
+            out[a : a + step] = self[a : a + step]
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+
+def is_row_source(x) -> bool:
+    """Rows read on demand (:class:`RowSource`) rather than an array in memory."""
+    return isinstance(x, RowSource)
+
+
+def moments(x, codes: np.ndarray | None = None, ddof: int = 0, rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per group, the float64 mean and standard deviation (``ddof``: as NumPy's) of the rows of
+    ``x`` (``[N, k]``, an array or a :class:`RowSource`): ``(mean [G, k], std [G, k])``, group
+    ``g`` = the rows where ``codes`` (``[N]`` ints in ``0..G-1``, every one present; None: one
+    group) is ``g``. Exactly ``x[codes == g].astype(float64).mean(0)`` / ``.std(0, ddof=ddof)``
+    for ``k >= 2`` (see the module docstring), read in chunks of ``rows`` rows (grouped rows in
+    group order, each group's rows in their order; default :data:`CHUNK_ROWS`): two passes, memory
+    ``O(rows x k + G x k)`` plus 8 bytes per row for grouped rows' order."""
+    rows = int(rows or CHUNK_ROWS)
+    n, k = int(x.shape[0]), int(x.shape[1])
+    codes = np.zeros(n, dtype=np.int64) if codes is None else np.asarray(codes, dtype=np.int64)
+    if len(codes) != n:
+        raise ValueError(f"{len(codes)} group codes for {n} rows")
+    n_groups = int(codes.max()) + 1 if n else 0
+    count = np.bincount(codes, minlength=n_groups).astype(np.float64)[:, None]
+    if n <= rows or k == 1:  # it fits one chunk (or a column, which NumPy sums pairwise): at once
+        a = np.asarray(x[0:n], dtype=np.float64)
+        mean, std = np.empty((n_groups, k)), np.empty((n_groups, k))
+        for g in range(n_groups):
+            xs = a[codes == g] if n_groups > 1 else a
+            mean[g], std[g] = xs.mean(0), xs.std(0, ddof=ddof)
+        return mean, std
+    order = np.argsort(codes, kind="stable") if n_groups > 1 else None
+
+    def chunks():
+        for a in range(0, n, rows):
+            sel = slice(a, a + rows) if order is None else order[a : a + rows]
+            c = codes[sel]
+            cuts = (np.flatnonzero(np.diff(c)) + 1).tolist() if n_groups > 1 else []
+            bounds = [0, *cuts, len(c)]  # runs of one group (the rows come grouped)
+            yield np.asarray(x[sel], dtype=np.float64), c, list(zip(bounds[:-1], bounds[1:]))
+
+    def add(acc, g, block):  # acc[g] + block[0] + block[1] + ... in this order
+        acc[g] = np.add.reduce(np.concatenate([acc[g][None], block]), axis=0)
+
+    total = np.zeros((n_groups, k))
+    for block, c, runs in chunks():
+        for s0, s1 in runs:
+            add(total, int(c[s0]), block[s0:s1])
+    mean = total / count
+    sq = np.zeros((n_groups, k))
+    for block, c, runs in chunks():
+        dev = block - mean[c]
+        dev = dev * dev
+        for s0, s1 in runs:
+            add(sq, int(c[s0]), dev[s0:s1])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        std = np.sqrt(sq / np.maximum(count - ddof, 0))
+    return mean, std
+
+
+def group_codes(groups) -> tuple[np.ndarray, np.ndarray]:
+    """``(names [G], codes [N])``: the sorted distinct groups and each row's index among them."""
+    names, codes = np.unique(np.asarray(groups), return_inverse=True)
+    return names, codes.reshape(-1).astype(np.int64)
+
+
+class ZScored(RowSource):
+    """Rows of ``x`` (an array or a :class:`RowSource`) z-scored with fixed per-group statistics
+    as they are read: row ``i`` -> ``(x[i] - mean[codes[i]]) / std[codes[i]]`` in float64, returned
+    as float32: the arithmetic of :func:`standardize` (``std`` already clamped at ``eps``)."""
+
+    def __init__(self, x, codes: np.ndarray, mean: np.ndarray, std: np.ndarray):
+        self.x, self.codes = x, np.asarray(codes, dtype=np.int64)
+        self.mean, self.std = np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64)
+        self.shape = (int(x.shape[0]), int(x.shape[1]))
+
+    def __getitem__(self, idx) -> np.ndarray:
+        c = self.codes[idx]
+        return ((np.asarray(self.x[idx], dtype=np.float64) - self.mean[c]) / self.std[c]).astype(np.float32)
 
 
 def standardize(x: np.ndarray, mode: str, groups: np.ndarray | None = None, eps: float = EPS) -> np.ndarray:
@@ -78,12 +199,10 @@ def group_ids(table, column: str | None) -> np.ndarray | None:
     return np.array([MISSING_GROUP if is_missing(v) else str(v) for v in table[column]], dtype=object)
 
 
-def group_stats(x: np.ndarray, groups: np.ndarray, eps: float = EPS) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def group_stats(x, groups: np.ndarray, eps: float = EPS) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per group: (mean ``[k]``, std ``[k]``) of ``x`` ``[N, k]`` (float64, std clamped at ``eps``),
-    exactly the statistics :func:`standardize` with ``"zscore"`` uses."""
-    x = np.asarray(x, dtype=np.float64)
-    out = {}
-    for g in np.unique(groups):
-        xs = x[groups == g]
-        out[str(g)] = (xs.mean(0), np.maximum(xs.std(0), eps))
-    return out
+    exactly the statistics :func:`standardize` with ``"zscore"`` uses. ``x`` may be a
+    :class:`RowSource` (read in chunks, :func:`moments`)."""
+    names, codes = group_codes(groups)
+    mean, std = moments(x, codes)
+    return {str(g): (mean[i], np.maximum(std[i], eps)) for i, g in enumerate(names.tolist())}

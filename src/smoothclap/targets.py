@@ -118,47 +118,70 @@ def _speaker_folds(groups: np.ndarray, n_folds: int):
     return list(GroupKFold(n_splits=k).split(np.zeros(len(groups)), groups=groups))
 
 
+def _fit_rows(labelled: np.ndarray, groups: np.ndarray, n_folds: int):
+    """(train rows, predicted rows) of each fit: speaker folds over the ``labelled`` rows, each
+    predicting its fold from the other folds' labelled rows, then one fit on every labelled row
+    predicting the unlabelled rows (if any). No row is ever predicted by a fit that saw its label."""
+    idx = np.flatnonzero(labelled)
+    if not len(idx):
+        raise ValueError("cross-fitted targets need labelled training clips (every clip is unlabelled)")
+    fits = [(idx[tr], idx[te]) for tr, te in _speaker_folds(np.asarray(groups)[idx], n_folds)]
+    unl = np.flatnonzero(~labelled)
+    return fits, ((idx, unl) if len(unl) else None)
+
+
 def crossfit_posteriors(features: np.ndarray, labels: np.ndarray, groups: np.ndarray, n_folds: int = 5,
                         C: float = 1.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Out-of-fold emotion posteriors: features ``[N, k]``, integer labels ``[N]``, speaker
-    ``groups`` ``[N]`` -> (posteriors ``[N, n_classes]`` float32, fold of each clip ``[N]``).
+    """Out-of-fold emotion posteriors: features ``[N, k]``, integer labels ``[N]`` (-1: an
+    unlabelled clip), speaker ``groups`` ``[N]`` -> (posteriors ``[N, n_classes]`` float32, fold of
+    each clip ``[N]``, -1 for unlabelled clips).
 
-    A standardised logistic regression is fitted on all speakers but those of one fold (GroupKFold
-    by speaker) and predicts that fold, so no clip's posterior comes from a model that saw its
-    label (nor its speaker). Classes missing from a fold's training part get probability 0.
-    Deterministic for the same inputs."""
+    A standardised logistic regression is fitted on the labelled clips of all speakers but those of
+    one fold (GroupKFold by speaker, over the labelled clips only) and predicts that fold, so no
+    clip's posterior comes from a model that saw its label (nor its speaker). Unlabelled clips are
+    in no fold: a model fitted on every labelled clip predicts them (they have no label to see).
+    Classes missing from a fold's training part get probability 0. Deterministic for the same
+    inputs."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     x = np.asarray(features, dtype=np.float64)
     y = np.asarray(labels).astype(int)
-    n_classes = int(y.max()) + 1
+    labelled = y >= 0
+    fits, rest = _fit_rows(labelled, groups, n_folds)
+    n_classes = int(y[labelled].max()) + 1
     out = np.zeros((len(y), n_classes), dtype=np.float32)
     fold = np.full(len(y), -1, dtype=np.int64)
-    for f, (tr, te) in enumerate(_speaker_folds(groups, n_folds)):
+    for f, (tr, te) in enumerate(fits + ([rest] if rest is not None else [])):
         clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=3000, random_state=seed))
         clf.fit(x[tr], y[tr])
         out[np.ix_(te, clf.classes_)] = clf.predict_proba(x[te])
-        fold[te] = f
+        if f < len(fits):
+            fold[te] = f
     return out, fold
 
 
 def crossfit_dimensions(features: np.ndarray, targets: np.ndarray, groups: np.ndarray, n_folds: int = 5,
-                        alpha: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+                        alpha: float = 1.0, labelled: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Out-of-fold predictions of dimensional ratings (arousal / valence / dominance): features
     ``[N, k]``, ratings ``[N, m]`` -> (z-scored predictions ``[N, m]`` float32, folds ``[N]``), by
-    standardised ridge regressions fitted on the other speakers' clips (GroupKFold)."""
+    standardised ridge regressions fitted on the other speakers' clips (GroupKFold). ``labelled``
+    ``[N]`` bool (default: every row): the rows whose ratings are used, cross-fitted as above; the
+    other rows (their ratings ignored, fold -1) are predicted by a fit on every labelled row."""
     from sklearn.linear_model import Ridge
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     x = np.asarray(features, dtype=np.float64)
     t = np.asarray(targets, dtype=np.float64)
+    labelled = np.ones(len(t), dtype=bool) if labelled is None else np.asarray(labelled, dtype=bool)
+    fits, rest = _fit_rows(labelled, groups, n_folds)
     out = np.zeros(t.shape, dtype=np.float64)
     fold = np.full(len(t), -1, dtype=np.int64)
-    for f, (tr, te) in enumerate(_speaker_folds(groups, n_folds)):
+    for f, (tr, te) in enumerate(fits + ([rest] if rest is not None else [])):
         reg = make_pipeline(StandardScaler(), Ridge(alpha=alpha)).fit(x[tr], t[tr])
         out[te] = reg.predict(x[te])
-        fold[te] = f
+        if f < len(fits):
+            fold[te] = f
     return standardize(out, "zscore"), fold

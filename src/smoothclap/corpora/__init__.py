@@ -38,7 +38,7 @@ import pandas as pd
 from ._common import AUDIO_EXTS, STANDARD_COLUMNS
 from .manifest import manifest_table, read_manifest
 from .datasets import dataset_table, read_dataset
-from .combine import check_whole_files, rows_of_split, training_table
+from .combine import EMOTION_COLUMNS, LABELLED, check_whole_files, labelled_mask, rows_of_split, training_table, unlabel
 from .registry import CORPORA, CorpusInfo, available, canonical, caption_words, find_root, get_info, key
 from .table import MANIFEST_ROW, Table
 
@@ -60,6 +60,8 @@ __all__ = [
     "AUDIO_EXTS",
     "CORPORA",
     "CorpusInfo",
+    "EMOTION_COLUMNS",
+    "LABELLED",
     "MANIFEST_ROW",
     "STANDARD_COLUMNS",
     "available",
@@ -71,6 +73,7 @@ __all__ = [
     "get_info",
     "get_loader",
     "key",
+    "labelled_mask",
     "load",
     "manifest_table",
     "read_manifest",
@@ -78,4 +81,5 @@ __all__ = [
     "rows_of_split",
     "Table",
     "training_table",
+    "unlabel",
 ]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pandas as pd
 
 from ..errors import BadInputError
@@ -43,6 +44,58 @@ def check_whole_files(table: pd.DataFrame, what: str, source: str = "table") -> 
                                 "segments into files first")
 
 
+#: The table column that marks rows with a usable emotion label (``True``) and unlabelled rows
+#: (``False``): the one marker the training pipeline reads (:func:`labelled_mask`).
+LABELLED = "labelled"
+
+#: Columns that carry a row's emotion annotation; :func:`unlabel` empties them, so an unlabelled
+#: row's label (or ratings, or a corpus' own emotion code) cannot reach a caption or a target.
+EMOTION_COLUMNS = ("label", "label_original", "arousal", "valence", "dominance", "emotion_code")
+
+
+def labelled_mask(table: pd.DataFrame) -> np.ndarray:
+    """``[N]`` bool: the rows that carry an emotion label: a ``label`` that is not missing
+    (:func:`smoothclap.values.is_missing`) and, where the table has a ``labelled`` column, a true
+    value there. Every other row is unlabelled (a table without a ``label`` column: all rows)."""
+    n = len(table)
+    if "label" not in table.columns:
+        return np.zeros(n, dtype=bool)
+    has = np.array([not is_missing(x) for x in table["label"]], dtype=bool)
+    if LABELLED in table.columns:
+        has &= np.array([_true(v) for v in table[LABELLED]], dtype=bool)
+    return has
+
+
+def _true(v) -> bool:
+    """A ``labelled`` cell: bools and numbers as such, text ``true`` / ``yes`` / ``1`` (a manifest's
+    column), anything else (missing included) false."""
+    if is_missing(v):
+        return False
+    if isinstance(v, str):
+        return v.strip().lower() in ("true", "yes", "y", "1")
+    return bool(v)
+
+
+def unlabel(table: pd.DataFrame, rows=None) -> pd.DataFrame:
+    """A copy of ``table`` in which ``rows`` (a boolean mask ``[N]``; None: every row) are
+    unlabelled: ``labelled`` False and the emotion annotation (:data:`EMOTION_COLUMNS`: label,
+    the corpus' own word, arousal / valence / dominance ratings, emotion codes) emptied (None).
+    Every other row keeps its values; ``labelled`` is (re)computed for all rows
+    (:func:`labelled_mask`). Given captions (a ``caption`` column) are kept."""
+    out = table.copy()
+    mask = np.ones(len(out), dtype=bool) if rows is None else np.asarray(rows, dtype=bool)
+    if mask.shape != (len(out),):
+        raise ValueError(f"rows: a boolean mask of {len(out)} rows expected, got shape {mask.shape}")
+    if "label" not in out.columns:
+        out["label"] = None
+    keep = labelled_mask(out) & ~mask
+    for col in EMOTION_COLUMNS:
+        if col in out.columns and (~keep).any():
+            out[col] = out[col].astype(object).where(keep, None)
+    out[LABELLED] = keep
+    return out
+
+
 def training_table(tables: dict[str, pd.DataFrame], label_map: dict | None = None, *, vocabulary: bool = True,
                    per_source_maps: dict[str, dict] | None = None) -> pd.DataFrame:
     """Concatenate corpus tables (name -> table) for training.
@@ -52,18 +105,26 @@ def training_table(tables: dict[str, pd.DataFrame], label_map: dict | None = Non
     then ``label_map`` (both label -> word; later ones win). The corpus' own word is kept in
     ``label_original``. Speaker ids are prefixed with the corpus (``"emodb:03"``): ids repeat
     across corpora (EmoDB "03", RAVDESS "03"). A table without a ``corpus`` column is corpus ``name``.
+
+    Unlabelled rows (a missing label, or ``labelled`` False in the table; :func:`labelled_mask`)
+    stay unlabelled: ``label`` and ``label_original`` None, their emotion annotation emptied
+    (:func:`unlabel`). The result's ``labelled`` column (bool) marks every row.
     """
     parts = []
     for name, df in tables.items():
         df = df.copy()
         if "corpus" not in df.columns:
             df["corpus"] = name
+        if "label" not in df.columns:
+            df["label"] = None
         corpus = [name if is_missing(c) else str(c) for c in df["corpus"]]
         extra = {str(k): str(v) for k, v in ((per_source_maps or {}).get(name) or {}).items()}
         extra.update({str(k): str(v) for k, v in (label_map or {}).items()})
         vocab = {c: {**(caption_words(canonical(c)) if vocabulary else {}), **extra} for c in set(corpus)}
-        df["label_original"] = df["label"].astype(str)
-        df["label"] = [vocab[c].get(x, x) for c, x in zip(corpus, df["label_original"])]
+        has = labelled_mask(df)
+        df["label_original"] = [str(x) if h else None for x, h in zip(df["label"], has)]
+        df["label"] = [vocab[c].get(x, x) if x is not None else None for c, x in zip(corpus, df["label_original"])]
+        df = unlabel(df, ~has)
         if "speaker" in df.columns:
             df["speaker"] = [None if is_missing(s) else f"{c}:{s}" for c, s in zip(corpus, df["speaker"])]
         parts.append(df)

@@ -375,9 +375,11 @@ def _hf_item(ref, blobs, where_col, i, base: Path, fields, extras, ident) -> _It
 
 
 # -- the table ---------------------------------------------------------------------------------------
-def _label(item: _Item, allowed, lowercase: bool) -> str | None:
+def _label(item: _Item, allowed, lowercase: bool, allow_unlabelled: bool = False) -> str | None:
     lab = item.fields.get("label")
     if is_missing(lab) or (isinstance(lab, str) and not lab.strip()):
+        if allow_unlabelled:
+            return None
         if is_missing(item.fields.get("caption")) or allowed is not None:
             raise BadInputError(item.where, "no label" + ("" if allowed is not None else " nor caption"))
         return None
@@ -405,6 +407,7 @@ def dataset_table(
     corpus: str | None = None,
     language: str | None = None,
     cache_dir=None,
+    allow_unlabelled: bool = False,
 ) -> Table:
     """A Hugging Face dataset or WebDataset shards (see the module) as a
     :class:`~smoothclap.corpora.Table`: the standard columns (``file`` = container references),
@@ -419,6 +422,8 @@ def dataset_table(
         shards, ``audio`` may name the audio extension to take, e.g. ``flac``).
     label_set, skip_bad, skips, lowercase_labels, corpus, language: as :func:`manifest_table`.
     cache_dir: ``datasets``' cache (Parquet conversion, Hub downloads); None: its default.
+    allow_unlabelled: keep items with neither label nor caption as unlabelled rows (label None)
+        instead of bad input (training data that is partly or not labelled).
     """
     spec = os.fspath(spec)
     names = {f: f for f in FIELDS}
@@ -445,7 +450,7 @@ def dataset_table(
         try:
             if item.error is not None:
                 raise item.error
-            label = _label(item, allowed, lowercase_labels)
+            label = _label(item, allowed, lowercase_labels, allow_unlabelled)
         except BadInputError as err:
             skips.handle(err)
             row_errors[n] = f"{err.path}: {err.reason}"

@@ -102,6 +102,7 @@ class _Rules:
     allowed: set | None             # label_set, normalised
     lowercase_labels: bool
     check_files: bool
+    allow_unlabelled: bool = False  # rows with neither label nor caption: kept, unlabelled (training)
 
 
 @dataclass
@@ -165,6 +166,8 @@ def _label(r: dict, where: str, rules: _Rules) -> str | None:
     """The row's label (lower-cased when asked); None for a caption-only row."""
     lab = r.get("label")
     if is_missing(lab):
+        if rules.allow_unlabelled:
+            return None
         if "caption" not in rules.columns or is_missing(r.get("caption")) or rules.allowed is not None:
             raise BadInputError(rules.path, f"empty label ({where}: {r['file']})")
         return None
@@ -198,7 +201,7 @@ def _check_row(r: dict, where: str, rules: _Rules) -> tuple[Path, float | None, 
         raise BadInputError(path, f"cannot resolve the audio path ({where}: {r['file']}: {e})") from None
     if "label" in rules.columns:
         r["label"] = _label(r, where, rules)
-    elif is_missing(r.get("caption")):
+    elif is_missing(r.get("caption")) and not rules.allow_unlabelled:
         raise BadInputError(path, f"empty caption ({where}: {r['file']})")
     try:
         s, e = _num(r.get("start"), "start"), _num(r.get("end"), "end")
@@ -313,6 +316,7 @@ def manifest_table(
     lowercase_labels: bool = True,
     corpus: str | None = None,
     language: str | None = None,
+    allow_unlabelled: bool = False,
 ) -> Table:
     """:func:`read_manifest` (the same options) as a :class:`~smoothclap.corpora.Table`: the rows,
     the skips, ``source`` = the manifest path, ``n_rows`` = its number of data rows and
@@ -327,7 +331,7 @@ def manifest_table(
         allowed = {str(x).strip().lower() if lowercase_labels else str(x).strip() for x in label_set}
     rules = _Rules(path=path, base=Path(root).expanduser().resolve() if root is not None else path.parent,
                    columns=set(df.columns), allowed=allowed, lowercase_labels=lowercase_labels,
-                   check_files=check_files)
+                   check_files=check_files, allow_unlabelled=allow_unlabelled)
     records = df.to_dict("records")
     kept, row_errors = _check_rows(records, rules, skips)
     out = _table_of(df, records, kept, corpus or path.stem, language)
@@ -353,6 +357,7 @@ def read_manifest(
     lowercase_labels: bool = True,
     corpus: str | None = None,
     language: str | None = None,
+    allow_unlabelled: bool = False,
 ) -> pd.DataFrame:
     """Read a manifest into the standard corpus table.
 
@@ -368,6 +373,9 @@ def read_manifest(
     with_duration: add ``duration`` (``end - start`` for segments, else from the file header).
     corpus / language: fill these columns where the manifest has none (corpus defaults to the
         manifest's file stem).
+    allow_unlabelled: keep rows with neither a label nor a caption (an empty label cell, or no label
+        column at all) as unlabelled rows (label None) instead of bad input: training data that is
+        partly or not labelled (``data.sources[].labelled``, ``docs/data.md``).
 
     A manifest without data rows, a row repeating an earlier row (same file, segment, label and
     caption) and a path that cannot be resolved (e.g. a symlink loop) are bad input; a clip in
@@ -377,7 +385,7 @@ def read_manifest(
     """
     return manifest_table(path, root=root, required=required, label_set=label_set, skip_bad=skip_bad, skips=skips,
                           check_files=check_files, with_duration=with_duration, lowercase_labels=lowercase_labels,
-                          corpus=corpus, language=language).rows
+                          corpus=corpus, language=language, allow_unlabelled=allow_unlabelled).rows
 
 
 def load(root, **opts) -> pd.DataFrame:

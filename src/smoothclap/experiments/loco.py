@@ -106,6 +106,19 @@ def _check_heldout(model, heldout: str, table: pd.DataFrame) -> None:
     check_clips_not_trained_on(model, table["file"].tolist(), what=f"held-out corpus {heldout}")
 
 
+def regime_table(lc: LocoConfig, table: pd.DataFrame) -> pd.DataFrame:
+    """The training table under the study's label regime (``lc.labelled_fraction``,
+    ``lc.label_noise``; :mod:`.regimes`): labels made noisy first, then a share kept labelled.
+    Unchanged with the defaults (1.0, 0.0)."""
+    from .regimes import mask_labels, noisy_labels
+
+    if lc.label_noise:
+        table = noisy_labels(table, lc.label_noise, seed=lc.regime_seed)
+    if lc.labelled_fraction < 1.0:
+        table = mask_labels(table, lc.labelled_fraction, seed=lc.regime_seed)
+    return table
+
+
 def test_features(cfg: RunConfig, prepared, tables: dict[str, pd.DataFrame], cache_dir, progress: bool = False
                   ) -> dict[str, np.ndarray]:
     """Raw audio-tower features of each test table, extracted once through a model of ``cfg``
@@ -136,7 +149,7 @@ def train_and_score(lc: LocoConfig, train_tables: dict[str, pd.DataFrame], test_
     overlap = set(train_tables) & set(test_tables)
     if overlap:
         raise AssertionError(f"corpora {sorted(overlap)} are both training and test")
-    table = training_table(train_tables)
+    table = regime_table(lc, training_table(train_tables))
     cfg_s = build_config(lc, extra, "SmoothCLAP")
     cache = _cache(lc)
     prepared = prepare(cfg_s, table, cache_dir=cache, progress=lc.progress, need_local=True, need_desc=True)
@@ -262,7 +275,7 @@ def _train_and_score_speakers(lc, tr, va, seeds, extra) -> dict:
     """Speaker hold-out: training and validation share corpus names, so score directly."""
     cfg_s = build_config(lc, extra, "SmoothCLAP")
     cache = _cache(lc)
-    prepared = prepare(cfg_s, training_table(tr), cache_dir=cache, progress=False, need_local=True, need_desc=True)
+    prepared = prepare(cfg_s, regime_table(lc, training_table(tr)), cache_dir=cache, progress=False, need_local=True, need_desc=True)
     feats = test_features(cfg_s, prepared, va, cache)
     scores = {n: {m: [] for m in METHODS} for n in va}
     for method in METHODS:
@@ -416,6 +429,8 @@ def _heldout_round(lc: LocoConfig, h: str, tables: dict[str, pd.DataFrame], base
                 "methods": s["protocols"]["whole"]["methods"], "wins": s["protocols"]["whole"]["wins"],
                 "robust": s["robust"], "prompt_texts": runs["CLAP"][0]["whole"]["prompt_texts"]}
     entry["timings"] = rnd["timings"]
+    last = (rnd["histories"].get("SmoothCLAP") or [{}])[-1]  # seed 0's last epoch: the training labels' view
+    entry["target_precision"] = {k: last.get(f"q_{k}") for k in ("precision", "precision_chance")}
     entry["caption_example"] = _caption_examples(rnd["prepared"])
     if lc.probe:
         t = time.perf_counter()

@@ -30,8 +30,8 @@ from ..config import RunConfig
 from ..device import resolve_device
 from ..embed import embed_audio_files, embed_texts
 from ..errors import BadInputError, SkipLog
-from ..losses import unit_rows
-from ..normalize import group_ids
+from ..losses import UNLABELLED, unit_rows
+from ..normalize import group_ids, is_row_source
 from ..targets import apply_target_options
 
 log = logging.getLogger("smoothclap")
@@ -42,6 +42,9 @@ class Prepared:
     """Training bundle. N clips kept, M distinct caption strings, E epochs of captions."""
 
     table: pd.DataFrame                  # N rows (bad clips removed), index 0..N-1
+    # The embeddings below are arrays in memory (prepare), or row sources (normalize.RowSource:
+    # rows read per batch from the cache, trainer.mapped.from_cache) that the trainer never holds
+    # whole: index them with an index array, never iterate them.
     audio: np.ndarray                    # [N, audio_dim] raw audio-tower features
     local: np.ndarray | None             # [N, local_dim] local-feature embeddings (q_a2a) or None
     caption_texts: list[str]             # [M] distinct captions
@@ -49,7 +52,7 @@ class Prepared:
     caption_index: list[np.ndarray]      # E arrays [N]: caption of clip i in epoch e
     desc_texts: list[str] | None         # [N] descriptions (q_t2t) or None
     desc_emb: np.ndarray | None          # [N, text_dim] or None
-    label_ids: np.ndarray                # [N] int, for diagnostics only
+    label_ids: np.ndarray                # [N] int (-1: unlabelled), for label targets and diagnostics
     label_names: list[str]
     binner: ParalingBinner | None
     trained_on: list[str]
@@ -71,9 +74,17 @@ def norm_groups(cfg: RunConfig, prepared: Prepared) -> np.ndarray | None:
     return g
 
 
-def needs_local(cfg: RunConfig) -> bool:
-    """Local features for q_a2a (label targets need none)."""
-    return cfg.loss.beta > 0 and cfg.loss.gamma < 1 and cfg.loss.local_source != "labels"
+def needs_local(cfg: RunConfig, table: pd.DataFrame | None = None) -> bool:
+    """Local features for q_a2a. Label targets need them only for the rows of unlabelled clips
+    (:func:`smoothclap.losses.label_targets`), so only when ``table`` has unlabelled rows."""
+    lc = cfg.loss
+    if not (lc.beta > 0 and lc.gamma < 1):
+        return False
+    if lc.local_source != "labels":
+        return True
+    from ..corpora import labelled_mask
+
+    return table is not None and not labelled_mask(table).all()
 
 
 def needs_desc(cfg: RunConfig) -> bool:
@@ -122,12 +133,16 @@ def prepare(cfg: RunConfig, table: pd.DataFrame, *, cache_dir=None, progress: bo
     use, eGeMAPS bins, captions (:func:`_captions`), text embeddings (:func:`_text_embeddings`).
     A clip bad for any tower (or for eGeMAPS) is one skipped clip, counted once in ``skip``.
     """
+    from ..corpora import labelled_mask, unlabel
+
     _check_table(cfg, table)
     skip = skip if skip is not None else SkipLog(skip=cfg.data.skip_bad)
     cache_dir = cache_root(cache_dir)
-    need_local = needs_local(cfg) if need_local is None else need_local
-    need_desc = needs_desc(cfg) if need_desc is None else need_desc
     table = table.reset_index(drop=True)
+    # one marker for unlabelled rows: label None, `labelled` False, no emotion annotation left
+    table = unlabel(table, ~labelled_mask(table))
+    need_local = needs_local(cfg, table) if need_local is None else need_local
+    need_desc = needs_desc(cfg) if need_desc is None else need_desc
     timings: dict[str, float] = {}
     audio, local, feats, ok = _clip_features(cfg, table, cache_dir, progress, need_local, skip, timings)
     keep = np.flatnonzero(ok)
@@ -136,9 +151,10 @@ def prepare(cfg: RunConfig, table: pd.DataFrame, *, cache_dir=None, progress: bo
     table = table.iloc[keep].reset_index(drop=True)
     audio = audio[keep]
     local = local[keep] if local is not None else None
-    labels = table["label"].astype(str).tolist()
-    label_names = sorted(set(labels))
-    label_ids = np.array([label_names.index(x) for x in labels], dtype=np.int64)
+    labels = [str(x) if has else None for x, has in zip(table["label"], labelled_mask(table))]  # None: unlabelled
+    label_names = sorted({x for x in labels if x is not None})
+    pos = {x: i for i, x in enumerate(label_names)}
+    label_ids = np.array([UNLABELLED if x is None else pos[x] for x in labels], dtype=np.int64)
     if local is not None and cfg.loss.local_source == "posteriors":
         local = emotion_targets(cfg, table, local, label_ids)
     cc = cfg.captions
@@ -152,7 +168,9 @@ def prepare(cfg: RunConfig, table: pd.DataFrame, *, cache_dir=None, progress: bo
     else:
         binner, bins = None, pd.DataFrame(index=range(len(table)))
     builder = CaptionBuilder(cc)
-    caption_texts, caption_index = _captions(cfg, builder, table, bins, labels)
+    # captions name the emotion of labelled clips only (never with captions.emotion_word: false)
+    caption_labels = labels if cc.emotion_word else [None] * len(labels)
+    caption_texts, caption_index = _captions(cfg, builder, table, bins, caption_labels)
     t = time.perf_counter()
     caption_emb, desc_texts, desc_emb = _text_embeddings(cfg, builder, caption_texts, bins, labels, need_desc,
                                                          cache_dir, progress)
@@ -227,36 +245,69 @@ def _clip_features(cfg: RunConfig, table: pd.DataFrame, cache_dir, progress: boo
 
 
 def _captions(cfg: RunConfig, builder: CaptionBuilder, table: pd.DataFrame, bins: pd.DataFrame,
-              labels: list[str]) -> tuple[list[str], list[np.ndarray]]:
+              labels: list) -> tuple[list[str], list[np.ndarray]]:
     """Every epoch's caption of every clip: (M distinct caption strings, E arrays ``[N]`` of indices
     into them). A fresh caption per clip and epoch, or (``captions.pool_size`` K) one of K variants
-    per clip drawn each epoch; a manifest's own ``caption`` column wins over generated ones."""
+    per clip drawn each epoch; a manifest's own ``caption`` column wins over generated ones.
+    ``labels[i]`` None: clip i's generated captions have no emotion word (an unlabelled clip, or
+    ``captions.emotion_word: false``): its paralinguistic phrases alone."""
+    from ..values import is_missing
+
     cc, seed = cfg.captions, cfg.train.seed
+    n = len(labels)
     extra = {k: (table[k].tolist() if k in table.columns else None) for k in ("gender", "arousal", "valence")}
+    given = ([None if is_missing(c) else str(c).strip() for c in table["caption"]] if "caption" in table.columns
+             else [None] * n)
+    rows = np.arange(n)
+    if any(x is None for x in labels):
+        # a clip without an emotion word needs phrases (or its own caption): find those that have none
+        recs = bins.to_dict(orient="records")
+        arousal, valence = extra["arousal"], extra["valence"]
+        can = np.array([labels[i] is not None or bool(builder.phrases(
+            recs[i], arousal=None if arousal is None else arousal[i],
+            valence=None if valence is None else valence[i])) for i in range(n)], dtype=bool)
+        bad = [i for i in range(n) if not can[i] and given[i] is None]
+        if bad:
+            why = "captions.emotion_word is false" if not cc.emotion_word else "they are unlabelled"
+            vars_ = "captions.variables is empty" if not cc.variables else "their eGeMAPS bins are missing"
+            raise BadInputError("training table", f"{len(bad)} training clip(s) (e.g. {table['file'].iloc[bad[0]]}) "
+                                f"cannot be captioned: {why}, so their captions describe the voice alone, but they "
+                                f"have no paralinguistic phrases ({vars_}) and no caption of their own; set "
+                                "captions.variables, or give them a caption")
+        rows = np.flatnonzero(can)  # clips with a given caption and nothing to generate from keep theirs
+    if len(rows) < n:
+        sub_bins = bins.iloc[rows].reset_index(drop=True)
+        sub_labels = [labels[i] for i in rows]
+        sub_extra = {k: None if v is None else [v[i] for i in rows] for k, v in extra.items()}
+    else:
+        sub_bins, sub_labels, sub_extra = bins, labels, extra
+
+    def generate(rng) -> list:
+        made = builder.captions(sub_bins, sub_labels, rng=rng, **sub_extra) if len(rows) else []
+        out = [None] * n
+        for i, c in zip(rows, made):
+            out[i] = c
+        return out
+
     epochs = max(1, cfg.train.epochs)
     if cc.pool_size is None:
-        per_epoch = [builder.captions(bins, labels, rng=np.random.default_rng([seed, e]), **extra)
-                     for e in range(epochs)]
+        per_epoch = [generate(np.random.default_rng([seed, e])) for e in range(epochs)]
     else:
-        pool = [builder.captions(bins, labels, rng=np.random.default_rng([seed, 1 << 20, k]), **extra)
-                for k in range(cc.pool_size)]
-        draws = [np.random.default_rng([seed, 1 << 21, e]).integers(cc.pool_size, size=len(labels))
-                 for e in range(epochs)]
+        pool = [generate(np.random.default_rng([seed, 1 << 20, k])) for k in range(cc.pool_size)]
+        draws = [np.random.default_rng([seed, 1 << 21, e]).integers(cc.pool_size, size=n) for e in range(epochs)]
         per_epoch = [[pool[k][i] for i, k in enumerate(d)] for d in draws]
-    if "caption" in table.columns:
-        from ..values import is_missing
-
-        given = [None if is_missing(c) else str(c).strip() for c in table["caption"]]
-        per_epoch = [[g if g is not None else c for g, c in zip(given, caps)] for caps in per_epoch]
+    per_epoch = [[g if g is not None else c for g, c in zip(given, caps)] for caps in per_epoch]
     texts = sorted({c for caps in per_epoch for c in caps})
     pos = {c: i for i, c in enumerate(texts)}
     return texts, [np.array([pos[c] for c in caps], dtype=np.int64) for caps in per_epoch]
 
 
 def _text_embeddings(cfg: RunConfig, builder: CaptionBuilder, caption_texts: list[str], bins: pd.DataFrame,
-                     labels: list[str], need_desc: bool, cache_dir, progress: bool):
+                     labels: list, need_desc: bool, cache_dir, progress: bool):
     """(caption embeddings ``[M, text_dim]``, descriptions ``[N]`` or None, their embeddings
-    ``[N, text_dim]`` or None): the frozen text tower, each distinct string once."""
+    ``[N, text_dim]`` or None): the frozen text tower, each distinct string once. Descriptions
+    start with the emotion word with ``loss.text_target: description+label`` or
+    ``captions.description_include_label``, for labelled clips only (``labels[i]`` None: none)."""
     from ..towers import build_tower
 
     tc = cfg.towers
@@ -268,32 +319,59 @@ def _text_embeddings(cfg: RunConfig, builder: CaptionBuilder, caption_texts: lis
     if not cfg.captions.variables:
         raise BadInputError("training table", "loss.text_target=description needs eGeMAPS variables "
                             "(captions.variables)")
-    desc_texts = builder.descriptions(bins, labels if cfg.loss.text_target == "description+label" else None)
+    with_label = cfg.loss.text_target == "description+label" or cfg.captions.description_include_label
+    if with_label and not cfg.captions.description_include_label:
+        builder = CaptionBuilder(cfg.captions.model_copy(update={"description_include_label": True}))
+    desc_texts = builder.descriptions(bins, labels if with_label else None)
     return caption_emb, desc_texts, embed_texts(text_tower, desc_texts, desc="descriptions", **kw)
 
 
 def emotion_targets(cfg: RunConfig, table: pd.DataFrame, features: np.ndarray, label_ids: np.ndarray) -> np.ndarray:
     """``loss.local_source: posteriors``: the q_a2a source ``[N, k]`` from an emotion model fitted on
     the training clips only, cross-fitted out-of-fold by speaker (:func:`smoothclap.targets.crossfit_posteriors`):
-    label posteriors, or predicted arousal / valence / dominance (``loss.posterior_kind: dimensional``)."""
+    label posteriors, or predicted arousal / valence / dominance (``loss.posterior_kind: dimensional``).
+    Only labelled clips (``label_ids`` >= 0) are fitted on and cross-fitted; unlabelled clips are in
+    no fold and get the predictions of a model fitted on every labelled clip."""
     from ..targets import crossfit_dimensions, crossfit_posteriors
 
-    if "speaker" not in table.columns or table["speaker"].isna().all():
+    labelled = np.asarray(label_ids) >= 0
+    if not labelled.any():
+        raise BadInputError("training table", "loss.local_source=posteriors needs labelled clips (every training "
+                            "clip is unlabelled; use loss.local_source: tower)")
+    if "speaker" not in table.columns or table["speaker"][labelled].isna().all():
         raise BadInputError("training table", "loss.local_source=posteriors needs a speaker column (the classifier "
                             "is cross-fitted by speaker)")
     groups = table["speaker"].astype(str).to_numpy()
     lc = cfg.loss
     if lc.posterior_kind == "dimensional":
-        cols = [c for c in ("arousal", "valence", "dominance") if c in table.columns
-                and pd.to_numeric(table[c], errors="coerce").notna().all()]
+        ratings = {c: pd.to_numeric(table[c], errors="coerce") for c in ("arousal", "valence", "dominance")
+                   if c in table.columns}
+        cols = [c for c, v in ratings.items() if v[labelled].notna().all()]
         if not cols:
             raise BadInputError("training table", "loss.posterior_kind=dimensional needs numeric arousal / valence / "
-                                "dominance columns on every clip")
-        out, _ = crossfit_dimensions(features, table[cols].astype(float).to_numpy(), groups, lc.posterior_folds)
+                                "dominance columns on every labelled clip")
+        values = np.stack([ratings[c].to_numpy(dtype=np.float64) for c in cols], 1)
+        out, _ = crossfit_dimensions(features, values, groups, lc.posterior_folds, labelled=labelled)
     else:
         out, _ = crossfit_posteriors(features, label_ids, groups, lc.posterior_folds, seed=cfg.train.seed)
-    log.info("q_a2a from cross-fitted %s targets (%d speaker folds)", lc.posterior_kind, lc.posterior_folds)
+    log.info("q_a2a from cross-fitted %s targets (%d speaker folds; %d unlabelled clips predicted by a model of "
+             "all labelled clips)", lc.posterior_kind, lc.posterior_folds, int((~labelled).sum()))
     return out
+
+
+def _unit_source(x):
+    """A target source with its rows L2-normalised: an array in memory once for all rows, a row
+    source (a memory-flat bundle, :mod:`smoothclap.trainer.mapped`) per batch as its rows are read
+    (:func:`_unit_take`; rows are normalised independently, so the values are the same)."""
+    if x is None or is_row_source(x):
+        return x
+    return unit_rows(torch.from_numpy(x))
+
+
+def _unit_take(src, idx: torch.Tensor) -> torch.Tensor:
+    if isinstance(src, torch.Tensor):
+        return src[idx]
+    return unit_rows(torch.from_numpy(np.ascontiguousarray(src[idx.cpu().numpy()])))
 
 
 class BatchBuilder:
@@ -305,9 +383,9 @@ class BatchBuilder:
         self.prepared = prepared
         p = prepared
         self.labels = torch.as_tensor(p.label_ids) if cfg.loss.local_source == "labels" else None
-        self.local = unit_rows(torch.from_numpy(p.local)) if p.local is not None else None
-        self.desc = unit_rows(torch.from_numpy(p.desc_emb)) if p.desc_emb is not None else None
-        self.cap_unit = unit_rows(torch.from_numpy(p.caption_emb)) if uses_caption_as_description(cfg, p) else None
+        self.local = _unit_source(p.local)
+        self.desc = _unit_source(p.desc_emb)
+        self.cap_unit = _unit_source(p.caption_emb) if uses_caption_as_description(cfg, p) else None
 
     def caption_ids(self, idx: torch.Tensor, epoch: int) -> torch.Tensor:
         """``[b]`` caption index of each clip in ``epoch``."""
@@ -316,13 +394,14 @@ class BatchBuilder:
 
     def sources(self, idx: torch.Tensor, epoch: int, device) -> dict:
         """Target sources of clips ``idx`` ``[b]``: ``local_audio`` ``[b, k_a]``, ``desc_text``
-        ``[b, k_t]``, ``labels`` ``[b]`` (label targets; None where unused) and ``sources_normalized``."""
+        ``[b, k_t]``, ``labels`` ``[b]`` (label targets, -1 for unlabelled clips; None where unused) and
+        ``sources_normalized``."""
         if self.desc is not None:
-            desc = self.desc[idx]
+            desc = _unit_take(self.desc, idx)
         elif self.cap_unit is not None:
-            desc = self.cap_unit[self.caption_ids(idx, epoch)]
+            desc = _unit_take(self.cap_unit, self.caption_ids(idx, epoch))
         else:
             desc = None
-        return {"local_audio": None if self.local is None else self.local[idx].to(device),
+        return {"local_audio": None if self.local is None else _unit_take(self.local, idx).to(device),
                 "desc_text": None if desc is None else desc.to(device), "sources_normalized": True,
                 "labels": None if self.labels is None else self.labels[idx].to(device)}

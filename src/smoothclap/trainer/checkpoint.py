@@ -48,13 +48,48 @@ def config_fingerprint(cfg) -> dict:
     return d
 
 
+#: Elements per block summed at once by :func:`float32_sum` over rows read on demand.
+SUM_BLOCK = 1 << 20
+
+
+def float32_sum(x, block: int | None = None) -> np.float32:
+    """``x.sum()`` of float32 rows ``x`` ``[N, k]`` (an array, or a
+    :class:`~smoothclap.normalize.RowSource` read ``block`` elements at a time, default
+    :data:`SUM_BLOCK`): the same value.
+
+    NumPy sums a contiguous float32 array pairwise over its flat elements: a range of ``n > 128``
+    elements is the sum of its first ``n2 = n // 2 - (n // 2) % 8`` elements and of the rest,
+    smaller ranges are summed in 8 lanes. The same halving is done here until a range holds at
+    most ``block`` elements; NumPy sums each such range itself (the same code on the same
+    elements), so the result is bit-identical to ``np.asarray(x).sum()``
+    (``tests/test_scale_training.py``)."""
+    if isinstance(x, np.ndarray):
+        return x.sum()
+    block = int(block or SUM_BLOCK)
+    n_rows, k = int(x.shape[0]), int(x.shape[1])
+
+    def part(lo: int, n: int) -> np.float32:
+        if n <= max(block, 128):  # (NumPy splits only ranges of more than 128 elements)
+            r0, r1 = lo // k, -(-(lo + n) // k)
+            flat = np.asarray(x[r0:r1], dtype=np.float32).reshape(-1)
+            a = lo - r0 * k
+            return np.add.reduce(flat[a : a + n])
+        n2 = n // 2
+        n2 -= n2 % 8
+        return np.float32(part(lo, n2) + part(lo + n2, n - n2))
+
+    return part(0, n_rows * k) if n_rows * k else np.float32(0)
+
+
 def fingerprint(cfg, prepared) -> str:
-    """Identifies what a checkpoint was trained on (config and data); resume only when it matches."""
+    """Identifies what a checkpoint was trained on (config and data); resume only when it matches.
+    The bundle's audio may be rows read on demand (a memory-flat bundle): they are summed in
+    blocks, to the same value (:func:`float32_sum`)."""
     d = config_fingerprint(cfg)
     # the first epoch's captions identify the caption settings and bins; later epochs only extend
     # them (a finished run can be extended by raising train.epochs)
     first = "\n".join(prepared.caption_texts[int(i)] for i in prepared.caption_index[0])
-    d["data"] = {"n": int(prepared.audio.shape[0]), "audio_sum": float(np.float64(prepared.audio.sum())),
+    d["data"] = {"n": int(prepared.audio.shape[0]), "audio_sum": float(np.float64(float32_sum(prepared.audio))),
                  "captions": hashlib.sha1(first.encode()).hexdigest()}
     return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 

@@ -328,7 +328,7 @@ def prepare_distributed(cfg, table, env: DistEnv, *, cache_dir=None, progress: b
     if cache_dir is not None:
         files = table["file"].astype(str).tolist()
         specs = [cfg.towers.audio]
-        if needs_local(cfg) and cfg.towers.local and cfg.towers.local != cfg.towers.audio:
+        if needs_local(cfg, table) and cfg.towers.local and cfg.towers.local != cfg.towers.audio:
             specs.append(cfg.towers.local)
         for spec in specs:
             warm_audio_cache(spec, files, env, cache_dir=cache_dir, batch_size=cfg.towers.batch_size,

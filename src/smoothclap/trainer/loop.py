@@ -248,11 +248,14 @@ class Trainer:
 
     def _epoch(self, epoch: int, example: dict) -> dict:
         """Train one epoch; returns its record (means of the batch statistics, the scale). The
-        statistics stay on the device until the end of the epoch (no synchronisation per step)."""
+        statistics stay on the device until the end of the epoch (no synchronisation per step). A
+        statistic a batch cannot define (NaN: target precision without two labelled clips) is left
+        out of its mean (0 when no batch defines it)."""
         n, bs = len(self.prepared.table), self.cfg.train.batch_size
         self.step_impl.set_train()
         batches = self.batches(epoch)
         sums: dict[str, torch.Tensor] = {}
+        counts: dict[str, torch.Tensor] = {}
         for idx, data in zip(batches, self.step_impl.loader(epoch, batches)):
             self.opt.zero_grad(set_to_none=True)
             out = self.accumulate(epoch, idx, data)
@@ -260,15 +263,21 @@ class Trainer:
             stats = {"loss": out["loss"].detach(), "kl": out["kl"],
                      **target_diagnostics(out["targets"], self.labels[idx].to(self.device))}
             for k, v in stats.items():  # summed in float64, as Python floats were
-                sums[k] = sums[k] + v.double() if k in sums else v.double()
+                v = v.double()
+                ok = ~torch.isnan(v)
+                v = torch.where(ok, v, torch.zeros_like(v))
+                sums[k] = sums[k] + v if k in sums else v
+                counts[k] = counts[k] + ok.double() if k in counts else ok.double()
             if epoch == self.cfg.train.epochs - 1 and not example and len(idx) == min(bs, n):
                 t = out["targets"]
                 example.update(y=t.y.cpu().numpy(), q=None if t.q is None else t.q.cpu().numpy(),
-                               labels=[self.prepared.label_names[i] for i in self.labels[idx].tolist()])
+                               labels=[self.prepared.label_names[i] if i >= 0 else "(unlabelled)"
+                                       for i in self.labels[idx].tolist()])
         if not batches:
             raise ValueError(f"epoch {epoch + 1}: no batch of at least {max(2, self.env.world_size)} clips "
                              f"({n} clips, train.batch_size {bs})")
-        means = torch.stack(list(sums.values())).cpu() / len(batches)  # one transfer per epoch
+        # one transfer per epoch
+        means = torch.stack(list(sums.values())).cpu() / torch.stack(list(counts.values())).cpu().clamp_min(1.0)
         return {"epoch": epoch + 1, **dict(zip(sums, means.tolist())), "scale": float(self.model.scale.detach())}
 
     def fit(self, run_dir=None, progress: bool = True, resume: bool = True, callback=None) -> TrainResult:

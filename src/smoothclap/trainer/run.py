@@ -54,7 +54,8 @@ def run_training(cfg: RunConfig, *, progress: bool = True, new_folder: bool = Fa
         callback = None
         if cfg.train.select_split:
             try:
-                dev = load_sources(cfg.data, cfg.train.select_split, labels=cfg.train.select_labels)
+                dev = load_sources(cfg.data, cfg.train.select_split, labels=cfg.train.select_labels,
+                                   labelled_only=True)
             except BadInputError as e:
                 raise BadInputError(e.path, f"model selection (train.select_split): {e.reason}") from None
             if env.enabled or env.device.type == "cuda":  # selection features: computed once, on the devices

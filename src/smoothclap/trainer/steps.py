@@ -33,7 +33,8 @@ import torch
 from torch import nn
 
 from ..audio import read_audio
-from ..normalize import group_stats
+from ..normalize import group_codes, is_row_source, moments
+
 
 log = logging.getLogger("smoothclap")
 
@@ -100,17 +101,34 @@ class HeadsNet(nn.Module):
         return self.model.project_audio(fa), self.model.encode_text_features(ft), self.model.scale
 
 
+def resident(x, as_float32: bool = False):
+    """An in-memory array as a tensor (sharing its memory), a row source
+    (:class:`~smoothclap.normalize.RowSource`: rows read on demand) as it is."""
+    if is_row_source(x):
+        return x
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32) if as_float32 else x)
+
+
+def gather(x, idx: torch.Tensor) -> torch.Tensor:
+    """Rows ``idx`` of a tensor, or of a row source (only those rows are read): the same values."""
+    if isinstance(x, torch.Tensor):
+        return x[idx]
+    return torch.from_numpy(np.ascontiguousarray(x[idx.cpu().numpy()], dtype=np.float32))
+
+
 class CachedStep:
-    """Heads and scale on the bundle's cached features (normalised once by the model)."""
+    """Heads and scale on the bundle's cached features (normalised once by the model). Features
+    and caption embeddings held in memory are tensors indexed per batch; a memory-flat bundle's
+    (row sources, :mod:`smoothclap.trainer.mapped`) are read per batch, only the batch's rows."""
 
     find_unused = False
     amp = None
 
-    def __init__(self, cfg, prepared, model, features: np.ndarray, env):
+    def __init__(self, cfg, prepared, model, features, env):
         self.cfg, self.prepared, self.model, self.env = cfg, prepared, model, env
         self.device = env.device
-        self.audio = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
-        self.cap_emb = torch.from_numpy(prepared.caption_emb)
+        self.audio = resident(features, as_float32=True)
+        self.cap_emb = resident(prepared.caption_emb)
         self.net = HeadsNet(model)
 
     def param_groups(self) -> list[dict]:
@@ -121,7 +139,7 @@ class CachedStep:
 
     def inputs(self, epoch: int, mine: torch.Tensor, cap: torch.Tensor, data, chunks=None) -> tuple:
         """(audio input ``[b, audio_dim]``, text input ``[b, text_dim]``, None) of this process's clips."""
-        return self.audio[mine].to(self.device), self.cap_emb[cap].to(self.device), None
+        return gather(self.audio, mine).to(self.device), gather(self.cap_emb, cap).to(self.device), None
 
     def autocast(self):
         return contextlib.nullcontext()
@@ -142,7 +160,7 @@ class CachedStep:
 class EndToEndStep:
     """Towers in the loop (see the module docstring)."""
 
-    def __init__(self, cfg, prepared, model, features: np.ndarray, env):
+    def __init__(self, cfg, prepared, model, features, env):
         from ..towers import build_tower
 
         self.cfg, self.prepared, self.model, self.env = cfg, prepared, model, env
@@ -173,18 +191,19 @@ class EndToEndStep:
         self.amp = amp_dtype(tr.precision, dev)
         if tr.precision in ("bf16", "fp16") and dev.type != "cuda":
             log.info("train.precision=%s is ignored on %s (fp32)", tr.precision, dev)
-        self.audio_feats = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
-        self.cap_emb = torch.from_numpy(prepared.caption_emb)
-        # per-clip normalisation statistics of the tower's output (its group's, from training features)
+        self.audio_feats = resident(features, as_float32=True)
+        self.cap_emb = resident(prepared.caption_emb)
+        # normalisation statistics of the tower's output: each group's, from training features
+        # (normalize.group_stats), as float32 per group and each clip's group
         self.norm = None
         if model.config.feature_norm_group and self.audio_tower is not None:
+            from ..normalize import EPS
             from .bundle import norm_groups
 
-            groups = norm_groups(cfg, prepared)
-            stats = group_stats(prepared.audio, groups)
-            mean = np.stack([stats[str(g)][0] for g in groups]).astype(np.float32)
-            std = np.stack([stats[str(g)][1] for g in groups]).astype(np.float32)
-            self.norm = (torch.from_numpy(mean), torch.from_numpy(std))
+            _, codes = group_codes(norm_groups(cfg, prepared))
+            mean, std = moments(prepared.audio, codes)
+            self.norm = (torch.from_numpy(mean.astype(np.float32)),
+                         torch.from_numpy(np.maximum(std, EPS).astype(np.float32)), torch.from_numpy(codes))
         self.dataset = CropDataset(prepared.table["file"].astype(str).tolist(), 16000, tr.crop_seconds, tr.seed,
                                    loudness=model.config.loudness)
 
@@ -225,7 +244,11 @@ class EndToEndStep:
         dev = self.device
         if self.needs_audio and waves is None:
             waves = self.crops(epoch, mine)
-        norm = None if self.norm is None else (self.norm[0][mine].to(dev), self.norm[1][mine].to(dev))
+        if self.norm is not None:
+            g = self.norm[2][mine]
+            norm = (self.norm[0][g].to(dev), self.norm[1][g].to(dev))
+        else:
+            norm = None
         if self.train_audio:
             audio_in = list(waves)
         elif self.needs_audio:
@@ -236,11 +259,11 @@ class EndToEndStep:
             audio_in = fa if norm is None else (fa - norm[0]) / norm[1]
             norm = None
         else:
-            audio_in = self.audio_feats[mine].to(dev)
+            audio_in = gather(self.audio_feats, mine).to(dev)
         if self.train_text:
             text_in = [self.prepared.caption_texts[int(c)] for c in cap]
         else:
-            text_in = self.cap_emb[cap].to(dev)
+            text_in = gather(self.cap_emb, cap).to(dev)
         return audio_in, text_in, norm
 
     def autocast(self):
