@@ -1,10 +1,24 @@
 """Shared fixtures: one tiny espeak-ng corpus and one embedding cache per test session."""
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_home(tmp_path_factory):
+    """Entry points that use the default embedding cache (``~/.cache/smoothclap``, e.g. the
+    ``classify`` command) write under a temporary home, never the user's."""
+    old = os.environ.get("HOME")
+    os.environ["HOME"] = str(tmp_path_factory.mktemp("home"))
+    yield
+    if old is None:
+        os.environ.pop("HOME", None)
+    else:
+        os.environ["HOME"] = old
 
 REPO = Path(__file__).resolve().parents[1]
 

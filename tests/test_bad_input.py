@@ -285,6 +285,8 @@ def test_disk_full_is_one_line(manifest, shared_cache, tmp_path, capsys, monkeyp
     import errno
 
     import smoothclap.io as io
+    import smoothclap.trainer.checkpoint  # noqa: F401 - imported before io.atomic_save is patched (else it
+    # binds the patched one for good, and later tests in this process meet a full disk)
 
     def full(path, save_fn):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
@@ -618,6 +620,129 @@ def test_atomic_writer_names_the_destination(tmp_path, monkeypatch):
         atomic_save(dest, torch_like)
     assert user_message(ei.value) == f"{dest}: No space left on device"
     assert list((tmp_path / "sub").iterdir()) == []  # no temporary file left
+
+
+def _enospc(*a, **k):
+    import errno
+
+    raise OSError(errno.ENOSPC, "No space left on device")  # as os.write / os.pwrite report it: no file name
+
+
+def test_disk_full_saving_the_model_names_the_file(manifest, shared_cache, tmp_path, capsys, monkeypatch):
+    """A full disk while training saves the model (its weights): the one line names
+    <run>/model/model.safetensors; no temporary file is left anywhere in the run folder."""
+    monkeypatch.setattr("smoothclap.model.save_file", _enospc)
+    run_dir = tmp_path / "r"
+    rc, _, err = run(train_args(manifest, shared_cache, run_dir), capsys)
+    assert_clean_error(rc, err, f"{run_dir / 'model' / 'model.safetensors'}: No space left on device")
+    assert not [p for p in run_dir.rglob("*") if p.name.endswith(".tmp")]
+
+
+def _shard_files(folder):
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+def test_disk_full_while_embedding_names_the_shard(manifest, tmp_path, capsys, monkeypatch):
+    """A full disk while ``embed`` writes the cache: the one line names the shard file being written
+    (not "disk: ..."); nothing half-written stays (no temporary file, no partial index record); the
+    entries written before are read back, and a rerun fills the rest."""
+    from smoothclap.cache import ArrayCache
+
+    m = pd.read_csv(manifest).iloc[:6]
+    small = tmp_path / "six.csv"
+    m.to_csv(small, index=False)
+    cache = tmp_path / "cache"
+    real, calls = os.pwrite, []
+
+    def pwrite(fd, data, offset):  # two entries (a row + its record each) fit, then the disk is full
+        calls.append(1)
+        return real(fd, data, offset) if len(calls) <= 4 else _enospc()
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    argv = ["-q", "embed", "--manifest", str(small), "--cache-dir", str(cache), "--device", "cpu"]
+    rc, _, err = run(argv, capsys)
+    assert_clean_error(rc, err, str(cache), "No space left on device")
+    monkeypatch.undo()
+    line = err.strip().splitlines()[-1]
+    shard = line[len("error: "):].split(": No space left")[0]
+    assert shard.endswith(".npy") and os.path.isfile(shard), line
+    folder = os.path.dirname(os.path.dirname(shard))
+    ArrayCache(folder).close()  # this process's view dropped: read as the next process would
+    files = _shard_files(cache)
+    assert not [p for p in files if p.name.startswith(".")], files  # no temporary file
+    (idx,) = [p for p in files if p.suffix == ".idx"]
+    assert idx.stat().st_size == 2 * 40  # the two complete records, no partial one
+    c = ArrayCache(folder)
+    keys = c.keys()
+    assert len(keys) == 2
+    rows, ok = c.get_many(keys)
+    assert ok.all() and np.isfinite(rows).all()
+    c.close()
+    rc, _, err = run(argv, capsys)  # the disk has room again: the rest is computed and appended
+    assert rc == 0, err
+    c = ArrayCache(folder)
+    assert len(c.keys()) == 6 and c.get_many(c.keys())[1].all()
+    c.close()
+
+
+@pytest.mark.parametrize("fail", ["row", "record", "new shard"])
+def test_disk_full_in_the_cache_names_the_file_and_leaves_it_readable(tmp_path, monkeypatch, fail):
+    """The cache's own writes under ENOSPC: writing a row names the shard's .npy, writing its record
+    (half of it written first) names the .idx and cuts the partial record off, creating a shard names
+    its .npy and leaves no temporary file; what was stored before reads back, and later puts work."""
+    import errno
+
+    from smoothclap.cache import ArrayCache
+    from smoothclap.errors import user_message
+
+    folder = tmp_path / "c"
+    keys = [f"{i:040x}" for i in range(8)]
+    rows = np.arange(8 * 4, dtype=np.float32).reshape(8, 4)
+    c = ArrayCache(folder, shard_rows=16)
+    if fail != "new shard":
+        c.put_many(keys[:3], rows[:3])
+    real_pwrite, real_fsync = os.pwrite, os.fsync
+    target, partial = {"row": ".npy", "record": ".idx"}.get(fail), []
+
+    def pwrite(fd, data, offset):
+        if target is None or not os.readlink(f"/proc/self/fd/{fd}").endswith(target):
+            return real_pwrite(fd, data, offset)
+        if fail == "record" and not partial:
+            partial.append(1)
+            return real_pwrite(fd, memoryview(data)[:20], offset)  # half a record, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def fsync(fd):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".npy.tmp"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(OSError) as ei:
+        c.put_many(keys[3:5], rows[3:5])
+    msg = user_message(ei.value)
+    want = ".idx" if fail == "record" else ".npy"
+    where = msg.split(": ")[0]
+    assert where.startswith(str(folder / "shards")) and where.endswith(want) and "No space left" in msg, msg
+    monkeypatch.undo()
+    files = sorted(p.name for p in (folder / "shards").iterdir()) if (folder / "shards").exists() else []
+    assert not [n for n in files if n.startswith(".")], files
+    if fail == "new shard":
+        assert files == []
+    else:
+        assert [os.path.getsize(folder / "shards" / n) % 40 for n in files if n.endswith(".idx")] == [0]
+    c.close()
+    fresh = ArrayCache(folder)
+    stored = 0 if fail == "new shard" else 3
+    got, ok = fresh.get_many(keys[:5], 4)
+    assert ok.tolist() == [True] * stored + [False] * (5 - stored)
+    np.testing.assert_array_equal(got[:stored], rows[:stored])
+    fresh.put_many(keys[stored:], rows[stored:])
+    got, ok = fresh.get_many(keys, 4)
+    assert ok.all()
+    np.testing.assert_array_equal(got, rows)
+    fresh.close()
 
 
 # -- file names that are not UTF-8 --------------------------------------------------------------------------

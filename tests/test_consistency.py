@@ -175,3 +175,37 @@ def test_onnx_export_gives_the_same_probabilities_at_every_entry_point(model, ex
     for f in files[:3]:
         assert set(have[f]) == set(want[f])
         assert max(abs(have[f][lab] - want[f][lab]) for lab in labels) <= 1e-3 + 1e-9
+
+
+def test_model_carries_its_inference_recipe(synth_table, shared_cache, tmp_path, capsys):
+    """inference.templates is stored with the model and used by every entry point unless overridden:
+    the classifier, classify (library and command), evaluate and the tasks."""
+    from smoothclap.cli import main
+    from smoothclap.prompts import TEMPLATE_SETS
+
+    cfg = RunConfig()
+    cfg.train.epochs, cfg.train.batch_size, cfg.model.embed_dim = 2, 8, 16
+    cfg.inference.templates = "ensemble"
+    cfg.cache_dir = str(shared_cache)
+    prep = prepare(cfg, synth_table, cache_dir=shared_cache, progress=False)
+    res = train(cfg, prep, run_dir=tmp_path / "run", progress=False)
+    model = SmoothClapModel.from_pretrained(res.run_dir / "model")
+    assert model.config.inference.templates == "ensemble"
+    table = synth_table.iloc[::3].reset_index(drop=True)
+    files, labels = table["file"].tolist(), sorted(table["label"].unique())
+    ens, bare = ZeroShotClassifier(model, labels), ZeroShotClassifier(model, labels, templates="bare")
+    assert len(ens.texts[0]) == len(TEMPLATE_SETS["ensemble"]) > 1 and bare.texts[0] == [labels[0]]
+    _, p_ens, _ = ens.predict_files(files)
+    _, p_bare, _ = bare.predict_files(files)
+    assert float(np.abs(p_ens - p_bare).max()) > 1e-4  # the recipe changes the answer
+    cls = classify_files(model, files, labels, cache_dir=shared_cache)
+    ev = zero_shot_evaluate(model, table, labels, cache_dir=shared_cache, progress=False, use_groups=False)
+    for p in (_probs(cls.table, labels), _probs(ev.predictions, labels)):
+        assert float(np.abs(p - p_ens).max()) <= TOL
+    # the command line: the recipe by default, --templates overrides it
+    rc = main(["-q", "classify", "--model", str(res.run_dir / "model"), "--labels", ",".join(labels), files[0]])
+    out_default = capsys.readouterr().out
+    rc2 = main(["-q", "classify", "--model", str(res.run_dir / "model"), "--labels", ",".join(labels),
+                "--templates", "bare", files[0]])
+    out_bare = capsys.readouterr().out
+    assert rc == rc2 == 0 and out_default != out_bare

@@ -527,3 +527,19 @@ def test_run_training_with_an_unlabelled_source_and_model_selection(synth_root, 
     sel = json.loads((out / "selection.json").read_text())
     assert sel["n"] == int((lab["split"] == "dev").sum())  # the unlabelled rows are not scored
     assert (out / "model").is_dir() and (out / "best_model").is_dir()
+
+
+def test_checkpoint_fingerprint_follows_the_labels(synth_table, shared_cache):
+    """With captions that never name the emotion, labels reach training only through the targets:
+    a run must not resume from a checkpoint trained on other labels, or on other unlabelled rows."""
+    pytest.importorskip("opensmile")
+    from smoothclap.trainer import prepare
+    from smoothclap.trainer.checkpoint import fingerprint
+
+    cfg = _cfg(shared_cache, "captions.emotion_word=false")
+    t = training_table({"synthetic": synth_table})
+    flipped = noisy_labels(t, 0.3, seed=1).drop(columns="label_flipped")
+    fps = [fingerprint(cfg, prepare(cfg, x, cache_dir=shared_cache, progress=False))
+           for x in (t, t.copy(), flipped, mask_labels(t, 0.5, 0))]
+    assert fps[0] == fps[1]  # the same data: resumable
+    assert len({fps[0], fps[2], fps[3]}) == 3

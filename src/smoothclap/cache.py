@@ -34,7 +34,9 @@ returned (every returned put is in the kernel's page cache, which outlives the p
 machine crash or power loss: at most the entries since the last fsync (about the last second). A torn tail (a partial
 record) is ignored by readers and cut off by the next writer of that shard; a record whose
 checksum fails, or whose row fails its CRC-32 (flipped or truncated bytes, stale NFS pages), is
-a miss: the entry is recomputed and appended again, never returned wrong.
+a miss: the entry is recomputed and appended again, never returned wrong. A write that fails (a
+full disk) raises an ``OSError`` naming the shard file being written (``.npy`` or ``.idx``), after
+cutting off a partly written record; creating a shard leaves no temporary file behind.
 
 **Writers and locking.** A writer process appends only to shards it holds exclusively: it takes
 ``fcntl.flock(LOCK_EX | LOCK_NB)`` on the ``.idx`` file of a shard with free rows (left by an
@@ -145,13 +147,25 @@ def _kb(key: str) -> bytes:
     return hashlib.sha1(key.encode("utf-8")).digest()
 
 
-def _pwrite_all(fd: int, data, offset: int) -> None:
+def _naming(e: OSError, path: str) -> OSError:
+    """``e`` naming ``path``, the file being written (``pwrite`` / ``fsync`` / ``write`` errors name no
+    file, and a temporary file's name means nothing to the user): a full disk says where."""
+    if e.errno is None or (e.filename is not None and not os.path.basename(os.fsdecode(e.filename)).startswith(".")):
+        return e
+    return type(e)(e.errno, e.strerror or str(e), path)
+
+
+def _pwrite_all(fd: int, data, offset: int, path: str) -> None:
+    """All of ``data`` at ``offset`` of ``fd`` (the file ``path``, named in any OSError)."""
     view = memoryview(data).cast("B")
-    while len(view):
-        n = os.pwrite(fd, view, offset)
-        if n <= 0:
-            raise OSError(errno.EIO, "short write to the cache")
-        view, offset = view[n:], offset + n
+    try:
+        while len(view):
+            n = os.pwrite(fd, view, offset)
+            if n <= 0:
+                raise OSError(errno.EIO, "short write to the cache", path)
+            view, offset = view[n:], offset + n
+    except OSError as e:
+        raise _naming(e, path) from None
 
 
 def _pread_all(fd: int, n: int, offset: int) -> bytes:
@@ -210,6 +224,57 @@ def _load_legacy(path: Path) -> np.ndarray | None:
     return arr
 
 
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _new_data_file(data: str, tmp: str, dtype: np.dtype, cap: int, width: int) -> int:
+    """A shard's ``.npy`` (header, then ``cap`` sparse rows), written as ``tmp`` and moved to ``data``;
+    returns the rows' offset. Errors name ``data``; ``tmp`` never stays."""
+    try:
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)  # mode honours the umask
+        try:
+            with os.fdopen(fd, "r+b") as f:
+                np.lib.format.write_array_header_1_0(
+                    f, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (cap, width)})
+                off = f.tell()
+                f.flush()
+                os.ftruncate(f.fileno(), off + cap * width * dtype.itemsize)  # sparse
+                os.fsync(f.fileno())
+            os.replace(tmp, data)
+        except BaseException:
+            _unlink(tmp)
+            raise
+    except OSError as e:
+        raise _naming(e, data) from None
+    return off
+
+
+def _new_index_file(idx: str, tmp: str) -> int:
+    """A shard's empty ``.idx``, locked before it has a name others can see; its descriptor. Errors
+    name ``idx``; ``tmp`` never stays."""
+    try:
+        ifd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as e:
+        raise _naming(e, idx) from None
+    try:
+        try:
+            fcntl.flock(ifd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:  # e.g. NFS without lock support: a fresh name is ours alone anyway
+            log.debug("cache: no flock on %s (%s); writing without reuse of its free rows", idx, e)
+        os.replace(tmp, idx)
+    except BaseException as e:
+        os.close(ifd)
+        _unlink(tmp)
+        if isinstance(e, OSError):
+            raise _naming(e, idx) from None
+        raise
+    return ifd
+
+
 class CacheCorruptError(ValueError):
     """A row located earlier no longer matches its checksum (the shard changed underneath)."""
 
@@ -245,9 +310,20 @@ class _Writer:
         self.unsynced += n
 
     def sync(self) -> None:
-        os.fsync(self.dfd)  # rows first: a durable record never points at lost bytes
-        os.fsync(self.ifd)
+        for fd, path in ((self.dfd, self.shard.data), (self.ifd, self.shard.idx)):  # rows first: a
+            try:  # durable record never points at lost bytes
+                os.fsync(fd)
+            except OSError as e:
+                raise _naming(e, path) from None
         self.unsynced = 0
+
+    def cut_back(self) -> None:
+        """After a failed append: drop the index bytes past the last complete record of this writer
+        (a partly written record), so nothing half-written stays; its row is written again."""
+        try:
+            os.ftruncate(self.ifd, self.row * _REC_SIZE)
+        except OSError:  # readers ignore a torn tail; the next writer of the shard cuts it
+            pass
 
 
 class _Store:
@@ -543,33 +619,22 @@ class _Store:
         return None
 
     def _create(self, dtype: np.dtype, width: int) -> _Writer:
-        os.makedirs(self.sdir, exist_ok=True)
+        """A new shard under a fresh name, its index locked. Both files appear complete or not at all:
+        an error (a full disk) removes the temporary files and names the shard file being written."""
+        try:
+            os.makedirs(self.sdir, exist_ok=True)
+        except OSError as e:
+            raise _naming(e, self.sdir) from None
         cap = self.shard_rows
         name = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{os.urandom(4).hex()}"
         data = os.path.join(self.sdir, name + ".npy")
         idx = os.path.join(self.sdir, name + ".idx")
-        tmp = os.path.join(self.sdir, f".{name}.npy.tmp")
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)  # mode honours the umask
+        off = _new_data_file(data, os.path.join(self.sdir, f".{name}.npy.tmp"), dtype, cap, width)
         try:
-            with os.fdopen(fd, "r+b") as f:
-                np.lib.format.write_array_header_1_0(
-                    f, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (cap, width)})
-                off = f.tell()
-                f.flush()
-                os.ftruncate(f.fileno(), off + cap * width * dtype.itemsize)  # sparse
-                os.fsync(f.fileno())
-            os.replace(tmp, data)
+            ifd = _new_index_file(idx, os.path.join(self.sdir, f".{name}.idx.tmp"))
         except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            _unlink(data)  # no index names it: nobody reads it
             raise
-        itmp = os.path.join(self.sdir, f".{name}.idx.tmp")
-        ifd = os.open(itmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
-        try:
-            fcntl.flock(ifd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # before it has a name others can see
-        except OSError as e:  # e.g. NFS without lock support: a fresh name is ours alone anyway
-            log.debug("cache: no flock on %s (%s); writing without reuse of its free rows", idx, e)
-        os.replace(itmp, idx)
         _fsync_dir(Path(self.sdir))
         sh = _Shard(len(self.shards), name, self.sdir, (np.dtype(dtype), cap, width, off))
         self.shards.append(sh)
@@ -638,8 +703,12 @@ class _Store:
                 mv = memoryview(raw)
                 rc = [zlib.crc32(mv[j * _REC_SIZE : j * _REC_SIZE + 36]) for j in range(k)]
                 rec["rcrc"] = rc
-                _pwrite_all(w.dfd, block, sh.off + w.row * sh.rowbytes)  # the rows, then their records
-                _pwrite_all(w.ifd, rec.tobytes(), w.row * _REC_SIZE)
+                try:  # the rows, then their records
+                    _pwrite_all(w.dfd, block, sh.off + w.row * sh.rowbytes, sh.data)
+                    _pwrite_all(w.ifd, rec.tobytes(), w.row * _REC_SIZE, sh.idx)
+                except OSError:
+                    w.cut_back()
+                    raise
                 w.row += k
                 sh.consumed = w.row * _REC_SIZE
                 w.wrote(k)
@@ -664,9 +733,13 @@ class _Store:
             sh = w.shard
             row = w.row
             crc = zlib.crc32(vec)
-            _pwrite_all(w.dfd, vec, sh.off + row * sh.rowbytes)
             head = _HEAD.pack(_MAGIC, kb, row, sh.width, crc)
-            _pwrite_all(w.ifd, head + _TAIL.pack(zlib.crc32(head)), row * _REC_SIZE)
+            try:
+                _pwrite_all(w.dfd, vec, sh.off + row * sh.rowbytes, sh.data)
+                _pwrite_all(w.ifd, head + _TAIL.pack(zlib.crc32(head)), row * _REC_SIZE, sh.idx)
+            except OSError:
+                w.cut_back()
+                raise
             w.row = row + 1
             sh.consumed = w.row * _REC_SIZE
             self.delta[kb] = self.delta.get(kb, ()) + ((sh.no, row, crc),)

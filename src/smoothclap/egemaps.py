@@ -176,7 +176,19 @@ def extract_egemaps(
     paths = list(dict.fromkeys(str(os.fspath(f)) for f in files))
     cache = feature_cache(cache_dir, feature_set)
     names = _column_list(cache, feature_set)
+    results, todo = _look_up(paths, cache, names, skip)
+    collected = _Collected(results, names, skip, cache)
+    if todo:
+        _import_opensmile()  # fail early, with the install hint, before starting workers
+        _compute(todo, collected, cache, feature_set, num_workers=num_workers, mp_context=mp_context,
+                 progress=progress)
+    return _table(paths, results, collected.names, feature_set)
 
+
+def _look_up(paths: list[str], cache: ArrayCache, names: list[str] | None,
+             skip: SkipLog) -> tuple[dict[str, np.ndarray], list[tuple[str, str | None]]]:
+    """Stage 1: (the vectors found in the cache by path, the ``(path, cache key)`` still to compute).
+    Files whose bytes cannot be hashed go to ``skip``; without a column list nothing is looked up."""
     results: dict[str, np.ndarray] = {}
     todo: list[tuple[str, str | None]] = []
     for p in paths:
@@ -191,58 +203,78 @@ def extract_egemaps(
                     results[p] = arr
                     continue
         todo.append((p, key))
+    return results, todo
 
-    if todo:
-        _import_opensmile()  # fail early, with the install hint, before starting workers
-        folder = str(cache.dir) if cache.enabled else None
 
-        def handle(res) -> None:
-            nonlocal names
-            status, path, payload, got_names = res
-            if status == "bad":
-                skip.handle(BadInputError(path, payload))
-                return
-            if names is None:
-                names = got_names
-                if cache.enabled:
-                    atomic_write_text(cache.dir / "columns.json", json.dumps(names))
-            results[path] = payload
+class _Collected:
+    """Stage 2's results as they arrive (:func:`_extract_one`'s tuples): a good vector into
+    ``results``, a bad file into ``skip``; the first vector's feature names become the column list
+    (stored beside the cache entries)."""
 
-        from tqdm.auto import tqdm  # noqa: PLC0415
+    def __init__(self, results: dict[str, np.ndarray], names: list[str] | None, skip: SkipLog, cache: ArrayCache):
+        self.results, self.names, self.skip, self.cache = results, names, skip, cache
 
-        bar = tqdm(total=len(todo), desc=f"{feature_set}", unit="clip", disable=not progress)
+    def __call__(self, res) -> None:
+        status, path, payload, got_names = res
+        if status == "bad":
+            self.skip.handle(BadInputError(path, payload))
+            return
+        if self.names is None:
+            self.names = got_names
+            if self.cache.enabled:
+                atomic_write_text(self.cache.dir / "columns.json", json.dumps(self.names))
+        self.results[path] = payload
+
+
+def _compute(todo: list[tuple[str, str | None]], handle: _Collected, cache: ArrayCache, feature_set: str, *,
+             num_workers: int, mp_context: str | None, progress: bool) -> None:
+    """Stage 2: openSMILE over ``todo``, in this process (``num_workers <= 1`` or one file) or in a
+    process pool; each result to ``handle`` as it comes, a progress bar over the files."""
+    from tqdm.auto import tqdm  # noqa: PLC0415
+
+    folder = str(cache.dir) if cache.enabled else None
+    bar = tqdm(total=len(todo), desc=f"{feature_set}", unit="clip", disable=not progress)
+    try:
+        workers = min(int(num_workers), len(todo))
+        if workers <= 1:
+            for p, key in todo:
+                handle(_extract_one(p, key, folder, feature_set))
+                bar.update(1)
+        else:
+            _compute_in_pool(todo, handle, bar, folder, feature_set, workers, mp_context)
+    finally:
+        bar.close()
+
+
+def _compute_in_pool(todo, handle, bar, folder: str | None, feature_set: str, workers: int,
+                     mp_context: str | None) -> None:
+    import multiprocessing as mp  # noqa: PLC0415
+
+    # Small batches amortise the IPC cost while keeping the workers balanced.
+    size = max(1, min(16, len(todo) // (workers * 8)))
+    batches = [todo[i : i + size] for i in range(0, len(todo), size)]
+    ctx = mp.get_context(mp_context) if mp_context else None
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=(feature_set,)
+    ) as pool:
+        pending = {pool.submit(_extract_batch, b, folder, feature_set) for b in batches}
         try:
-            workers = min(int(num_workers), len(todo))
-            if workers <= 1:
-                for p, key in todo:
-                    handle(_extract_one(p, key, folder, feature_set))
-                    bar.update(1)
-            else:
-                import multiprocessing as mp  # noqa: PLC0415
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    batch = fut.result()
+                    for res in batch:
+                        handle(res)
+                    bar.update(len(batch))
+        except BaseException:
+            for fut in pending:
+                fut.cancel()
+            raise
 
-                # Small batches amortise the IPC cost while keeping the workers balanced.
-                size = max(1, min(16, len(todo) // (workers * 8)))
-                batches = [todo[i : i + size] for i in range(0, len(todo), size)]
-                ctx = mp.get_context(mp_context) if mp_context else None
-                with ProcessPoolExecutor(
-                    max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=(feature_set,)
-                ) as pool:
-                    pending = {pool.submit(_extract_batch, b, folder, feature_set) for b in batches}
-                    try:
-                        while pending:
-                            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                            for fut in done:
-                                batch = fut.result()
-                                for res in batch:
-                                    handle(res)
-                                bar.update(len(batch))
-                    except BaseException:
-                        for fut in pending:
-                            fut.cancel()
-                        raise
-        finally:
-            bar.close()
 
+def _table(paths: list[str], results: dict[str, np.ndarray], names: list[str] | None,
+           feature_set: str) -> pd.DataFrame:
+    """Stage 3: the result table, one row per path with a vector, in input order."""
     kept = [p for p in paths if p in results]
     if names is None:  # nothing extracted and no column list: only possible when all were bad
         names = _names_or_empty(feature_set)

@@ -97,7 +97,7 @@ def trained_clip_mask(model, files: Sequence[str]) -> np.ndarray | None:
     """``[N]`` bool: which of ``files`` have the content of a clip that trained ``model`` (compared
     by the 8-byte sha1 prefixes the model records, ``model.trained_clips``; files that cannot be
     read are False: reading them later says why). None when the model records no training clips
-    (saved before the record existed, a baseline, an ONNX export)."""
+    (saved before the record existed, a baseline). An ONNX export carries its model's record."""
     trained = getattr(model, "trained_clips", None)
     if trained is None:
         return None

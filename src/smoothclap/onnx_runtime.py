@@ -39,8 +39,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
-from pathlib import Path
+import re
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Sequence
 
 import numpy as np
@@ -68,6 +70,145 @@ GRAPHS = (AUDIO_GRAPH, AUDIO_HEAD_GRAPH, TEXT_GRAPH, TEXT_HEAD_GRAPH)
 #: Upper bound on worker threads that each run whole audio batches (as ``smoothclap.embed``).
 MAX_WORKERS = 4
 TEXT_BATCH = 64
+
+
+#: The text graph's inputs the runtime can feed (``text.inputs`` of ``preprocess.json``).
+TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+_MISSING = object()
+_EXPECTED = {
+    "an integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "a number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+    "a string": lambda v: isinstance(v, str),
+    "a mapping": lambda v: isinstance(v, dict),
+    "a list of strings": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+}
+
+
+def _field(pre: Path, d: dict, key: str, expected: str, default=_MISSING):
+    """``d[last part of key]`` checked to be ``expected`` (a key of ``_EXPECTED``); ``default`` when
+    absent (or null) and optional. BadInputError ``<pre>: <key>: <reason>`` otherwise."""
+    name = key.rsplit(".", 1)[-1]
+    v = d.get(name)
+    if v is None:
+        if default is not _MISSING:
+            return default
+        if name not in d:
+            raise BadInputError(pre, f"{key}: required")
+    if not _EXPECTED[expected](v):
+        raise BadInputError(pre, f"{key}: expected {expected}, got {v!r}")
+    return v
+
+
+def _positive(pre: Path, d: dict, key: str, default=_MISSING) -> int:
+    v = _field(pre, d, key, "an integer", default)
+    if v < 1:
+        raise BadInputError(pre, f"{key}: {v!r}: must be >= 1")
+    return v
+
+
+def _inside(pre: Path, key: str, value) -> str:
+    """A file path of ``preprocess.json``: a name inside the export folder (relative, no ``..``),
+    never a path elsewhere on the machine."""
+    if not isinstance(value, str) or not value:
+        raise BadInputError(pre, f"{key}: expected a file name inside the export folder, got {value!r}")
+    if "\0" in value:
+        raise BadInputError(pre, f"{key}: {value!r} holds a NUL character")
+    if (PurePosixPath(value).is_absolute() or PureWindowsPath(value).drive
+            or PureWindowsPath(value).is_absolute() or ".." in re.split(r"[\\/]", value)):
+        raise BadInputError(pre, f"{key}: {value!r} points outside the export folder (file paths in "
+                            f"{PREPROCESS_JSON} name files inside it: no absolute path, no '..')")
+    return value
+
+
+def _graph_name(pre: Path, section: dict, key: str, expected: str) -> None:
+    """``<section>.graph``, where given: the graph file this format puts there."""
+    if section.get("graph") is None:
+        return
+    name = _inside(pre, f"{key}.graph", section["graph"])
+    if name != expected:
+        raise BadInputError(pre, f"{key}.graph: unknown graph {name!r} (this format keeps it in {expected!r})")
+
+
+def _check_audio_meta(pre: Path, audio: dict, dim: int) -> None:
+    _field(pre, audio, "audio.spec", "a string")
+    if _positive(pre, audio, "audio.dim") != dim:
+        raise BadInputError(pre, f"audio.dim: {audio['dim']}, but the model's config.audio_dim is {dim}")
+    _positive(pre, audio, "audio.sample_rate", 16000)
+    windows = _field(pre, audio, "audio.windows", "a mapping", None)
+    if windows is not None:
+        hi = _positive(pre, windows, "audio.windows.max_samples")
+        lo = _positive(pre, windows, "audio.windows.min_samples")
+        if lo > hi:
+            raise BadInputError(pre, f"audio.windows.min_samples: {lo} is more than max_samples ({hi})")
+    _graph_name(pre, audio, "audio", AUDIO_GRAPH)
+
+
+def _tokenizer_name(text: dict):
+    return TOKENIZER_JSON if text.get("tokenizer") is None else text["tokenizer"]
+
+
+def _check_text_meta(pre: Path, text: dict, dim: int) -> None:
+    _field(pre, text, "text.spec", "a string")
+    if _positive(pre, text, "text.dim") != dim:
+        raise BadInputError(pre, f"text.dim: {text['dim']}, but the model's config.text_dim is {dim}")
+    _inside(pre, "text.tokenizer", _tokenizer_name(text))
+    _field(pre, text, "text.prefix", "a string", "")
+    inputs = _field(pre, text, "text.inputs", "a list of strings")
+    unknown = [n for n in inputs if n not in TEXT_INPUTS]
+    if unknown:
+        raise BadInputError(pre, f"text.inputs: unknown graph input(s) {unknown}; known: {', '.join(TEXT_INPUTS)}")
+    if not {"input_ids", "attention_mask"} <= set(inputs):
+        raise BadInputError(pre, f"text.inputs: {inputs} lacks input_ids / attention_mask")
+    _graph_name(pre, text, "text", TEXT_GRAPH)
+
+
+def check_meta(pre: Path, meta: dict, config) -> None:
+    """Every key of ``preprocess.json`` (``pre``) the runtime reads, against ``config`` (the model's
+    config it holds): present, of its type, a known value, file paths inside the export folder.
+    BadInputError ``<pre>: <key>: <reason>``, never a KeyError later."""
+    scale = _field(pre, meta, "scale", "a number")
+    if scale <= 0:
+        raise BadInputError(pre, f"scale: {scale!r}: must be > 0")
+    if _positive(pre, meta, "embed_dim") != config.embed_dim:
+        raise BadInputError(pre, f"embed_dim: {meta['embed_dim']}, but the model's config.embed_dim is "
+                            f"{config.embed_dim}")
+    _check_audio_meta(pre, _field(pre, meta, "audio", "a mapping"), config.audio_dim)
+    _check_text_meta(pre, _field(pre, meta, "text", "a mapping"), config.text_dim)
+    for key, graph in (("audio_head", AUDIO_HEAD_GRAPH), ("text_head", TEXT_HEAD_GRAPH)):
+        _graph_name(pre, _field(pre, meta, key, "a mapping", {}), key, graph)
+    _field(pre, meta, "caption_bins", "a mapping", None)
+
+
+def check_arrays(npz: Path, arrays: dict[str, np.ndarray], config) -> None:
+    """``preprocess.npz``: the feature-normalisation statistics a model with
+    ``feature_norm_group`` needs (``[audio_dim]``) and the record of its training clips
+    (``trained_clips``, uint64 ``[N]``), where present."""
+    for name in ("norm_mean", "norm_std"):
+        a = arrays.get(name)
+        if a is None:
+            if config.feature_norm_group:
+                raise BadInputError(npz, f"{name}: required (the model normalises features per "
+                                    f"{config.feature_norm_group!r})")
+        elif a.dtype.kind != "f" or a.shape != (config.audio_dim,):
+            raise BadInputError(npz, f"{name}: expected float [{config.audio_dim}], got {a.dtype} {list(a.shape)}")
+    clips = arrays.get("trained_clips")
+    if clips is not None and (clips.dtype != np.uint64 or clips.ndim != 1):
+        raise BadInputError(npz, f"trained_clips: expected uint64 [N] (the record of the training clips), got "
+                            f"{clips.dtype} {list(clips.shape)}")
+
+
+def _check_sessions(pre: Path, meta: dict, sessions: dict) -> None:
+    """The graphs take and give what ``preprocess.json`` says: the audio graph's outputs fit
+    ``audio.windows`` (sums + frames for windowed towers, features otherwise), the text graph's
+    inputs are ``text.inputs``."""
+    outs = {o.name for o in sessions[AUDIO_GRAPH].get_outputs()}
+    want = {"sums", "frames"} if meta["audio"].get("windows") is not None else {"features"}
+    if not want <= outs:
+        raise BadInputError(pre, f"audio.windows: {meta['audio'].get('windows')!r} needs the outputs "
+                            f"{sorted(want)} of {AUDIO_GRAPH}, which gives {sorted(outs)}")
+    ins = sorted(i.name for i in sessions[TEXT_GRAPH].get_inputs())
+    if ins != sorted(meta["text"]["inputs"]):
+        raise BadInputError(pre, f"text.inputs: {meta['text']['inputs']}, but {TEXT_GRAPH} takes {ins}")
 
 
 def _cpu_count() -> int:
@@ -223,7 +364,7 @@ class OnnxModel(ZeroShotModel):
                 raise ValueError(f"format is not {FORMAT!r}")
         except (ValueError, TypeError) as e:
             raise BadInputError(pre, f"corrupted export description ({e})") from None
-        version = int(meta.get("version", 0))
+        version = _field(pre, meta, "version", "an integer")
         if version > FORMAT_VERSION:
             raise BadInputError(pre, f"export format version {version} is newer than this smoothclap reads "
                                 f"({FORMAT_VERSION}); upgrade smoothclap")
@@ -244,15 +385,18 @@ class OnnxModel(ZeroShotModel):
 
         folder = Path(export_dir).expanduser()
         meta = cls.read_meta(folder)
+        pre = folder / PREPROCESS_JSON
         try:  # the same config object as the PyTorch model's: every setting evaluate / tasks read
-            config = SmoothClapConfig.from_dict(meta.get("config") or {})
+            config = SmoothClapConfig.from_dict(_field(pre, meta, "config", "a mapping"))
         except ConfigError as e:
-            raise BadInputError(folder / PREPROCESS_JSON, f"corrupted model config ({e})") from None
+            raise BadInputError(pre, f"config.{e.key}: {e.reason}") from None
+        check_meta(pre, meta, config)
         try:
             with np.load(folder / PREPROCESS_NPZ, allow_pickle=False) as z:
                 arrays = {k: np.asarray(z[k]) for k in z.files}
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, EOFError) as e:
             raise BadInputError(folder / PREPROCESS_NPZ, f"missing or corrupted arrays ({e})") from None
+        check_arrays(folder / PREPROCESS_NPZ, arrays, config)
         try:
             import onnxruntime as ort
         except ImportError as e:  # pragma: no cover - depends on the environment
@@ -285,7 +429,8 @@ class OnnxModel(ZeroShotModel):
 
         sessions = {AUDIO_GRAPH: session(AUDIO_GRAPH, per), AUDIO_HEAD_GRAPH: session(AUDIO_HEAD_GRAPH, 1),
                     TEXT_GRAPH: session(TEXT_GRAPH, total), TEXT_HEAD_GRAPH: session(TEXT_HEAD_GRAPH, 1)}
-        tok_path = folder / meta["text"].get("tokenizer", TOKENIZER_JSON)
+        _check_sessions(pre, meta, sessions)
+        tok_path = folder / _tokenizer_name(meta["text"])
         try:
             tokenizer = Tokenizer.from_file(str(tok_path))
         except Exception as e:  # noqa: BLE001 - tokenizers raises its own exception types
@@ -332,4 +477,5 @@ def is_export(path) -> bool:
         return False
 
 
-__all__ = ["OnnxModel", "OnnxAudioTower", "OnnxTextTower", "load_model", "is_export", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["OnnxModel", "OnnxAudioTower", "OnnxTextTower", "load_model", "is_export", "check_meta", "check_arrays",
+           "FORMAT", "FORMAT_VERSION"]

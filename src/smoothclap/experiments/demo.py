@@ -39,18 +39,10 @@ def run_demo(dc: DemoConfig) -> dict:
     timings: dict[str, float] = {}
     t = time.perf_counter()
 
-    synthesize_corpus(out / "corpus", languages=("en", "de"),
-                      sentences_per_voice={"en": dc.sentences_per_voice, "de": dc.de_sentences_per_voice}, seed=dc.corpus_seed,
-                      num_workers=dc.num_workers, progress=dc.progress)
-    table = split_holdout(read_manifest(out / "corpus" / "manifest.csv", skip_bad=False))
-    table["corpus"] = "synthetic-en"
+    table = _corpus(dc, out)
     t = _stage(timings, "synthesise corpus", t)
 
-    base = RunConfig()
-    base.train.epochs = dc.epochs
-    base.train.num_workers = dc.num_workers
-    base.cache_dir = str(cache)
-    base.loss = loss_preset(dc.smoothclap_preset)
+    base = _base_config(dc, cache)
     train_table = table[table["split"] == "train"].reset_index(drop=True)
     prepared = prepare(base, train_table, cache_dir=cache, progress=dc.progress, need_local=True, need_desc=True)
     t = _stage(timings, "features, captions, embeddings", t)
@@ -61,7 +53,50 @@ def run_demo(dc: DemoConfig) -> dict:
 
     labels = sorted(train_table["label"].unique())
     methods = {"CLAP": loss_preset("clap"), "SmoothCLAP": loss_preset(dc.smoothclap_preset)}
-    rows, results, histories, examples = [], {}, {}, {}
+    results, histories, examples = _train_and_score(dc, base, prepared, tests, feats, labels, methods, out)
+    t = _stage(timings, f"train + evaluate {len(methods)} methods x {len(dc.seeds)} seeds", t)
+
+    rows = _result_rows(tests, methods, results)
+    table_md = markdown_table(rows, ["test set", "chance", "CLAP", "SmoothCLAP", "CLAP WA", "SmoothCLAP WA"])
+    figs = out / "figures"
+    _figures(dc, results, histories, examples, methods, figs)
+    t = _stage(timings, "report", t)
+
+    n_train = len(prepared.table)
+    report = _report(dc, base, methods["SmoothCLAP"], train_table, n_train, table_md, timings, figs)
+    atomic_write_text(out / "report.md", "\n".join(report) + "\n")
+    summary = {"table": rows, "timings": timings, "n_train": n_train,
+               "per_seed": {f"{m}/{t_}": [ev.metrics["uar"] for ev in evs] for (m, t_), evs in results.items()}}
+    atomic_write_json(out / "summary.json", summary)
+    return {"table_md": table_md, "timings": timings, "out_dir": str(out), "summary": summary}
+
+
+def _corpus(dc: DemoConfig, out: Path):
+    """The synthetic corpus (English and German), split into train / test_en / test_de."""
+    synthesize_corpus(out / "corpus", languages=("en", "de"),
+                      sentences_per_voice={"en": dc.sentences_per_voice, "de": dc.de_sentences_per_voice}, seed=dc.corpus_seed,
+                      num_workers=dc.num_workers, progress=dc.progress)
+    table = split_holdout(read_manifest(out / "corpus" / "manifest.csv", skip_bad=False))
+    table["corpus"] = "synthetic-en"
+    return table
+
+
+def _base_config(dc: DemoConfig, cache: Path) -> RunConfig:
+    """The settings both methods share (the SmoothCLAP loss; CLAP swaps the loss section only)."""
+    base = RunConfig()
+    base.train.epochs = dc.epochs
+    base.train.num_workers = dc.num_workers
+    base.cache_dir = str(cache)
+    base.loss = loss_preset(dc.smoothclap_preset)
+    return base
+
+
+def _train_and_score(dc: DemoConfig, base: RunConfig, prepared, tests: dict, feats: dict, labels: list,
+                     methods: dict, out: Path) -> tuple[dict, dict, dict]:
+    """Train every method for every seed and score it zero-shot on each test set; the first seed's
+    model is saved (``models/<method>``) with its results on the model card. Returns (evaluations
+    by (method, test set), training history by method, example targets by method)."""
+    results, histories, examples = {}, {}, {}
     for mname, lcfg in methods.items():
         for seed in dc.seeds:
             cfg = base.updated({"loss": lcfg, "train.seed": seed,
@@ -80,8 +115,12 @@ def run_demo(dc: DemoConfig) -> dict:
                 examples[mname] = res.example_targets
                 res.model.results = recorded
                 res.model.save_pretrained(out / "models" / mname.lower())
-    t = _stage(timings, f"train + evaluate {len(methods)} methods x {len(dc.seeds)} seeds", t)
+    return results, histories, examples
 
+
+def _result_rows(tests: dict, methods: dict, results: dict) -> list[dict]:
+    """One row per test set: chance, UAR mean ± sd over seeds and mean WA per method."""
+    rows = []
     for tname, df in tests.items():
         row = {"test set": f"{tname} ({len(df)} clips)", "chance": 1.0 / len(set(df["label"]))}
         for mname in methods:
@@ -89,10 +128,11 @@ def run_demo(dc: DemoConfig) -> dict:
             row[mname] = f"{uars.mean():.3f} ± {uars.std(ddof=1) if len(uars) > 1 else 0:.3f}"
             row[f"{mname} WA"] = float(np.mean([ev.metrics["wa"] for ev in results[(mname, tname)]]))
         rows.append(row)
-    cols = ["test set", "chance", "CLAP", "SmoothCLAP", "CLAP WA", "SmoothCLAP WA"]
-    table_md = markdown_table(rows, cols)
+    return rows
 
-    figs = out / "figures"
+
+def _figures(dc: DemoConfig, results: dict, histories: dict, examples: dict, methods: dict, figs: Path) -> None:
+    """Confusion matrices (first seed), SmoothCLAP's soft targets, training curves."""
     for (mname, tname), evs in results.items():
         m = evs[0].metrics
         plot_confusion(m["confusion"], m["labels"], f"{mname} seed {dc.seeds[0]}, {tname}: UAR {m['uar']:.3f}",
@@ -100,11 +140,12 @@ def run_demo(dc: DemoConfig) -> dict:
     plot_targets(examples.get("SmoothCLAP"), figs / "soft_targets_smoothclap.png",
                  title=f"SmoothCLAP targets, one batch of the last epoch (beta={methods['SmoothCLAP'].beta:g})")
     plot_history(histories, figs / "training_curves.png")
-    t = _stage(timings, "report", t)
 
-    n_train = len(prepared.table)
-    sm = methods["SmoothCLAP"]
-    report = [
+
+def _report(dc: DemoConfig, base: RunConfig, sm, train_table, n_train: int, table_md: str, timings: dict,
+            figs: Path) -> list[str]:
+    """The lines of ``report.md``."""
+    return [
         "# smoothclap demo report", "",
         "Synthetic espeak-ng speech (a pipeline demonstration, not real emotional speech).",
         f"Trained on: {n_train} English clips of {train_table['speaker'].nunique()} voices "
@@ -121,9 +162,3 @@ def run_demo(dc: DemoConfig) -> dict:
         *[f"![{p.stem}](figures/{p.name})" for p in sorted(figs.glob("*.png"))], "",
         "Models: `models/clap`, `models/smoothclap` (load with `SmoothClapModel.from_pretrained`).",
     ]
-    atomic_write_text(out / "report.md", "\n".join(report) + "\n")
-    summary = {"table": rows, "timings": timings, "n_train": n_train,
-               "per_seed": {f"{m}/{t_}": [ev.metrics["uar"] for ev in evs] for (m, t_), evs in results.items()}}
-    atomic_write_json(out / "summary.json", summary)
-    return {"table_md": table_md, "timings": timings, "out_dir": str(out), "summary": summary}
-

@@ -705,6 +705,18 @@ def synthesize_corpus(
         sentence_plan=sentence_plan,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
+    durations, todo = _on_disk(specs, out_dir)
+    _synthesize_missing(specs, todo, durations, out_dir, num_workers=num_workers, progress=progress)
+    df = pd.DataFrame([_row(s, d) for s, d in zip(specs, durations)], columns=list(MANIFEST_COLUMNS))
+    from ..io import atomic_write_text
+
+    atomic_write_text(out_dir / "manifest.csv", df.to_csv(index=False))
+    return df
+
+
+def _on_disk(specs: Sequence[ClipSpec], out_dir: Path) -> tuple[list[float | None], list[int]]:
+    """(each clip's duration where its file is already on disk and readable, else None; the
+    indices of the clips still to synthesise)."""
     durations: list[float | None] = [None] * len(specs)
     todo: list[int] = []
     for i, spec in enumerate(specs):
@@ -716,7 +728,13 @@ def synthesize_corpus(
             except Exception:  # unreadable leftover: make it again
                 pass
         todo.append(i)
+    return durations, todo
 
+
+def _synthesize_missing(specs: Sequence[ClipSpec], todo: list[int], durations: list[float | None], out_dir: Path,
+                        *, num_workers: int, progress: bool) -> None:
+    """Synthesise the clips ``todo`` (sequentially, or ``num_workers`` at once), filling in their
+    ``durations``; a progress bar over the whole corpus."""
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(specs), initial=len(specs) - len(todo), desc="synth", unit="clip",
@@ -726,26 +744,19 @@ def synthesize_corpus(
             for i in todo:
                 durations[i] = synthesize_clip(specs[i], out_dir / specs[i].relpath())
                 bar.update(1)
-        else:
-            with ThreadPoolExecutor(max_workers=num_workers) as pool:
-                futures = {pool.submit(synthesize_clip, specs[i], out_dir / specs[i].relpath()): i
-                           for i in todo}
-                try:
-                    for fut in as_completed(futures):
-                        durations[futures[fut]] = fut.result()
-                        bar.update(1)
-                except BaseException:
-                    for f in futures:
-                        f.cancel()
-                    raise
+            return
+        with ThreadPoolExecutor(max_workers=num_workers) as pool:
+            futures = {pool.submit(synthesize_clip, specs[i], out_dir / specs[i].relpath()): i for i in todo}
+            try:
+                for fut in as_completed(futures):
+                    durations[futures[fut]] = fut.result()
+                    bar.update(1)
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
     finally:
         bar.close()
-
-    df = pd.DataFrame([_row(s, d) for s, d in zip(specs, durations)], columns=list(MANIFEST_COLUMNS))
-    tmp = out_dir / f".manifest.{os.getpid()}.tmp"
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, out_dir / "manifest.csv")
-    return df
 
 
 # --------------------------------------------------------------------------------------------------

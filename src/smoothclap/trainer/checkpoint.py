@@ -89,8 +89,12 @@ def fingerprint(cfg, prepared) -> str:
     # the first epoch's captions identify the caption settings and bins; later epochs only extend
     # them (a finished run can be extended by raising train.epochs)
     first = "\n".join(prepared.caption_texts[int(i)] for i in prepared.caption_index[0])
+    # the labels too: with captions that never name the emotion they reach training only through
+    # the targets, and which clips are unlabelled (-1) changes the targets
+    labels = np.ascontiguousarray(prepared.label_ids, dtype=np.int64)
     d["data"] = {"n": int(prepared.audio.shape[0]), "audio_sum": float(np.float64(float32_sum(prepared.audio))),
-                 "captions": hashlib.sha1(first.encode()).hexdigest()}
+                 "captions": hashlib.sha1(first.encode()).hexdigest(),
+                 "labels": hashlib.sha1(labels.tobytes() + "\n".join(prepared.label_names).encode()).hexdigest()}
     return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 
 
