@@ -93,3 +93,16 @@ def test_model_config_extends_the_model_section():
     assert {k: getattr(mc, k) for k in ModelConfig.model_fields} == ModelConfig().to_dict()
     with pytest.raises(ConfigError, match="audio_tower: required"):
         SmoothClapConfig.from_dict({"text_tower": "minilm-l6", "audio_dim": 4, "text_dim": 4})
+
+
+@pytest.mark.parametrize("name", ["demo", "paper", "recommended", "few-labels"])
+def test_shipped_configs_load(name):
+    """Every shipped config validates by name; the two recipes of the README's "When to use
+    SmoothCLAP" differ only where the regime needs it."""
+    from smoothclap.config import CONFIG_DIR
+
+    assert (CONFIG_DIR / f"{name}.yaml").is_file()
+    cfg = load_config(name)
+    assert isinstance(cfg, RunConfig) and cfg.train.epochs >= 1
+    if name == "few-labels":
+        assert cfg.loss.preset == "smoothclap" and cfg.loss.local_source == "labels" and cfg.captions.emotion_word

@@ -69,3 +69,29 @@ def test_training_on_two_corpora_records_both(loco_root, shared_cache, tmp_path)
     run = run_training(cfg, progress=False)
     assert run.prepared.trained_on == ["emodb", "tess"]
     assert SmoothClapModel.from_pretrained(tmp_path / "run" / "model").config.trained_on == ["emodb", "tess"]
+
+
+def test_train_bundle_on_disk_trains_as_in_memory(synth_root, shared_cache, tmp_path):
+    """`train.bundle: disk` (the command line's path to memory-flat training: rows read per batch
+    from the embedding cache) trains exactly as the in-memory bundle; `auto` falls back to memory
+    when the settings need eGeMAPS, and `disk` then says why it cannot."""
+    import numpy as np
+
+    from smoothclap.trainer import run_training
+    from smoothclap.trainer.mapped import CachedRows
+
+    base = [f"data.manifest={synth_root / 'manifest.csv'}", "train.epochs=2", "train.batch_size=8",
+            "model.embed_dim=16", "captions.variables=[]", f"cache_dir={shared_cache}"]
+    runs = {}
+    for where in ("memory", "disk"):
+        runs[where] = run_training(_cfg(base + [f"train.bundle={where}", f"out_dir={tmp_path / where}"]), progress=False)
+    assert isinstance(runs["disk"].prepared.audio, CachedRows) and isinstance(runs["memory"].prepared.audio, np.ndarray)
+    h = {w: [e["loss"] for e in r.result.history] for w, r in runs.items()}
+    assert h["memory"] == h["disk"]
+    auto = run_training(_cfg([f"data.manifest={synth_root / 'manifest.csv'}", "train.epochs=1", "model.embed_dim=16",
+                              "train.bundle=auto", f"cache_dir={shared_cache}", f"out_dir={tmp_path / 'auto'}"]),
+                        progress=False)
+    assert isinstance(auto.prepared.audio, np.ndarray)  # eGeMAPS captions: in memory
+    with pytest.raises(BadInputError, match="captions.variables"):
+        run_training(_cfg([f"data.manifest={synth_root / 'manifest.csv'}", "train.epochs=1", "train.bundle=disk",
+                           f"cache_dir={shared_cache}", f"out_dir={tmp_path / 'disk2'}"]), progress=False)

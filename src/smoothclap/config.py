@@ -383,6 +383,11 @@ class TrainConfig(Section):
     num_workers: Int = Field(2, ge=0, description="audio-reading workers (e2e) and eGeMAPS processes")
     mode: Literal["cached", "e2e"] = Field("cached", description="`cached`: heads + scale on cached frozen embeddings; "
                                            "`e2e`: towers in the loop (`smoothclap.trainer.steps`)")
+    bundle: Literal["memory", "disk", "auto"] = Field(
+        "memory", description="cached mode: where the training bundle's embeddings live. `memory`: read whole "
+        "(`trainer.prepare`); `disk`: left in the embedding cache and read per batch, so memory does not grow with "
+        "the corpus (`trainer.mapped.from_cache`; needs `captions.variables: []` and `loss.text_target: caption`); "
+        "`auto`: on disk above 256 MiB of embedding rows when the settings allow it, else in memory")
     crop_seconds: Float | None = Field(None, gt=0, description="e2e: random crop length (the paper: 5.0); null = "
                                        "whole clips")
     accum_freq: Int = Field(1, ge=1, description="e2e: micro-batches per step, the contrastive batch kept whole")

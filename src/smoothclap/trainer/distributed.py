@@ -319,12 +319,12 @@ def prepare_distributed(cfg, table, env: DistEnv, *, cache_dir=None, progress: b
     """
     from ..cache import cache_root
     from ..errors import SkipLog
-    from .bundle import needs_local, prepare
+    from .bundle import needs_local
 
     cache_dir = cache_root(cache_dir)
     skip = skip if skip is not None else SkipLog(skip=cfg.data.skip_bad)
     if not env.enabled and env.device.type == "cpu":
-        return prepare(cfg, table, cache_dir=cache_dir, progress=progress, skip=skip)
+        return build_bundle(cfg, table, cache_dir=cache_dir, progress=progress, skip=skip)
     if cache_dir is not None:
         files = table["file"].astype(str).tolist()
         specs = [cfg.towers.audio]
@@ -342,8 +342,27 @@ def prepare_distributed(cfg, table, env: DistEnv, *, cache_dir=None, progress: b
             barrier(env)
     prepared = None
     if env.is_main:
-        prepared = prepare(cfg, table, cache_dir=cache_dir, progress=progress, skip=skip)
+        prepared = build_bundle(cfg, table, cache_dir=cache_dir, progress=progress, skip=skip)
     return broadcast_object(prepared, env)
+
+
+def build_bundle(cfg, table, *, cache_dir, progress: bool, skip):
+    """The training bundle as ``train.bundle`` asks: in memory (:func:`~smoothclap.trainer.bundle.prepare`)
+    or left in the embedding cache (:func:`~smoothclap.trainer.mapped.from_cache`; ``auto``: when the
+    settings allow it, on disk above :data:`~smoothclap.trainer.mapped.DISK_ABOVE` bytes of rows)."""
+    from ..errors import BadInputError
+    from .bundle import needs_desc, needs_local, prepare
+    from .mapped import unsupported_on_disk, from_cache
+
+    where = cfg.train.bundle if cfg.train.mode == "cached" else "memory"
+    if where == "auto" and unsupported_on_disk(cfg, needs_local(cfg, table), needs_desc(cfg)):
+        where = "memory"
+    if where == "memory":
+        return prepare(cfg, table, cache_dir=cache_dir, progress=progress, skip=skip)
+    if cache_dir is None:
+        raise BadInputError("train.bundle", f"{where}: needs an embedding cache (cache_dir)")
+    return from_cache(cfg, table, cache_dir=cache_dir, in_memory=None if where == "auto" else False, skip=skip,
+                      progress=progress)
 
 
 # -- the embed command -------------------------------------------------------------------------------

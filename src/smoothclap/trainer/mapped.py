@@ -52,7 +52,7 @@ from ..audio import SAMPLE_RATE, content_hash, hash_prefix
 from ..cache import EmbeddingCache, Located, audio_key, cache_root, text_key
 from ..captions import CaptionBuilder
 from ..config import RunConfig
-from ..embed import preprocessing_key
+from ..embed import preprocessing_key, release_memory
 from ..errors import BadInputError, SkipLog
 from ..losses import UNLABELLED
 from ..normalize import RowSource
@@ -99,7 +99,7 @@ class CachedRows(RowSource):
         return self.located.rows(idx.reshape(-1)).astype(np.float32, copy=False)
 
 
-def _unsupported(cfg: RunConfig, need_local: bool, need_desc: bool) -> str | None:
+def unsupported_on_disk(cfg: RunConfig, need_local: bool, need_desc: bool) -> str | None:
     lc = cfg.loss
     if cfg.captions.variables:
         return ("captions.variables needs eGeMAPS features: set captions.variables: [] (captions from the labels, "
@@ -143,7 +143,7 @@ def from_cache(cfg: RunConfig, table: pd.DataFrame, *, cache_dir, hashes: Sequen
     table = table.reset_index(drop=True)
     table = unlabel(table, ~labelled_mask(table))  # as prepare: one marker for unlabelled rows
     need_local, need_desc = needs_local(cfg, table), needs_desc(cfg)
-    why = _unsupported(cfg, need_local, need_desc)
+    why = unsupported_on_disk(cfg, need_local, need_desc)
     if why:
         raise BadInputError("from_cache", why)
     if towers is None:
@@ -242,6 +242,8 @@ def from_cache(cfg: RunConfig, table: pd.DataFrame, *, cache_dir, hashes: Sequen
         audio, caption_emb = np.asarray(audio), np.asarray(caption_emb)
     trained_on = sorted(table["corpus"].astype(str).unique()) if "corpus" in table.columns else ["(table)"]
     trained = np.unique(np.fromiter((hash_prefix(h) for h in hashes), dtype=np.uint64, count=len(hashes)))
+    del hashes
+    release_memory()  # the lists built above are gone: hand their heap back before training
     timings["from_cache"] = time.perf_counter() - t0
     log.info("training bundle from the cache: %d clips, %d captions, embeddings %s (%.1f s)", len(table),
              len(caption_texts), "in memory" if in_memory else "read per batch from the cache", timings["from_cache"])
