@@ -151,10 +151,7 @@ def prepare(cfg: RunConfig, table: pd.DataFrame, *, cache_dir=None, progress: bo
     table = table.iloc[keep].reset_index(drop=True)
     audio = audio[keep]
     local = local[keep] if local is not None else None
-    labels = [str(x) if has else None for x, has in zip(table["label"], labelled_mask(table))]  # None: unlabelled
-    label_names = sorted({x for x in labels if x is not None})
-    pos = {x: i for i, x in enumerate(label_names)}
-    label_ids = np.array([UNLABELLED if x is None else pos[x] for x in labels], dtype=np.int64)
+    labels, label_names, label_ids = encode_labels(table)
     if local is not None and cfg.loss.local_source == "posteriors":
         local = emotion_targets(cfg, table, local, label_ids)
     cc = cfg.captions
@@ -242,6 +239,17 @@ def _clip_features(cfg: RunConfig, table: pd.DataFrame, cache_dir, progress: boo
                 seen.add(path)
                 skip.items.append((path, reason))
     return audio, local, feats, ok
+
+
+def encode_labels(table: pd.DataFrame) -> tuple[list, list[str], np.ndarray]:
+    """(each row's label or None when unlabelled ``[N]``, the sorted label names, label ids ``[N]``
+    int64 with :data:`~smoothclap.losses.UNLABELLED` for unlabelled rows)."""
+    from ..corpora import labelled_mask
+
+    labels = [str(x) if has else None for x, has in zip(table["label"], labelled_mask(table))]
+    label_names = sorted({x for x in labels if x is not None})
+    pos = {x: i for i, x in enumerate(label_names)}
+    return labels, label_names, np.array([UNLABELLED if x is None else pos[x] for x in labels], dtype=np.int64)
 
 
 def _captions(cfg: RunConfig, builder: CaptionBuilder, table: pd.DataFrame, bins: pd.DataFrame,

@@ -54,10 +54,9 @@ from ..captions import CaptionBuilder
 from ..config import RunConfig
 from ..embed import preprocessing_key, release_memory
 from ..errors import BadInputError, SkipLog
-from ..losses import UNLABELLED
 from ..normalize import RowSource
 from ..targets import apply_target_options
-from .bundle import Prepared, _captions, _check_table, needs_desc, needs_local
+from .bundle import Prepared, _captions, _check_table, encode_labels, needs_desc, needs_local
 
 log = logging.getLogger("smoothclap")
 
@@ -117,45 +116,11 @@ def _locate(cache: EmbeddingCache, keys: Sequence[str], dim: int | None) -> Loca
     return cache.locate(keys, dim, mapped=False)
 
 
-def from_cache(cfg: RunConfig, table: pd.DataFrame, *, cache_dir, hashes: Sequence[str] | None = None,
-               towers: tuple | None = None, in_memory: bool | None = None, skip: SkipLog | None = None,
-               progress: bool = True) -> Prepared:
-    """The training bundle of ``table`` (columns: file, label; optional caption, speaker, corpus,
-    gender, arousal, valence, labelled) from the embedding cache under ``cache_dir``; see the
-    module docstring for what is read on demand and what stays in memory.
-
-    ``hashes``: each clip's content hash (sha1 hex of its bytes, :func:`smoothclap.audio.file_hash`),
-    which with the preprocessing names its cache entry; None: every file is hashed (read once).
-    ``towers``: ``(audio, text)``, built towers or :class:`CacheTower` stand-ins (default: built
-    from ``cfg.towers``). Rows missing from the cache are computed with a built tower (audio: only
-    when the hashes were computed here), else they are bad clips (``skip``, ``cfg.data.skip_bad``)
-    or, for captions, an error. ``in_memory``: True = read the rows into arrays (the plain path,
-    fastest for small corpora), False = leave them on disk, None = by size (:data:`DISK_ABOVE`).
-    """
-    from ..corpora import labelled_mask, unlabel
-
-    t0 = time.perf_counter()
-    cache_dir = cache_root(cache_dir)
-    if cache_dir is None:
-        raise BadInputError("from_cache", "needs a cache_dir")
-    _check_table(cfg, table)
-    skip = skip if skip is not None else SkipLog(skip=cfg.data.skip_bad)
-    table = table.reset_index(drop=True)
-    table = unlabel(table, ~labelled_mask(table))  # as prepare: one marker for unlabelled rows
-    need_local, need_desc = needs_local(cfg, table), needs_desc(cfg)
-    why = unsupported_on_disk(cfg, need_local, need_desc)
-    if why:
-        raise BadInputError("from_cache", why)
-    if towers is None:
-        from ..device import resolve_device
-        from ..towers import build_tower
-
-        device = str(resolve_device(cfg.towers.device))
-        towers = (build_tower(cfg.towers.audio, device=device), build_tower(cfg.towers.text, device=device))
-    audio_tower, text_tower = towers
-    timings: dict[str, float] = {}
-
-    # -- audio rows ------------------------------------------------------------------------------------
+def _audio_rows(cfg: RunConfig, table: pd.DataFrame, cache_dir, hashes, audio_tower, skip: SkipLog,
+                progress: bool) -> tuple[pd.DataFrame, list, "CachedRows"]:
+    """Stage 1 of :func:`from_cache`: each clip's audio row in the cache (computed with a built tower
+    when missing and the hashes were computed here); clips without one are bad clips. Returns the
+    table of the clips kept, their hashes and their rows."""
     files = table["file"].astype(str).tolist()
     hashed_here = hashes is None
     if hashed_here:
@@ -196,25 +161,12 @@ def from_cache(cfg: RunConfig, table: pd.DataFrame, *, cache_dir, hashes: Sequen
         keys = [keys[i] for i in keep.tolist()]
         hashes = [hashes[i] for i in keep.tolist()]
         loc = _locate(acache, keys, dim)
-    audio = CachedRows(loc)
-    del keys, loc, hashed, found
-    timings["audio_locate"] = time.perf_counter() - t0
+    return table, hashes, CachedRows(loc)
 
-    # -- labels and captions (as prepare) ----------------------------------------------------------------
-    labels = [str(x) if has else None for x, has in zip(table["label"], labelled_mask(table))]
-    label_names = sorted({x for x in labels if x is not None})
-    pos = {x: i for i, x in enumerate(label_names)}
-    label_ids = np.array([UNLABELLED if x is None else pos[x] for x in labels], dtype=np.int64)
-    cc = cfg.captions
-    bins = pd.DataFrame(index=range(len(table)))
-    caption_labels = labels if cc.emotion_word else [None] * len(labels)
-    t = time.perf_counter()
-    caption_texts, caption_index = _captions(cfg, CaptionBuilder(cc), table, bins, caption_labels)
-    del labels, caption_labels
-    timings["captions"] = time.perf_counter() - t
 
-    # -- caption embeddings ------------------------------------------------------------------------------
-    t = time.perf_counter()
+def _caption_rows(cfg: RunConfig, caption_texts: list[str], cache_dir, text_tower, progress: bool) -> "CachedRows":
+    """Stage 2 of :func:`from_cache`: the cache rows of the distinct captions (computed with a built
+    text tower when missing; an error otherwise)."""
     tcache = EmbeddingCache(cache_dir, text_tower.cache_key)
     tdim = getattr(text_tower, "dim", None) if hasattr(text_tower, "embed") else None
     tkeys = [text_key(c) for c in caption_texts]
@@ -232,8 +184,63 @@ def from_cache(cfg: RunConfig, table: pd.DataFrame, *, cache_dir, hashes: Sequen
         i = int(np.flatnonzero(~loc.found)[0])
         raise BadInputError("from_cache", f"{int((~loc.found).sum())} of {len(caption_texts)} captions have no "
                             f"embedding in the cache {tcache.dir} (e.g. {caption_texts[i]!r})")
-    caption_emb = CachedRows(loc)
-    del tkeys
+    return CachedRows(loc)
+
+
+def from_cache(cfg: RunConfig, table: pd.DataFrame, *, cache_dir, hashes: Sequence[str] | None = None,
+               towers: tuple | None = None, in_memory: bool | None = None, skip: SkipLog | None = None,
+               progress: bool = True) -> Prepared:
+    """The training bundle of ``table`` (columns: file, label; optional caption, speaker, corpus,
+    gender, arousal, valence, labelled) from the embedding cache under ``cache_dir``; see the
+    module docstring for what is read on demand and what stays in memory.
+
+    ``hashes``: each clip's content hash (sha1 hex of its bytes, :func:`smoothclap.audio.file_hash`),
+    which with the preprocessing names its cache entry; None: every file is hashed (read once).
+    ``towers``: ``(audio, text)``, built towers or :class:`CacheTower` stand-ins (default: built
+    from ``cfg.towers``). Rows missing from the cache are computed with a built tower (audio: only
+    when the hashes were computed here), else they are bad clips (``skip``, ``cfg.data.skip_bad``)
+    or, for captions, an error. ``in_memory``: True = read the rows into arrays (the plain path,
+    fastest for small corpora), False = leave them on disk, None = by size (:data:`DISK_ABOVE`).
+    """
+    from ..corpora import labelled_mask, unlabel
+
+    t0 = time.perf_counter()
+    cache_dir = cache_root(cache_dir)
+    if cache_dir is None:
+        raise BadInputError("from_cache", "needs a cache_dir")
+    _check_table(cfg, table)
+    skip = skip if skip is not None else SkipLog(skip=cfg.data.skip_bad)
+    table = table.reset_index(drop=True)
+    table = unlabel(table, ~labelled_mask(table))  # as prepare: one marker for unlabelled rows
+    need_local, need_desc = needs_local(cfg, table), needs_desc(cfg)
+    why = unsupported_on_disk(cfg, need_local, need_desc)
+    if why:
+        raise BadInputError("from_cache", why)
+    if towers is None:
+        from ..device import resolve_device
+        from ..towers import build_tower
+
+        device = str(resolve_device(cfg.towers.device))
+        towers = (build_tower(cfg.towers.audio, device=device), build_tower(cfg.towers.text, device=device))
+    audio_tower, text_tower = towers
+    timings: dict[str, float] = {}
+
+    t_audio = time.perf_counter()
+    table, hashes, audio = _audio_rows(cfg, table, cache_dir, hashes, audio_tower, skip, progress)
+    timings["audio_locate"] = time.perf_counter() - t_audio
+
+    # -- labels and captions (as prepare) ----------------------------------------------------------------
+    labels, label_names, label_ids = encode_labels(table)
+    cc = cfg.captions
+    bins = pd.DataFrame(index=range(len(table)))
+    caption_labels = labels if cc.emotion_word else [None] * len(labels)
+    t = time.perf_counter()
+    caption_texts, caption_index = _captions(cfg, CaptionBuilder(cc), table, bins, caption_labels)
+    del labels, caption_labels
+    timings["captions"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    caption_emb = _caption_rows(cfg, caption_texts, cache_dir, text_tower, progress)
     timings["caption_locate"] = time.perf_counter() - t
 
     if in_memory is None:
