@@ -57,6 +57,16 @@ class background_load:
         return False
 
 
+def memory_status() -> dict[str, float]:
+    """This process's resident set now and at its peak, MiB (``VmRSS``, ``VmHWM`` of /proc/self/status)."""
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(("VmHWM", "VmRSS")):
+            k, v = line.split(":")
+            out[k] = int(v.split()[0]) / 1024.0
+    return out
+
+
 def loadavg() -> list[float]:
     try:
         return [round(x, 2) for x in os.getloadavg()]

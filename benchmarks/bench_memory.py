@@ -42,12 +42,7 @@ MAX_SECONDS = 4.0
 
 
 def _status() -> dict[str, float]:
-    out = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(("VmHWM", "VmRSS")):
-            k, v = line.split(":")
-            out[k] = int(v.split()[0]) / 1024.0
-    return out
+    return C.memory_status()
 
 
 def _reset_peak() -> None:

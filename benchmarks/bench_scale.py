@@ -114,12 +114,7 @@ def _tree(path: Path) -> dict:
 
 
 def _status() -> dict[str, float]:
-    out = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(("VmHWM", "VmRSS")):
-            k, v = line.split(":")
-            out[k] = int(v.split()[0]) / 1024.0
-    return out
+    return C.memory_status()
 
 
 # -- stages (each in its own process) ------------------------------------------------------------
