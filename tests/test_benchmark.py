@@ -232,3 +232,13 @@ def test_real_loco_tables():
     train = training_table({c: tabs[c] for c in ("emodb", "tess")})
     assert set(train["label"]) == {"angry", "bored", "disgusted", "fearful", "happy", "sad", "neutral", "surprised"}
     assert set(train["corpus"]) == {"emodb", "tess"}
+
+
+@pytest.mark.parametrize("flag,value", [("--labelled-fraction", "0"), ("--labelled-fraction", "1.5"),
+                                        ("--label-noise", "1"), ("--label-noise", "-0.1")])
+def test_regime_flags_out_of_range_are_one_line_errors(flag, value, capsys):
+    from smoothclap.cli import main
+
+    rc = main(["benchmark", "loco", "--data-root", "/nonexistent", flag, value])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.strip().splitlines()[-1].startswith(f"error: {flag}: {value}") and "Traceback" not in err

@@ -110,6 +110,14 @@ class LocoConfig:
     label_noise: float = 0.0
     regime_seed: int = 0
 
+    def __post_init__(self):
+        from ..errors import BadInputError
+
+        if not 0.0 < self.labelled_fraction <= 1.0:
+            raise BadInputError("--labelled-fraction", f"{self.labelled_fraction}: must be in (0, 1]")
+        if not 0.0 <= self.label_noise < 1.0:
+            raise BadInputError("--label-noise", f"{self.label_noise}: must be in [0, 1)")
+
 
 @dataclass
 class DemoConfig:
