@@ -187,20 +187,6 @@ def _caption_rows(cfg: RunConfig, caption_texts: list[str], cache_dir, text_towe
     return CachedRows(loc)
 
 
-def _compact(table: pd.DataFrame) -> pd.DataFrame:
-    """The table as the trainer keeps it (what stays in memory per clip): without its ``caption``
-    column (its strings live on as ``caption_texts`` + ``caption_index``), and text columns of few
-    distinct values (labels, speakers, corpora) as categories: a small code per row instead of a
-    string. At 1M clips this is most of what the process holds besides the cache index."""
-    out = table.drop(columns=[c for c in ("caption",) if c in table.columns])
-    for c in out.columns:
-        col = out[c]
-        if c != "file" and (col.dtype == object or pd.api.types.is_string_dtype(col)) \
-                and col.nunique(dropna=True) <= len(col) // 2:
-            out[c] = col.astype("category")
-    return out
-
-
 def from_cache(cfg: RunConfig, table: pd.DataFrame, *, cache_dir, hashes: Sequence[str] | None = None,
                towers: tuple | None = None, in_memory: bool | None = None, skip: SkipLog | None = None,
                progress: bool = True) -> Prepared:
@@ -268,7 +254,7 @@ def from_cache(cfg: RunConfig, table: pd.DataFrame, *, cache_dir, hashes: Sequen
     timings["from_cache"] = time.perf_counter() - t0
     log.info("training bundle from the cache: %d clips, %d captions, embeddings %s (%.1f s)", len(table),
              len(caption_texts), "in memory" if in_memory else "read per batch from the cache", timings["from_cache"])
-    prepared = Prepared(table=_compact(table), audio=audio, local=audio if need_local else None, caption_texts=caption_texts,
+    prepared = Prepared(table=table, audio=audio, local=audio if need_local else None, caption_texts=caption_texts,
                         caption_emb=caption_emb, caption_index=caption_index, desc_texts=None, desc_emb=None,
                         label_ids=label_ids, label_names=label_names, binner=None, trained_on=trained_on,
                         skipped=skip, timings=timings, trained_clips=trained)
