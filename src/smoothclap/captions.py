@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import string
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -18,7 +17,7 @@ import pandas as pd
 
 from .bins import BINS, VARIABLES
 from .values import is_missing, normalize_gender  # the rules the corpus tables use too
-from .config import CaptionConfig  # noqa: F401 - the captions section of a run config
+from .config import CaptionConfig, template_fields as _template_fields  # noqa: F401 - CaptionConfig: the captions section of a run config
 
 log = logging.getLogger("smoothclap")
 
@@ -77,7 +76,6 @@ DEFAULT_TEMPLATES: list[str] = [
     "a {gender} speaker sounding {emotion}",
 ]
 
-_FIELDS = {"emotion", "phrases", "predicates", "gender", "arousal", "valence"}
 _warned_numeric: set[str] = set()
 
 
@@ -100,15 +98,6 @@ def _join(items: Sequence[str]) -> str:
     if len(items) <= 1:
         return "".join(items)
     return ", ".join(items[:-1]) + " and " + items[-1]
-
-
-def _template_fields(t: str) -> set[str]:
-    names = {f for _, f, _, _ in string.Formatter().parse(t) if f is not None}
-    unknown = names - _FIELDS
-    if unknown or any(n == "" for n in names):
-        raise ValueError(f"caption template {t!r} uses unknown placeholders {sorted(unknown) or ['{}']}; "
-                         f"allowed: {sorted(_FIELDS)}")
-    return names
 
 
 def _ordered_items(row_bins: Mapping[str, Any] | pd.Series, variables: Sequence[str] | None):

@@ -185,6 +185,22 @@ class LossConfig(Section):
         return self
 
 
+#: Placeholders a caption template may use (``captions.templates``; :mod:`smoothclap.captions`).
+CAPTION_FIELDS = {"emotion", "phrases", "predicates", "gender", "arousal", "valence"}
+
+
+def template_fields(t: str) -> set[str]:
+    """The placeholders of caption template ``t``; ValueError for any outside :data:`CAPTION_FIELDS`."""
+    import string
+
+    names = {f for _, f, _, _ in string.Formatter().parse(t) if f is not None}
+    unknown = names - CAPTION_FIELDS
+    if unknown or any(n == "" for n in names):
+        raise ValueError(f"caption template {t!r} uses unknown placeholders {sorted(unknown) or ['{}']}; "
+                         f"allowed: {sorted(CAPTION_FIELDS)}")
+    return names
+
+
 class CaptionConfig(Section):
     """How captions and descriptions are made (:mod:`smoothclap.captions`)."""
 
@@ -217,13 +233,11 @@ class CaptionConfig(Section):
             raise ConfigError("captions.low_q", f"need 0 <= low_q < high_q <= 1, got {self.low_q}, {self.high_q}")
         _check("captions.phrase_dropout", 0.0 <= self.phrase_dropout < 1.0, self.phrase_dropout, "in [0, 1)")
         if self.templates is not None:
-            from .captions import _template_fields
-
             if not self.templates:
                 raise ConfigError("captions.templates", "must be null (built-in pool) or a non-empty list")
             for t in self.templates:
                 try:
-                    _template_fields(t)
+                    template_fields(t)
                 except ValueError as e:
                     raise ConfigError("captions.templates", str(e)) from None
         return self
