@@ -115,6 +115,19 @@ def test_fingerprint_sum_in_blocks_is_numpys_sum(shape):
         assert s.dtype == np.float32 and s == x.sum(), (shape, block)
 
 
+@pytest.mark.parametrize("n", [0, 1, 2, 5, 6, 7, 40])
+def test_fingerprint_caption_hash_in_chunks_is_the_joined_texts_hash(n):
+    """The fingerprint hashes the first epoch's captions in chunks (no 100 MiB string at 1M clips):
+    the digest of the whole joined text, so run folders written before keep resuming."""
+    from smoothclap.trainer.checkpoint import _joined_sha1
+
+    texts = ["a calm voice", "ein wütender Sprecher", "", "x\ny"]
+    idx = np.random.default_rng(n).integers(0, len(texts), n)
+    whole = hashlib.sha1("\n".join(texts[int(i)] for i in idx).encode()).hexdigest()
+    for chunk in (1, 2, 3, 1 << 14):
+        assert _joined_sha1(texts, idx, chunk) == whole, (n, chunk)
+
+
 def test_fit_normalization_on_rows_equals_the_array():
     rng = np.random.default_rng(1)
     x = (rng.standard_normal((900, 12)) * 2 + 3).astype(np.float32)

@@ -39,6 +39,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import sys
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -142,7 +143,17 @@ def _malloc_trim():
     return lambda: fn(0)
 
 
-release_memory = _malloc_trim()
+_trim = _malloc_trim()
+
+
+def release_memory(tables: bool = False) -> None:
+    """Hand freed heap back to the OS: glibc's (:func:`_malloc_trim`) and, with ``tables``, the
+    Arrow memory pool that holds pandas' string columns (when pyarrow is loaded). Arrow's pool
+    (mimalloc) keeps a dropped table's buffers for reuse: at 1M clips, 60 MiB of a table that the
+    caller has already let go (``benchmarks/bench_scale.py``)."""
+    _trim()
+    if tables and "pyarrow" in sys.modules:
+        sys.modules["pyarrow"].default_memory_pool().release_unused()
 
 
 #: What the last extraction run did (for benchmarks and debugging): its forward plan.

@@ -81,6 +81,16 @@ def float32_sum(x, block: int | None = None) -> np.float32:
     return part(0, n_rows * k) if n_rows * k else np.float32(0)
 
 
+def _joined_sha1(texts: list[str], index: np.ndarray, chunk: int = 1 << 14) -> str:
+    """sha1 hex of ``"\\n".join(texts[i] for i in index)`` encoded as UTF-8, hashed in chunks of
+    ``chunk`` strings: at 1M clips the joined text and its bytes would be 100+ MiB at once."""
+    h = hashlib.sha1()
+    for a in range(0, len(index), chunk):
+        part = "\n".join(texts[int(i)] for i in index[a : a + chunk])
+        h.update((part if a == 0 else "\n" + part).encode())
+    return h.hexdigest()
+
+
 def fingerprint(cfg, prepared) -> str:
     """Identifies what a checkpoint was trained on (config and data); resume only when it matches.
     The bundle's audio may be rows read on demand (a memory-flat bundle): they are summed in
@@ -88,12 +98,12 @@ def fingerprint(cfg, prepared) -> str:
     d = config_fingerprint(cfg)
     # the first epoch's captions identify the caption settings and bins; later epochs only extend
     # them (a finished run can be extended by raising train.epochs)
-    first = "\n".join(prepared.caption_texts[int(i)] for i in prepared.caption_index[0])
+    captions = _joined_sha1(prepared.caption_texts, prepared.caption_index[0])
     # the labels too: with captions that never name the emotion they reach training only through
     # the targets, and which clips are unlabelled (-1) changes the targets
     labels = np.ascontiguousarray(prepared.label_ids, dtype=np.int64)
     d["data"] = {"n": int(prepared.audio.shape[0]), "audio_sum": float(np.float64(float32_sum(prepared.audio))),
-                 "captions": hashlib.sha1(first.encode()).hexdigest(),
+                 "captions": captions,
                  "labels": hashlib.sha1(labels.tobytes() + "\n".join(prepared.label_names).encode()).hexdigest()}
     return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 

@@ -36,6 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import RunConfig, SmoothClapConfig, validate
+from ..embed import release_memory
 from ..io import atomic_write_json
 from ..losses import target_diagnostics
 from ..model import SmoothClapModel
@@ -287,6 +288,7 @@ class Trainer:
             raise ValueError(f"need at least 2 training clips, got {len(self.prepared.table)}")
         run_dir = Path(run_dir) if run_dir is not None else None
         fp = fingerprint(cfg, self.prepared)
+        release_memory()  # the set-up's passes over the rows (statistics, fingerprint) freed their chunks
         history, start_epoch = self._resume(run_dir, fp, load=resume)
         example: dict = {}
         label = f"train{' e2e' if cfg.train.mode == 'e2e' else ''} beta={cfg.loss.beta:g}"

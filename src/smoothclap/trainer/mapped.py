@@ -30,9 +30,11 @@ row (runs of consecutive rows in one), a few microseconds each (``benchmarks/ben
 
 What stays in memory per clip (a bundle on disk): the table (file names, labels, and the other
 columns given), ``label_ids`` (8 B), one caption index per epoch (8 B each), the trained-clip
-record (8 B), the row handles (12 B for the audio rows, 12 B per distinct caption), the cache's
-own index (32 B per entry of the folders read), and during an epoch the permutation (8 B); the
-bundle's embeddings themselves take none.
+record (8 B), the row handles (12 B for the audio rows, 12 B per distinct caption), and during an
+epoch the permutation (8 B); the bundle's embeddings themselves take none. The cache's index of
+the folders read (32 B per entry) is released once the rows are located, and the heap that
+building the bundle used transiently (key lists, Arrow buffers of dropped tables) is handed back
+to the OS before training; the trainer does the same after its set-up passes over the rows.
 
 Configurations this entry point cannot build (they need eGeMAPS features or a classifier over all
 features, i.e. :func:`~smoothclap.trainer.bundle.prepare`): ``captions.variables`` (use a caption
@@ -161,6 +163,7 @@ def _audio_rows(cfg: RunConfig, table: pd.DataFrame, cache_dir, hashes, audio_to
         keys = [keys[i] for i in keep.tolist()]
         hashes = [hashes[i] for i in keep.tolist()]
         loc = _locate(acache, keys, dim)
+    acache.close()  # the rows are located: the folder's index (32 B per entry) is not needed to read them
     return table, hashes, CachedRows(loc)
 
 
@@ -184,6 +187,7 @@ def _caption_rows(cfg: RunConfig, caption_texts: list[str], cache_dir, text_towe
         i = int(np.flatnonzero(~loc.found)[0])
         raise BadInputError("from_cache", f"{int((~loc.found).sum())} of {len(caption_texts)} captions have no "
                             f"embedding in the cache {tcache.dir} (e.g. {caption_texts[i]!r})")
+    tcache.close()
     return CachedRows(loc)
 
 
@@ -250,7 +254,7 @@ def from_cache(cfg: RunConfig, table: pd.DataFrame, *, cache_dir, hashes: Sequen
     trained_on = sorted(table["corpus"].astype(str).unique()) if "corpus" in table.columns else ["(table)"]
     trained = np.unique(np.fromiter((hash_prefix(h) for h in hashes), dtype=np.uint64, count=len(hashes)))
     del hashes
-    release_memory()  # the lists built above are gone: hand their heap back before training
+    release_memory(tables=True)  # the lists and tables dropped above: hand their heap back before training
     timings["from_cache"] = time.perf_counter() - t0
     log.info("training bundle from the cache: %d clips, %d captions, embeddings %s (%.1f s)", len(table),
              len(caption_texts), "in memory" if in_memory else "read per batch from the cache", timings["from_cache"])

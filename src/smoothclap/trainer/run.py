@@ -66,6 +66,7 @@ def run_training(cfg: RunConfig, *, progress: bool = True, new_folder: bool = Fa
                                    cache_dir=cache_dir, env=env, skip_bad=cfg.data.skip_bad)
         skip = SkipLog(skip=cfg.data.skip_bad)
         prepared = prepare_distributed(cfg, table, env, cache_dir=cache_dir, progress=show, skip=skip)
+        del table  # the bundle holds the rows it kept; at scale the rest is memory training does not need
         try:
             res = train(cfg, prepared, run_dir=out_dir, progress=show, callback=callback, dist_env=env)
         except RunFolderError:  # same settings, other data
