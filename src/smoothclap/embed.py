@@ -38,8 +38,8 @@ from __future__ import annotations
 
 import logging
 import queue
-import threading
 import sys
+import threading
 from typing import NamedTuple, Sequence
 
 import numpy as np
