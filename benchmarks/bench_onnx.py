@@ -2,9 +2,9 @@
 
 Both sides run their ``classify_files`` end to end, no cache: list the folder, embed the label
 prompts (7 labels x 5 templates), read and resample every clip, batch by length, audio tower,
-feature normalisation, heads, cosine, softmax. PyTorch: :func:`smoothclap.zeroshot.classify_files`
+feature normalisation, heads, cosine, softmax. PyTorch: :func:`smoothclap.classification.classify_files`
 on the saved model (whisper-tiny-en forward in worker threads). ONNX: the model exported with
-:func:`smoothclap.export.export_onnx` and run by the same :func:`smoothclap.zeroshot.classify_files`
+:func:`smoothclap.export.export_onnx` and run by the same :func:`smoothclap.classification.classify_files`
 on an :class:`~smoothclap.onnx_runtime.OnnxModel` (log-mels inside the graph, onnxruntime, worker
 threads). Same process, interleaved, best of N. Also timed:
 ONNX with one worker over all threads (intra-op only), the export, and the cold start of each
@@ -91,7 +91,7 @@ def main() -> None:
     from smoothclap.export import export_onnx
     from smoothclap.model import SmoothClapModel
     from smoothclap.onnx_runtime import OnnxModel
-    from smoothclap.zeroshot import classify_files
+    from smoothclap.classification import classify_files
 
     m = C.machine()
     src = Path(args.folder) if args.folder else Path(args.data) / "emodb" / "wav"

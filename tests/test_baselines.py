@@ -55,7 +55,7 @@ def _reference(folder, waves16, texts) -> np.ndarray:
 def test_classify_matches_transformers(clap_dirs, synth_table, kind):
     from smoothclap.audio import read_audio
     from smoothclap.models import load_model
-    from smoothclap.zeroshot import classify_files
+    from smoothclap.classification import classify_files
 
     files = synth_table["file"].tolist()[:4]
     long = np.concatenate([read_audio(f) for f in synth_table["file"].tolist()[:6]])  # > 10 s: is_longer

@@ -17,7 +17,8 @@ from smoothclap.evaluate import zero_shot_evaluate  # noqa: E402
 from smoothclap.model import SmoothClapModel  # noqa: E402
 from smoothclap.tasks import get_task, run_task  # noqa: E402
 from smoothclap.trainer import prepare, train  # noqa: E402
-from smoothclap.zeroshot import ZeroShotClassifier, classify_files  # noqa: E402
+from smoothclap.classification import classify_files  # noqa: E402
+from smoothclap.zeroshot import ZeroShotClassifier  # noqa: E402
 
 TOL = 1e-5
 

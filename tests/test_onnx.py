@@ -37,7 +37,8 @@ from smoothclap.model import SmoothClapConfig, SmoothClapModel  # noqa: E402
 from smoothclap.models import load_model  # noqa: E402
 from smoothclap.onnx_runtime import OnnxModel  # noqa: E402
 from smoothclap.prompts import TEMPLATE_SETS  # noqa: E402
-from smoothclap.zeroshot import ZeroShotClassifier, classify_files  # noqa: E402
+from smoothclap.classification import classify_files  # noqa: E402
+from smoothclap.zeroshot import ZeroShotClassifier  # noqa: E402
 
 TOL = 1e-5
 #: Log-mels of the graph's front end vs transformers' WhisperFeatureExtractor: float32 rounding of
@@ -262,7 +263,7 @@ def test_onnx_classify_runs_without_torch(plain, synth_table):
     files = synth_table["file"].astype(str).tolist()[:6]
     code = (
         "import json, sys\n"
-        "from smoothclap.zeroshot import classify_files\n"
+        "from smoothclap.classification import classify_files\n"
         f"r = classify_files({str(out)!r}, {files!r}, {LABELS!r}, templates='feeling')\n"
         f"heavy = sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})\n"
         "assert not heavy, heavy\n"

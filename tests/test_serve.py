@@ -28,7 +28,7 @@ pytest.importorskip("opensmile")  # the test model trains on eGeMAPS captions (a
 from smoothclap.errors import BadInputError  # noqa: E402
 from smoothclap.prompts import parse_labels  # noqa: E402
 from smoothclap.serve import DEFAULT_LABELS, classify_for_page  # noqa: E402
-from smoothclap.zeroshot import classify_files  # noqa: E402
+from smoothclap.classification import classify_files  # noqa: E402
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",

@@ -270,7 +270,7 @@ def cmd_classify(args) -> int:
     from .prompts import parse_labels
 
     from .onnx_runtime import OnnxModel, is_export
-    from .zeroshot import classify_files
+    from .classification import classify_files
 
     labels = parse_labels(args.labels)
     if args.backend == "onnx":  # insists on an export folder (the reasons it is not one come from load)

@@ -27,7 +27,7 @@ them is the library's own code, shared with PyTorch: file reading, batching, wor
 cache and bad-file handling (:func:`smoothclap.embed.embed_audio_files`), loudness, windows of
 long clips (:func:`smoothclap.audio.split_windows` / :func:`~smoothclap.audio.pool_windows`),
 per-group feature normalisation (:func:`smoothclap.normalize.normalize_groups`) and the classifier
-(:class:`smoothclap.zeroshot.ZeroShotClassifier`, :func:`~smoothclap.zeroshot.classify_files`).
+(:class:`smoothclap.zeroshot.ZeroShotClassifier`, :func:`~smoothclap.classification.classify_files`).
 :func:`smoothclap.models.load_model` opens an export folder, so ``classify``, ``evaluate``, the
 task runner and ``serve`` take one wherever they take a model folder.
 

@@ -6,7 +6,7 @@ paralinguistic description as the model's training captions would phrase it ("hi
 short ...") and, for several files at once, a table with one row per file. Bad audio is reported
 with the command line's messages (``x.wav: silent (peak below -70.0 dBFS)``), never a traceback.
 
-* The page classifies through :func:`smoothclap.zeroshot.classify_files`, the function behind
+* The page classifies through :func:`smoothclap.classification.classify_files`, the function behind
   ``smoothclap classify``: the same clip gets the same probabilities (tested).
 * Everything stays on this machine: the server listens on 127.0.0.1 by default, Gradio's
   analytics and version check are off (``GRADIO_ANALYTICS_ENABLED=False``, ``analytics_enabled=False``),
@@ -134,10 +134,10 @@ def classify_for_page(model, files, labels_text: str, template_set: str = DEFAUL
     a message: ``"error: <file or key>: <reason>"`` (the command line's text) for bad labels, a bad
     template set or bad audio, a summary otherwise. Never raises for a user's mistake; unexpected
     errors give a short message and are logged. Probabilities are those of
-    :func:`smoothclap.zeroshot.classify_files` (``skip_bad=True``: one bad file does not stop the
+    :func:`smoothclap.classification.classify_files` (``skip_bad=True``: one bad file does not stop the
     others)."""
     from .prompts import TEMPLATE_SETS, parse_labels
-    from .zeroshot import classify_files
+    from .classification import classify_files
 
     empty = _empty_table()
     try:

@@ -10,8 +10,9 @@ towers, ``encode_audio_features``, ``encode_text_features``, ``scale``).
 (waveforms), ``predict_files`` (files, through the cached extraction pipeline
 :func:`smoothclap.embed.embed_audio_files`), ``predict_features`` (raw tower features) all end in
 the model's ``encode_audio_features``, with the same optional groups (speaker or corpus ids) for
-its feature normalisation. :func:`classify_files` is what ``smoothclap classify`` and the web page
-run; :mod:`smoothclap.evaluate` and :mod:`smoothclap.tasks` score with the same classifier.
+its feature normalisation. :func:`smoothclap.classification.classify_files` (what ``smoothclap
+classify`` and the web page run), :mod:`smoothclap.evaluate` and :mod:`smoothclap.tasks` score
+with this classifier.
 
 No PyTorch here: the classifier's arithmetic runs in numpy on whatever the model returns (numpy
 arrays from an ONNX export, tensors from a PyTorch model), so an ONNX deployment needs no torch.
@@ -19,16 +20,12 @@ arrays from an ONNX export, tensors from a PyTorch model), so an ONNX deployment
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from typing import Sequence
 
 import numpy as np
-import pandas as pd
 
 from .audio import normalize_loudness
-from .classification import Classification
-from .errors import BadInputError, SkipLog
 from .prompts import TEMPLATE_SETS, parse_labels, resolve_templates  # noqa: F401
 
 
@@ -201,33 +198,3 @@ class ZeroShotClassifier:
                 preds[i] = lab
         return preds, probs, ok
 
-
-def classify_files(model, files: Sequence[str], labels: Sequence[str], *, groups=None, prompts=None,
-                   templates=None, cache_dir=None, batch_size: int = 16, skip_bad: bool = False,
-                   progress: bool = False) -> Classification:
-    """Rank free-text ``labels`` for each audio file (``smoothclap classify``, the web page).
-
-    ``model``: any :class:`ZeroShotModel`, or what :func:`smoothclap.models.load_model` opens (a
-    model folder, an ONNX export folder, a Hub id, ``hf-clap:...``). ``groups`` ``[N]`` (speaker
-    or corpus per file, optional) feeds the model's feature normalisation; without it the model
-    uses its stored training statistics, so even a single clip is scored as the heads were
-    trained. Bad files raise unless ``skip_bad``.
-    """
-    if isinstance(model, (str, os.PathLike)):
-        from .models import load_model
-
-        model = load_model(model)
-    files = [str(f) for f in files]
-    if groups is not None and len(groups) != len(files):
-        raise BadInputError("groups", f"{len(groups)} groups for {len(files)} files (one per file)")
-    skip = SkipLog(skip=skip_bad)
-    clf = ZeroShotClassifier(model, labels, prompts=prompts, templates=templates)
-    preds, probs, ok = clf.predict_files(files, groups, cache_dir=cache_dir, batch_size=batch_size, skip=skip,
-                                         progress=progress)
-    # object columns: file names that are not UTF-8 (surrogate escapes) stay as they are
-    df = pd.DataFrame({"file": pd.Series(files, dtype=object),
-                       "group": pd.Series(list(groups) if groups is not None else [None] * len(files), dtype=object),
-                       "pred": pd.Series(preds, dtype=object)})
-    for j, lab in enumerate(clf.labels):
-        df[f"p_{lab}"] = probs[:, j]
-    return Classification(table=df, labels=clf.labels, skipped=skip)
