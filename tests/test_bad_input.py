@@ -14,24 +14,10 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
+from cli_errors import assert_clean_error, run
 from smoothclap.cli import main
 
 pytest.importorskip("opensmile")
-
-
-def run(argv, capsys) -> tuple[int, str, str]:
-    rc = main(argv)
-    cap = capsys.readouterr()
-    return rc, cap.out, cap.err
-
-
-def assert_clean_error(rc, err, *needles):
-    assert rc == 2, err
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert lines and lines[-1].startswith("error: "), err
-    assert "Traceback" not in err, err
-    for n in needles:
-        assert n in lines[-1], (n, lines[-1])
 
 
 @pytest.fixture(scope="module")

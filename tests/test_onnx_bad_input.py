@@ -9,6 +9,7 @@ exported once (opset 17, TorchScript exporter: about 10 s).
 """
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import sys
@@ -22,28 +23,15 @@ pytest.importorskip("onnx")
 
 import torch  # noqa: E402
 
-from smoothclap.cli import main  # noqa: E402
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cli_errors import assert_clean_error as _clean_error, run  # noqa: E402
 from tiny_models import tiny_bert, tiny_wav2vec2, write_clips  # noqa: E402
 
 LABELS = "angry,happy,sad,neutral"
 
 
-def run(argv, capsys) -> tuple[int, str, str]:
-    rc = main(argv)
-    cap = capsys.readouterr()
-    return rc, cap.out, cap.err
-
-
-def assert_clean_error(rc, err, *needles):
-    assert rc == 2, err
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err, err
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-    return lines[0]
+#: errors here are stderr's only line (the ONNX paths log nothing before them)
+assert_clean_error = functools.partial(_clean_error, only_line=True)
 
 
 @pytest.fixture(scope="module")
