@@ -127,6 +127,14 @@ def parsed(items: Iterable, parse: Callable, skips: SkipLog, file=lambda item: i
         yield item, info
 
 
+def parsed_folders(folders: Iterable[tuple], parse: Callable, skips: SkipLog):
+    """:func:`parsed` over the audio files of each folder (one per recording, :func:`dedupe_stems`),
+    folder by folder. ``folders``: ``(folder, *facts)`` tuples; a file's name is parsed with
+    ``parse(file, *facts)`` (what the folder says of its files: speaker, emotion)."""
+    for d, *facts in folders:
+        yield from parsed(dedupe_stems(list_audio(d), skips), lambda f: parse(f, *facts), skips)
+
+
 def norm_split(value) -> str | None:
     """Partition names to ``train`` / ``dev`` / ``test`` (``devel``/``development`` -> ``dev``)."""
     if is_missing(value):
@@ -200,6 +208,35 @@ def finish(
     if skips.count:
         log.warning("%s: skipped %d bad input(s): %s", corpus, skips.count, skips.by_reason())
     return df
+
+
+def emotion_table(found: Iterable[tuple[Path, dict]], corpus: str, language: str, *, labels: dict, genders: dict,
+                  extras: tuple[str, ...], skips: SkipLog, with_duration: bool,
+                  nothing: BadInputError | None = None) -> pd.DataFrame:
+    """The standard table (:func:`finish`) of an acted-emotion corpus from ``(file, fields)`` pairs,
+    as :func:`parsed` yields them. ``fields`` holds ``emotion_code`` (the label: ``labels[code]``),
+    ``speaker`` (the gender: ``genders.get(speaker)``, None for a speaker not in it) and the
+    corpus' ``extras`` columns, which follow the standard ones in this order. ``nothing``: raised
+    when no file was found (no row and nothing skipped)."""
+    rows = [
+        {"file": f, "label": labels[x["emotion_code"]], "speaker": x["speaker"], "gender": genders.get(x["speaker"]),
+         "split": None, **{k: x[k] for k in extras}}
+        for f, x in found
+    ]
+    if nothing is not None and not rows and not skips.count:
+        raise nothing
+    return finish(rows, corpus, language, skips, with_duration)
+
+
+def one_copy(folders: Iterable[tuple[Path, str]], corpus: str) -> None:
+    """BadInputError on a second folder for what an earlier one holds (``(folder, what)`` pairs):
+    two copies of the corpus under the root would load every clip twice."""
+    seen: dict[str, Path] = {}
+    for d, what in folders:
+        if what in seen:
+            raise BadInputError(d, f"second folder for {what} (first: {seen[what]}); "
+                                f"point root at one copy of {corpus}")
+        seen[what] = d
 
 
 def missing(where: Path, what: str, corpus: str) -> BadInputError:

@@ -15,7 +15,7 @@ import pandas as pd
 
 from ..errors import BadInputError, SkipLog
 from ..values import normalize_gender
-from ._common import check_root, child, dedupe_stems, finish, list_audio, locate, merge_map, missing, parsed
+from ._common import check_root, child, dedupe_stems, emotion_table, list_audio, locate, merge_map, missing, parsed
 
 CORPUS = "crema-d"
 LANGUAGE = "en"
@@ -76,15 +76,8 @@ def read_demographics(path: Path) -> dict[str, str | None]:
     return {str(a).strip(): normalize_gender(s) for a, s in zip(df[cols["actorid"]], df[cols["sex"]])}
 
 
-def load(
-    root,
-    *,
-    with_duration: bool = True,
-    skip_bad: bool = False,
-    skips: SkipLog | None = None,
-    label_map: dict | None = None,
-    demographics: str | Path | None = None,
-) -> pd.DataFrame:
+def load(root, *, with_duration: bool = True, skip_bad: bool = False, skips: SkipLog | None = None,
+         label_map: dict | None = None, demographics: str | Path | None = None) -> pd.DataFrame:
     """CREMA-D table (7442 clips, 91 actors, 6 labels in the official release).
 
     ``demographics``: path of VideoDemographics.csv if it is not in the root.
@@ -107,17 +100,6 @@ def load(
     files = dedupe_stems(list_audio(audio_dir), skips)
     if not files:
         raise BadInputError(audio_dir, "no .wav or .flac files in the CREMA-D AudioWAV folder")
-    rows = [
-        {
-            "file": f,
-            "label": labels[info["emotion_code"]],
-            "speaker": info["speaker"],
-            "gender": genders.get(info["speaker"]),
-            "split": None,
-            "emotion_code": info["emotion_code"],
-            "sentence": info["sentence"],
-            "level": info["level"],
-        }
-        for f, info in parsed(files, lambda f: parse_name(f.stem), skips)
-    ]
-    return finish(rows, CORPUS, LANGUAGE, skips, with_duration)
+    found = parsed(files, lambda f: parse_name(f.stem), skips)
+    return emotion_table(found, CORPUS, LANGUAGE, labels=labels, genders=genders,
+                         extras=("emotion_code", "sentence", "level"), skips=skips, with_duration=with_duration)

@@ -11,7 +11,7 @@ import re
 import pandas as pd
 
 from ..errors import BadInputError, SkipLog
-from ._common import check_root, child, dedupe_stems, finish, list_audio, locate, merge_map, missing, parsed
+from ._common import check_root, child, dedupe_stems, emotion_table, list_audio, locate, merge_map, missing, parsed
 
 CORPUS = "emodb"
 LANGUAGE = "de"
@@ -57,14 +57,8 @@ def parse_name(stem: str) -> dict:
     return {"speaker": spk, "text": text, "emotion_code": emo, "version": version}
 
 
-def load(
-    root,
-    *,
-    with_duration: bool = True,
-    skip_bad: bool = False,
-    skips: SkipLog | None = None,
-    label_map: dict | None = None,
-) -> pd.DataFrame:
+def load(root, *, with_duration: bool = True, skip_bad: bool = False, skips: SkipLog | None = None,
+         label_map: dict | None = None) -> pd.DataFrame:
     """EmoDB table (535 files, 10 speakers, 7 labels in the official release).
 
     ``label_map`` overrides entries of :data:`LABELS` (emotion letter -> label).
@@ -79,15 +73,6 @@ def load(
     files = dedupe_stems(list_audio(wav_dir), skips)
     if not files:
         raise BadInputError(wav_dir, "no .wav or .flac files in the EmoDB wav folder")
-    rows = [
-        {
-            "file": f,
-            "label": labels[info["emotion_code"]],
-            "speaker": info["speaker"],
-            "gender": SPEAKERS[info["speaker"]],
-            "split": None,
-            **{k: info[k] for k in ("text", "version", "emotion_code")},
-        }
-        for f, info in parsed(files, lambda f: parse_name(f.stem), skips)
-    ]
-    return finish(rows, CORPUS, LANGUAGE, skips, with_duration)
+    found = parsed(files, lambda f: parse_name(f.stem), skips)
+    return emotion_table(found, CORPUS, LANGUAGE, labels=labels, genders=SPEAKERS,
+                         extras=("text", "version", "emotion_code"), skips=skips, with_duration=with_duration)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import BadInputError, SkipLog
-from ._common import check_root, dedupe_stems, finish, list_audio, locate, merge_map, missing, parsed, subdirs
+from ._common import check_root, emotion_table, locate, merge_map, missing, one_copy, parsed_folders, subdirs
 
 CORPUS = "emovo"
 LANGUAGE = "it"
@@ -75,14 +75,8 @@ def _actor_dirs(folder: Path) -> list[tuple[Path, str]]:
     return [(d, d.name.lower()) for d in subdirs(folder) if d.name.lower() in SPEAKERS]
 
 
-def load(
-    root,
-    *,
-    with_duration: bool = True,
-    skip_bad: bool = False,
-    skips: SkipLog | None = None,
-    label_map: dict | None = None,
-) -> pd.DataFrame:
+def load(root, *, with_duration: bool = True, skip_bad: bool = False, skips: SkipLog | None = None,
+         label_map: dict | None = None) -> pd.DataFrame:
     """EMOVO table (588 files: 6 actors x 7 labels x 14 sentences in the official release).
 
     ``label_map`` overrides entries of :data:`LABELS` (emotion code -> label). ``skips``: the
@@ -93,26 +87,10 @@ def load(
     if base is None:
         raise missing(root, "actor folders 'f1'..'f3', 'm1'..'m3'", CORPUS)
     dirs = _actor_dirs(base)
-    seen: dict[str, Path] = {}
-    for d, spk in dirs:
-        if spk in seen:
-            raise BadInputError(d, f"second folder for speaker {spk} (first: {seen[spk]}); "
-                                "point root at one copy of EMOVO")
-        seen[spk] = d
+    one_copy([(d, f"speaker {spk}") for d, spk in dirs], "EMOVO")
     labels = merge_map(LABELS, label_map)
     skips = skips if skips is not None else SkipLog(skip=skip_bad)
-    rows = [
-        {
-            "file": f,
-            "label": labels[info["emotion_code"]],
-            "speaker": info["speaker"],
-            "gender": SPEAKERS[info["speaker"]],
-            "split": None,
-            **{k: info[k] for k in ("sentence", "emotion_code")},
-        }
-        for d, spk in dirs
-        for f, info in parsed(dedupe_stems(list_audio(d), skips), lambda f: _parse_in_folder(f, spk), skips)
-    ]
-    if not rows and not skips.count:
-        raise BadInputError(base, "EMOVO actor folders hold no .wav or .flac files")
-    return finish(rows, CORPUS, LANGUAGE, skips, with_duration)
+    found = parsed_folders(dirs, _parse_in_folder, skips)
+    return emotion_table(found, CORPUS, LANGUAGE, labels=labels, genders=SPEAKERS, extras=("sentence", "emotion_code"),
+                         skips=skips, with_duration=with_duration,
+                         nothing=BadInputError(base, "EMOVO actor folders hold no .wav or .flac files"))

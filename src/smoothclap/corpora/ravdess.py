@@ -6,7 +6,7 @@ statement (01 "kids are talking by the door", 02 "dogs are sitting by the door")
 (odd male, even female). The speech and song archives unpack into ``Audio_Speech_Actors_01-24/`` and
 ``Audio_Song_Actors_01-24/``; ``Actor_NN`` folders are searched in the root and one level down.
 Song files are left out unless ``include_song=True`` (they are not bad input).
-Extra columns: ``emotion_code``, ``intensity``, ``statement``, ``repetition``, ``vocal_channel``.
+Extra columns, in this order: ``vocal_channel``, ``emotion_code``, ``intensity``, ``statement``, ``repetition``.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import BadInputError, SkipLog
-from ._common import check_root, dedupe_stems, finish, list_audio, log, merge_map, missing, subdirs
+from ._common import check_root, emotion_table, log, merge_map, missing, parsed_folders, subdirs
 
 CORPUS = "ravdess"
 LANGUAGE = "en"
@@ -35,6 +35,8 @@ LABELS = {
 INTENSITY = {"01": "normal", "02": "strong"}
 STATEMENTS = {"01": "kids are talking by the door", "02": "dogs are sitting by the door"}
 CHANNELS = {"01": "speech", "02": "song"}
+#: Actor id (field 7) -> gender: odd male, even female.
+GENDERS = {f"{n:02d}": "male" if n % 2 else "female" for n in range(1, 25)}
 
 _NAME = re.compile(r"^(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})$")
 _ACTOR_DIR = re.compile(r"^actor_(\d{2})$", re.IGNORECASE)
@@ -69,6 +71,15 @@ def parse_name(stem: str) -> dict:
     }
 
 
+def _parse_in_folder(f: Path, folder_actor: str) -> dict:
+    """:func:`parse_name` with the actor as ``speaker``; it must be its folder's."""
+    info = parse_name(f.stem)
+    if info["actor"] != folder_actor:
+        raise ValueError(f"actor does not match folder (field {info['actor']}, folder {f.parent.name})")
+    info["speaker"] = info.pop("actor")
+    return info
+
+
 def _actor_dirs(root: Path) -> list[Path]:
     """``Actor_NN`` folders in ``root`` and one level down (speech and song archives side by side)."""
     out = [d for d in subdirs(root) if _ACTOR_DIR.match(d.name)]
@@ -78,15 +89,8 @@ def _actor_dirs(root: Path) -> list[Path]:
     return out
 
 
-def load(
-    root,
-    *,
-    with_duration: bool = True,
-    skip_bad: bool = False,
-    skips: SkipLog | None = None,
-    include_song: bool = False,
-    label_map: dict | None = None,
-) -> pd.DataFrame:
+def load(root, *, with_duration: bool = True, skip_bad: bool = False, skips: SkipLog | None = None,
+         include_song: bool = False, label_map: dict | None = None) -> pd.DataFrame:
     """RAVDESS speech table (1440 files, 24 actors x 60, 8 labels in the official release).
 
     ``label_map`` overrides entries of :data:`LABELS` (two-digit code -> label).
@@ -97,37 +101,20 @@ def load(
         raise missing(root, "'Actor_NN' folders", CORPUS)
     labels = merge_map(LABELS, label_map)
     skips = skips if skips is not None else SkipLog(skip=skip_bad)
-    rows, n_song, seen = [], 0, {}
-    for d in actor_dirs:
-        folder_actor = _ACTOR_DIR.match(d.name).group(1)
-        for f in dedupe_stems(list_audio(d), skips):
-            try:
-                info = parse_name(f.stem)
-                if info["actor"] != folder_actor:
-                    raise ValueError(f"actor does not match folder (field {info['actor']}, folder {d.name})")
-            except ValueError as e:
-                skips.handle(BadInputError(f, str(e)))
-                continue
-            if f.stem in seen:  # the same take in two folders (e.g. an archive unpacked twice)
-                skips.handle(BadInputError(f, f"duplicate recording (of {seen[f.stem]})"))
-                continue
-            seen[f.stem] = f
-            if info["vocal_channel"] == "song" and not include_song:
-                n_song += 1
-                continue
-            actor = info.pop("actor")
-            rows.append(
-                {
-                    "file": f,
-                    "label": labels[info["emotion_code"]],
-                    "speaker": actor,
-                    "gender": "male" if int(actor) % 2 else "female",
-                    "split": None,
-                    **info,
-                }
-            )
+    found, n_song, seen = [], 0, {}
+    folders = [(d, _ACTOR_DIR.match(d.name).group(1)) for d in actor_dirs]
+    for f, info in parsed_folders(folders, _parse_in_folder, skips):
+        if f.stem in seen:  # the same take in two folders (e.g. an archive unpacked twice)
+            skips.handle(BadInputError(f, f"duplicate recording (of {seen[f.stem]})"))
+            continue
+        seen[f.stem] = f
+        if info["vocal_channel"] == "song" and not include_song:
+            n_song += 1
+            continue
+        found.append((f, info))
     if n_song:
         log.info("ravdess: left out %d song file(s) (include_song=False)", n_song)
-    if not rows and not skips.count:
-        raise BadInputError(root, "no RAVDESS speech audio (.wav/.flac) found in the Actor_NN folders")
-    return finish(rows, CORPUS, LANGUAGE, skips, with_duration)
+    nothing = BadInputError(root, "no RAVDESS speech audio (.wav/.flac) found in the Actor_NN folders")
+    return emotion_table(found, CORPUS, LANGUAGE, labels=labels, genders=GENDERS,
+                         extras=("vocal_channel", "emotion_code", "intensity", "statement", "repetition"),
+                         skips=skips, with_duration=with_duration, nothing=nothing)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import BadInputError, SkipLog
-from ._common import check_root, child, dedupe_stems, finish, list_audio, merge_map, missing, subdirs, parsed
+from ._common import check_root, child, dedupe_stems, emotion_table, list_audio, merge_map, missing, parsed, subdirs
 
 CORPUS = "savee"
 LANGUAGE = "en"
@@ -61,14 +61,8 @@ def _find(root: Path):
     return None
 
 
-def load(
-    root,
-    *,
-    with_duration: bool = True,
-    skip_bad: bool = False,
-    skips: SkipLog | None = None,
-    label_map: dict | None = None,
-) -> pd.DataFrame:
+def load(root, *, with_duration: bool = True, skip_bad: bool = False, skips: SkipLog | None = None,
+         label_map: dict | None = None) -> pd.DataFrame:
     """SAVEE table (480 files: 4 speakers x 120 in the official release).
 
     ``label_map`` overrides entries of :data:`LABELS` (code -> label).
@@ -88,16 +82,14 @@ def load(
         for f in dedupe_stems(list_audio(where), skips):
             m = _FLAT.match(f.stem)
             items.append((f, m.group(1).upper() if m else None, m.group(2) if m else f.stem))
-    def parse(item) -> tuple[str, str]:
-        if item[1] is None:
+    def parse(item) -> dict:
+        _, spk, token = item
+        if spk is None:
             raise ValueError("malformed SAVEE file name (expected <SPK>_<code><nn>, e.g. DC_sa01)")
-        return parse_code(item[2])
+        code, take = parse_code(token)
+        return {"speaker": spk, "emotion_code": code, "take": take}
 
-    rows = [
-        {"file": f, "label": labels[code], "speaker": spk, "gender": "male", "split": None,
-         "emotion_code": code, "take": take}
-        for (f, spk, _), (code, take) in parsed(items, parse, skips, file=lambda item: item[0])
-    ]
-    if not rows and not skips.count:
-        raise BadInputError(root, "no SAVEE audio found")
-    return finish(rows, CORPUS, LANGUAGE, skips, with_duration)
+    pairs = ((item[0], info) for item, info in parsed(items, parse, skips, file=lambda item: item[0]))
+    return emotion_table(pairs, CORPUS, LANGUAGE, labels=labels, genders=dict.fromkeys(SPEAKERS, "male"),
+                         extras=("emotion_code", "take"), skips=skips, with_duration=with_duration,
+                         nothing=BadInputError(root, "no SAVEE audio found"))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import BadInputError, SkipLog
-from ._common import check_root, dedupe_stems, finish, list_audio, merge_map, missing, subdirs, parsed
+from ._common import check_root, emotion_table, merge_map, missing, one_copy, parsed_folders, subdirs
 
 CORPUS = "tess"
 LANGUAGE = "en"
@@ -69,12 +69,12 @@ def parse_name(stem: str, folder_speaker: str) -> dict:
 
 
 def _parse_in_folder(f: Path, folder_speaker: str, folder_emotion: str) -> dict:
-    """:func:`parse_name`, and the file's emotion must be its folder's."""
+    """:func:`parse_name` with the folder's ``speaker``; the file's emotion must be its folder's."""
     info = parse_name(f.stem, folder_speaker)
     if info["emotion_code"] != folder_emotion:
         raise ValueError(f"file emotion disagrees with folder (file {info['emotion_code']!r}, "
                          f"folder {f.parent.name})")
-    return info
+    return {"speaker": folder_speaker, **info}
 
 
 def _emotion_dirs(root: Path) -> list[tuple[Path, str, str]]:
@@ -88,14 +88,8 @@ def _emotion_dirs(root: Path) -> list[tuple[Path, str, str]]:
     return found
 
 
-def load(
-    root,
-    *,
-    with_duration: bool = True,
-    skip_bad: bool = False,
-    skips: SkipLog | None = None,
-    label_map: dict | None = None,
-) -> pd.DataFrame:
+def load(root, *, with_duration: bool = True, skip_bad: bool = False, skips: SkipLog | None = None,
+         label_map: dict | None = None) -> pd.DataFrame:
     """TESS table (2800 files: 2 speakers x 7 labels x 200 words in the official release).
 
     ``label_map`` overrides entries of :data:`LABELS` (e.g. ``{"ps": "surprised"}``).
@@ -104,19 +98,10 @@ def load(
     dirs = _emotion_dirs(root)
     if not dirs:
         raise missing(root, "'<OAF|YAF>_<emotion>' folders", CORPUS)
-    seen: dict[tuple[str, str], Path] = {}
-    for d, spk, emo in dirs:
-        if (spk, emo) in seen:
-            raise BadInputError(d, f"second folder for {spk} {emo} (first: {seen[spk, emo]}); "
-                                "point root at one copy of TESS")
-        seen[spk, emo] = d
+    one_copy([(d, f"{spk} {emo}") for d, spk, emo in dirs], "TESS")
     labels = merge_map(LABELS, label_map)
     skips = skips if skips is not None else SkipLog(skip=skip_bad)
-    rows = [
-        {"file": f, "label": labels[info["emotion_code"]], "speaker": spk, "gender": "female", "split": None, **info}
-        for d, spk, emo in dirs
-        for f, info in parsed(dedupe_stems(list_audio(d), skips), lambda f: _parse_in_folder(f, spk, emo), skips)
-    ]
-    if not rows and not skips.count:
-        raise BadInputError(root, "TESS folders hold no .wav or .flac files")
-    return finish(rows, CORPUS, LANGUAGE, skips, with_duration)
+    found = parsed_folders(dirs, _parse_in_folder, skips)
+    return emotion_table(found, CORPUS, LANGUAGE, labels=labels, genders=dict.fromkeys(SPEAKERS, "female"),
+                         extras=("word", "emotion_code"), skips=skips, with_duration=with_duration,
+                         nothing=BadInputError(root, "TESS folders hold no .wav or .flac files"))

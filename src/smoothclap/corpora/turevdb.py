@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import BadInputError, SkipLog
-from ._common import check_root, dedupe_stems, finish, list_audio, locate, merge_map, missing, parsed, subdirs
+from ._common import check_root, emotion_table, locate, merge_map, missing, one_copy, parsed_folders, subdirs
 
 CORPUS = "turevdb"
 LANGUAGE = "tr"
@@ -68,14 +68,8 @@ def _base(root: Path) -> Path | None:
     return locate(root, lambda d: bool(_emotion_dirs(d)))
 
 
-def load(
-    root,
-    *,
-    with_duration: bool = True,
-    skip_bad: bool = False,
-    skips: SkipLog | None = None,
-    label_map: dict | None = None,
-) -> pd.DataFrame:
+def load(root, *, with_duration: bool = True, skip_bad: bool = False, skips: SkipLog | None = None,
+         label_map: dict | None = None) -> pd.DataFrame:
     """TurEV-DB table (1735 files, 6 speakers, 4 labels in the official release).
 
     ``label_map`` overrides entries of :data:`LABELS` (emotion code -> label). ``skips``: the
@@ -86,26 +80,10 @@ def load(
     if base is None:
         raise missing(root, "folder 'Sound Source/' with Angry, Calm, Happy, Sad", CORPUS)
     dirs = _emotion_dirs(base)
-    seen: dict[str, Path] = {}
-    for d, code in dirs:
-        if code in seen:
-            raise BadInputError(d, f"second folder for {LABELS[code]} (first: {seen[code]}); "
-                                "point root at one copy of TurEV-DB")
-        seen[code] = d
+    one_copy([(d, LABELS[code]) for d, code in dirs], "TurEV-DB")
     labels = merge_map(LABELS, label_map)
     skips = skips if skips is not None else SkipLog(skip=skip_bad)
-    rows = [
-        {
-            "file": f,
-            "label": labels[info["emotion_code"]],
-            "speaker": info["speaker"],
-            "gender": None,
-            "split": None,
-            **{k: info[k] for k in ("word", "emotion_code")},
-        }
-        for d, code in dirs
-        for f, info in parsed(dedupe_stems(list_audio(d), skips), lambda f: _parse_in_folder(f, code), skips)
-    ]
-    if not rows and not skips.count:
-        raise BadInputError(base, "TurEV-DB emotion folders hold no .wav or .flac files")
-    return finish(rows, CORPUS, LANGUAGE, skips, with_duration)
+    found = parsed_folders(dirs, _parse_in_folder, skips)
+    return emotion_table(found, CORPUS, LANGUAGE, labels=labels, genders={}, extras=("word", "emotion_code"),
+                         skips=skips, with_duration=with_duration,
+                         nothing=BadInputError(base, "TurEV-DB emotion folders hold no .wav or .flac files"))
