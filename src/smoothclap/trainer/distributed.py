@@ -247,7 +247,6 @@ def wrap_ddp(module: nn.Module, env: DistEnv, find_unused_parameters: bool = Fal
     return DDP(module, find_unused_parameters=find_unused_parameters, **kw)
 
 
-# -- RNG ------------------------------------------------------------------------------------------
 # -- sharded extraction ---------------------------------------------------------------------------
 def embed_sharded(tower, files: Sequence[str], *, env: DistEnv, cache_dir=None, batch_size: int = 16,
                   skip=None, progress: bool = True, desc: str | None = None, gather: bool = True, **kw):
@@ -320,6 +319,7 @@ def prepare_distributed(cfg, table, env: DistEnv, *, cache_dir=None, progress: b
     from ..cache import cache_root
     from ..errors import SkipLog
     from .bundle import needs_local
+    from .mapped import build_bundle
 
     cache_dir = cache_root(cache_dir)
     skip = skip if skip is not None else SkipLog(skip=cfg.data.skip_bad)
@@ -344,25 +344,6 @@ def prepare_distributed(cfg, table, env: DistEnv, *, cache_dir=None, progress: b
     if env.is_main:
         prepared = build_bundle(cfg, table, cache_dir=cache_dir, progress=progress, skip=skip)
     return broadcast_object(prepared, env)
-
-
-def build_bundle(cfg, table, *, cache_dir, progress: bool, skip):
-    """The training bundle as ``train.bundle`` asks: in memory (:func:`~smoothclap.trainer.bundle.prepare`)
-    or left in the embedding cache (:func:`~smoothclap.trainer.mapped.from_cache`; ``auto``: when the
-    settings allow it, on disk above :data:`~smoothclap.trainer.mapped.DISK_ABOVE` bytes of rows)."""
-    from ..errors import BadInputError
-    from .bundle import needs_desc, needs_local, prepare
-    from .mapped import unsupported_on_disk, from_cache
-
-    where = cfg.train.bundle if cfg.train.mode == "cached" else "memory"
-    if where == "auto" and unsupported_on_disk(cfg, needs_local(cfg, table), needs_desc(cfg)):
-        where = "memory"
-    if where == "memory":
-        return prepare(cfg, table, cache_dir=cache_dir, progress=progress, skip=skip)
-    if cache_dir is None:
-        raise BadInputError("train.bundle", f"{where}: needs an embedding cache (cache_dir)")
-    return from_cache(cfg, table, cache_dir=cache_dir, in_memory=None if where == "auto" else False, skip=skip,
-                      progress=progress)
 
 
 # -- the embed command -------------------------------------------------------------------------------

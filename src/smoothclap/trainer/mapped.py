@@ -58,7 +58,7 @@ from ..embed import preprocessing_key, release_memory
 from ..errors import BadInputError, SkipLog
 from ..normalize import RowSource
 from ..targets import apply_target_options
-from .bundle import Prepared, _captions, _check_table, encode_labels, needs_desc, needs_local
+from .bundle import Prepared, _captions, _check_table, encode_labels, needs_desc, needs_local, prepare
 
 log = logging.getLogger("smoothclap")
 
@@ -265,4 +265,19 @@ def from_cache(cfg: RunConfig, table: pd.DataFrame, *, cache_dir, hashes: Sequen
     return apply_target_options(cfg, prepared)
 
 
-__all__ = ["CacheTower", "CachedRows", "DISK_ABOVE", "from_cache"]
+def build_bundle(cfg: RunConfig, table: pd.DataFrame, *, cache_dir, progress: bool, skip: SkipLog) -> Prepared:
+    """The training bundle as ``train.bundle`` asks: in memory (:func:`~smoothclap.trainer.bundle.prepare`)
+    or left in the embedding cache (:func:`from_cache`; ``auto``: when the settings allow it, on disk
+    above :data:`DISK_ABOVE` bytes of rows)."""
+    where = cfg.train.bundle if cfg.train.mode == "cached" else "memory"
+    if where == "auto" and unsupported_on_disk(cfg, needs_local(cfg, table), needs_desc(cfg)):
+        where = "memory"
+    if where == "memory":
+        return prepare(cfg, table, cache_dir=cache_dir, progress=progress, skip=skip)
+    if cache_dir is None:
+        raise BadInputError("train.bundle", f"{where}: needs an embedding cache (cache_dir)")
+    return from_cache(cfg, table, cache_dir=cache_dir, in_memory=None if where == "auto" else False, skip=skip,
+                      progress=progress)
+
+
+__all__ = ["CacheTower", "CachedRows", "DISK_ABOVE", "build_bundle", "from_cache"]
