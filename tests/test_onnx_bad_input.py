@@ -140,6 +140,21 @@ def test_export_metadata_mistakes(exported, tmp_path, capsys, edit, needles):
     assert_clean_error(rc, err, str(d / "preprocess.json") + ": ", *needles)
 
 
+@pytest.mark.parametrize("key", ["audio.sample_rate", "text.prefix", "text.tokenizer", "audio.windows"])
+def test_export_metadata_null_is_the_default(exported, tmp_path, capsys, key):
+    """An optional key written as null means its default, for the check and for the runtime alike
+    (not a crash on ``int(None)`` after the check let it through)."""
+    d = _copy(exported, tmp_path)
+    meta = json.loads((d / "preprocess.json").read_text())
+    if key == "audio.windows" and meta["audio"].get("windows") is not None:
+        pytest.skip("this export's graph needs its windows")
+    _set(key, None)(meta)
+    (d / "preprocess.json").write_text(json.dumps(meta))
+    rc, out, err = _classify(d, exported[2]["file"].iloc[5], capsys)
+    assert rc == 0, err
+    assert any(lab in out for lab in LABELS.split(","))
+
+
 @pytest.mark.parametrize("where", ["absolute", "dotdot"])
 def test_export_tokenizer_outside_the_folder_is_refused(exported, tmp_path, capsys, where):
     """A tokenizer path pointing at a working tokenizer outside the export folder (an absolute path,

@@ -133,7 +133,7 @@ def _check_audio_meta(pre: Path, audio: dict, dim: int) -> None:
     _field(pre, audio, "audio.spec", "a string")
     if _positive(pre, audio, "audio.dim") != dim:
         raise BadInputError(pre, f"audio.dim: {audio['dim']}, but the model's config.audio_dim is {dim}")
-    _positive(pre, audio, "audio.sample_rate", 16000)
+    audio["sample_rate"] = _positive(pre, audio, "audio.sample_rate", 16000)  # null or absent: the default
     windows = _field(pre, audio, "audio.windows", "a mapping", None)
     if windows is not None:
         hi = _positive(pre, windows, "audio.windows.max_samples")
@@ -152,7 +152,7 @@ def _check_text_meta(pre: Path, text: dict, dim: int) -> None:
     if _positive(pre, text, "text.dim") != dim:
         raise BadInputError(pre, f"text.dim: {text['dim']}, but the model's config.text_dim is {dim}")
     _inside(pre, "text.tokenizer", _tokenizer_name(text))
-    _field(pre, text, "text.prefix", "a string", "")
+    text["prefix"] = _field(pre, text, "text.prefix", "a string", "")
     inputs = _field(pre, text, "text.inputs", "a list of strings")
     unknown = [n for n in inputs if n not in TEXT_INPUTS]
     if unknown:
@@ -165,7 +165,8 @@ def _check_text_meta(pre: Path, text: dict, dim: int) -> None:
 def check_meta(pre: Path, meta: dict, config) -> None:
     """Every key of ``preprocess.json`` (``pre``) the runtime reads, against ``config`` (the model's
     config it holds): present, of its type, a known value, file paths inside the export folder.
-    BadInputError ``<pre>: <key>: <reason>``, never a KeyError later."""
+    BadInputError ``<pre>: <key>: <reason>``, never a KeyError later. Optional keys the towers read
+    that are absent or null get their default in ``meta``."""
     scale = _field(pre, meta, "scale", "a number")
     if scale <= 0:
         raise BadInputError(pre, f"scale: {scale!r}: must be > 0")
@@ -240,7 +241,7 @@ class OnnxAudioTower:
         self.path, self.session, self.meta = path, session, meta
         self.spec = str(meta["spec"])
         self.dim = int(meta["dim"])
-        self.sample_rate = int(meta.get("sample_rate", 16000))
+        self.sample_rate = int(meta["sample_rate"])  # check_meta fills the default
         self.windows = meta.get("windows")  # None: the graph takes a clip of any length whole
         self.workers = workers
         self._key: str | None = None
@@ -289,7 +290,7 @@ class OnnxTextTower:
         self.session, self.tokenizer, self.meta = session, tokenizer, meta
         self.spec = str(meta["spec"])
         self.dim = int(meta["dim"])
-        self.prefix = meta.get("prefix", "")
+        self.prefix = meta["prefix"]
         self.batch_size = max(1, int(batch_size))
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
