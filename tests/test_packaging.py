@@ -47,3 +47,34 @@ def test_wheel_installs_with_shipped_configs(tmp_path):
     cli = subprocess.run([sys.executable, "-m", "smoothclap", "train", "--help"], capture_output=True, text=True,
                          env=env, timeout=120)
     assert cli.returncode == 0 and "--config" in cli.stdout, cli.stderr[-2000:]
+
+
+def test_every_top_level_import_is_a_declared_dependency():
+    """What a module imports when it is imported (not inside a function) must be installed by a
+    plain ``pip install smoothclap``: the standard library or ``[project] dependencies``
+    (optional extras are imported inside the functions that need them)."""
+    import ast
+    import importlib.metadata as md
+    import re
+    import tomllib
+
+    declared = {re.split(r"[<>=!~\[; ]", d, maxsplit=1)[0].lower().replace("_", "-")
+                for d in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]}
+    dists = md.packages_distributions()
+    missing = []
+    for f in sorted((REPO / "src" / "smoothclap").rglob("*.py")):
+        for node in ast.parse(f.read_text()).body:
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top in sys.stdlib_module_names or top == "smoothclap":
+                    continue
+                owners = {d.lower().replace("_", "-") for d in dists.get(top, [top])}
+                if not owners & declared:
+                    missing.append(f"{f.relative_to(REPO)}: {top} ({', '.join(sorted(owners))})")
+    assert not missing, "imported at module level but not in [project] dependencies:\n" + "\n".join(missing)
