@@ -106,3 +106,44 @@ def test_shipped_configs_load(name):
     assert isinstance(cfg, RunConfig) and cfg.train.epochs >= 1
     if name == "few-labels":
         assert cfg.loss.preset == "smoothclap" and cfg.loss.local_source == "labels" and cfg.captions.emotion_word
+
+
+def test_fallback_stats_pooled_or_the_average_group():
+    """A clip scored without a group is z-scored with the stored statistics: ``pooled`` = all
+    training clips (its std holds the between-group spread too), ``groups`` = the average group
+    (mean of group means, root mean within-group variance), so that clip reaches the heads at the
+    scale they trained at."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    # two groups far apart (offset 10) with within-group std 1 and 3, of unequal size
+    a = rng.standard_normal((40, 4)) * 1.0
+    b = rng.standard_normal((160, 4)) * 3.0 + 10.0
+    x = np.concatenate([a, b]).astype(np.float32)
+    groups = np.array(["a"] * 40 + ["b"] * 160, dtype=object)
+    fitted = {}
+    for how in ("pooled", "groups", "shrunk"):
+        m = SmoothClapModel(SmoothClapConfig(audio_tower="whisper-tiny-en", text_tower="minilm-l6", audio_dim=4,
+                                             text_dim=4, embed_dim=8, feature_norm_group="corpus",
+                                             fallback_stats=how))
+        m.fit_normalization(x, groups)
+        fitted[how] = (m.norm_mean.numpy().astype(np.float64), m.norm_std.numpy().astype(np.float64))
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(fitted["pooled"][0], x64.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(fitted["pooled"][1], x64.std(0), rtol=1e-6)
+    means = np.stack([x64[:40].mean(0), x64[40:].mean(0)])
+    var = np.stack([x64[:40].var(0), x64[40:].var(0)])
+    np.testing.assert_allclose(fitted["groups"][0], means.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(fitted["groups"][1], np.sqrt(var.mean(0)), rtol=1e-6)
+    # shrunk: the average group's mean; each feature scaled by sd_within * within / (within + between)
+    between = means.var(0)
+    np.testing.assert_allclose(fitted["shrunk"][0], means.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(fitted["shrunk"][1], (var.mean(0) + between) / np.sqrt(var.mean(0)), rtol=1e-6)
+    # the pooled std is inflated by the offset between the groups; the average group's is not, and
+    # the shrunk one damps a group-less clip more than the pooled one
+    assert (fitted["pooled"][1] > fitted["groups"][1] + 1.0).all()
+    assert (fitted["shrunk"][1] > fitted["pooled"][1]).all()
+    # the choice travels with the saved model's config
+    with pytest.raises(Exception, match="fallback_stats"):
+        SmoothClapConfig(audio_tower="whisper-tiny-en", text_tower="minilm-l6", audio_dim=4, text_dim=4,
+                         fallback_stats="median")

@@ -125,6 +125,12 @@ class ModelConfig(Section):
         None, description="`corpus` / `speaker`: z-score audio features within each group, in training and at test "
         "time (groups given by the caller; without groups the stored training statistics)")
     min_group_clips: Int = Field(8, ge=2, description="test groups with fewer clips use the training statistics")
+    fallback_stats: Literal["pooled", "groups", "shrunk"] = Field(
+        "pooled", description="the training statistics a clip without a group (a single clip) is z-scored with: "
+        "`pooled` (mean / std of all training clips), `groups` (the average training group: mean of the group "
+        "means, root mean of the within-group variances, the scale the heads trained at) or `shrunk` (`groups`, "
+        "each feature shrunk by its within / (within + between-group) variance: the expected offset of an "
+        "unseen group removed)")
     loudness: str | None = Field(None, description="level waveforms before the tower: `peak` or `rms:<dBFS>`")
 
     @model_validator(mode="after")

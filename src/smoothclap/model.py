@@ -151,11 +151,19 @@ class SmoothClapModel(nn.Module, ZeroShotModel):
             _, codes = group_codes(groups)
             mean, std = moments(raw, codes)
             x = ZScored(raw, codes, mean, np.maximum(std, EPS))  # = standardize(raw, "zscore", groups)
+            if self.config.fallback_stats in ("groups", "shrunk"):
+                # the average group: a group-less clip reaches the heads at the scale they trained at
+                within = (np.maximum(std, EPS) ** 2).mean(0)
+                fallback = mean.mean(0), np.sqrt(within)
+                if self.config.fallback_stats == "shrunk":  # x - E[group offset | x], per feature, over sd_within
+                    fallback = fallback[0], (within + mean.var(0)) / np.sqrt(within)
+            else:  # all training clips: its std also holds the between-group spread
+                mean, std = moments(raw)
+                fallback = mean[0], std[0]
             if not is_row_source(raw):
                 x = np.asarray(x)
-            mean, std = moments(raw)
-            self.norm_mean.copy_(torch.from_numpy(mean[0]))
-            self.norm_std.copy_(torch.from_numpy(np.maximum(std[0], EPS)))
+            self.norm_mean.copy_(torch.from_numpy(fallback[0]))
+            self.norm_std.copy_(torch.from_numpy(np.maximum(fallback[1], EPS)))
         if self.config.standardize_audio:
             mean, std = moments(x, ddof=1)
             self.audio_mean.copy_(torch.from_numpy(mean[0]))

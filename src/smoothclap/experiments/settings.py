@@ -26,12 +26,15 @@ _L1, _LA = "towers.audio=whisper-tiny-en", "towers.audio=whisper-tiny-en?layers=
 _WE = "towers.audio=whisper-tiny-en+egemaps"
 _CN, _NN = "model.feature_norm_group=corpus", "model.feature_norm_group=null"
 _RMS = "model.loudness=rms:-23"
+_GF, _SF = "model.fallback_stats=groups", "model.fallback_stats=shrunk"
 DEFAULT_GRID: list[dict[str, list[str]]] = [
     {
         "whisper, corpus-norm": [_L1, _CN],
         "whisper, no norm": [_L1, _NN],
         "whisper+egemaps, corpus-norm": [_WE, _CN],
         "whisper all layers, corpus-norm": [_LA, _CN],
+        "whisper all layers, corpus-norm, group fallback": [_LA, _CN, _GF],
+        "whisper all layers, corpus-norm, shrunk fallback": [_LA, _CN, _SF],
         "whisper all layers, no norm": [_LA, _NN],
         "whisper all layers, rms -23 dBFS, no norm": [_LA, _NN, _RMS],
         "whisper all layers, rms -23 dBFS, corpus-norm": [_LA, _CN, _RMS],
