@@ -1,7 +1,7 @@
 """ONNX export (:mod:`smoothclap.export`) and the torch-free runtime (:mod:`smoothclap.onnx_runtime`):
 an export is a model like any other (``models.load_model`` opens it; ``classify``, ``evaluate``
-and ``serve`` take it), its audio, text embeddings and zero-shot probabilities match PyTorch to
-1e-5 on real-length clips (the synthetic corpus, 1.5-4 s, and one clip over 30 s) and real
+and ``serve`` take it), its audio and text embeddings match PyTorch to 1e-5 and its zero-shot
+probabilities to 3e-5 (the logit scale magnifies the embeddings' rounding) on real-length clips (the synthetic corpus, 1.5-4 s, and one clip over 30 s) and real
 prompts, with and without per-speaker feature normalisation; it runs through the library's one
 extraction pipeline and cache (under its own cache key); classifying with it never imports torch;
 bad input and unsupported towers fail with the same one-line errors.
@@ -44,6 +44,10 @@ TOL = 1e-5
 #: Log-mels of the graph's front end vs transformers' WhisperFeatureExtractor: float32 rounding of
 #: two STFTs (measured 5e-5; the embeddings they give stay within TOL).
 LOG_MEL_TOL = 2e-4
+#: Class probabilities, softmax(scale x cosine): the scale (about 14 here) magnifies an embedding
+#: difference within TOL; with transformers 5.24 / onnxruntime 1.32 the front ends' rounding gives
+#: up to 1.1e-5 for a model whose stored statistics divide by small standard deviations.
+PROB_TOL = 3e-5
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "src")}
 LABELS = ["neutral", "happy", "sad", "angry", "fearful", "disgusted"]
@@ -214,7 +218,8 @@ def test_classify_matches_pytorch(request, which, with_groups, synth_table, long
     assert got.table.columns.tolist() == ref.table.columns.tolist() and got.labels == ref.labels
     assert got.table["file"].tolist() == ref.table["file"].tolist()
     assert got.table["group"].tolist() == ref.table["group"].tolist()
-    _diff(f"classify probabilities ({'groups' if with_groups else 'no groups'})", got.table[COLS], ref.table[COLS])
+    _diff(f"classify probabilities ({'groups' if with_groups else 'no groups'})", got.table[COLS], ref.table[COLS],
+          PROB_TOL)
     p = ref.table[COLS].to_numpy()
     top2 = np.sort(p, 1)[:, -2:]
     clear = (top2[:, 1] - top2[:, 0]) > 1e-3  # argmax of a near tie may flip with rounding
@@ -224,8 +229,9 @@ def test_classify_matches_pytorch(request, which, with_groups, synth_table, long
     clf_t, clf_o = ZeroShotClassifier(model, LABELS), ZeroShotClassifier(om, LABELS)
     waves = [read_audio(f) for f in files[::5]]
     g = None if groups is None else groups[::5]
-    _diff("predict probabilities", clf_o.predict(waves, g)[1], clf_t.predict(waves, g)[1])
-    _diff("predict_files probabilities", clf_o.predict_files(files, groups)[1], clf_t.predict_files(files, groups)[1])
+    _diff("predict probabilities", clf_o.predict(waves, g)[1], clf_t.predict(waves, g)[1], PROB_TOL)
+    _diff("predict_files probabilities", clf_o.predict_files(files, groups)[1], clf_t.predict_files(files, groups)[1],
+          PROB_TOL)
 
 
 def test_onnx_runs_through_the_one_extraction_pipeline_and_cache(plain, synth_table, tmp_path, monkeypatch):
@@ -436,4 +442,6 @@ def test_whisper_layers_tower_exports(synth_table, long_clip, tmp_path):
         _diff("layers=all: tower features", om.tower("audio").embed(waves), ref)
         _diff("layers=all: z_a", om.embed_audio(waves), model.embed_audio(waves))
     plain = build_tower("whisper-tiny-en").embed(waves)
-    np.testing.assert_array_equal(ref[:, -384:].numpy(), plain.numpy())  # the last layer is the plain tower
+    # the last layer is the plain tower (to float32 rounding: transformers 5.24 computes the two
+    # paths in another order, 2.4e-6 apart)
+    _diff("layers=all: last layer vs plain tower", ref[:, -384:].numpy(), plain.numpy())
