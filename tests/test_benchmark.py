@@ -242,3 +242,21 @@ def test_regime_flags_out_of_range_are_one_line_errors(flag, value, capsys):
     rc = main(["benchmark", "loco", "--data-root", "/nonexistent", flag, value])
     err = capsys.readouterr().err
     assert rc == 2 and err.strip().splitlines()[-1].startswith(f"error: {flag}: {value}") and "Traceback" not in err
+
+
+def test_every_grid_candidate_is_a_valid_recipe():
+    """Each candidate of the shipped validation grids builds a run config on top of `--config
+    recommended` (a typo in an override would otherwise surface an hour into a validation run)."""
+    from smoothclap.config import parse_override
+    from smoothclap.experiments.loco import build_config
+    from smoothclap.experiments.settings import GRIDS
+
+    lc = LocoConfig(config="recommended")
+    for grid in GRIDS.values():
+        for stage in grid:
+            for name, overrides in stage.items():
+                cfg = build_config(lc, overrides)
+                for o in overrides:
+                    dotted, value = parse_override(o)
+                    section, key = dotted.split(".")
+                    assert getattr(getattr(cfg, section), key) == value, (name, o)

@@ -49,12 +49,15 @@ def read_audio(
     start: float | None = None,
     end: float | None = None,
     loudness: str | None = None,
+    augment=None,
 ) -> np.ndarray:
     """Read ``path`` as mono float32 at ``sample_rate``.
 
     ``loudness``: None / "none" (as recorded), "peak" (peak at -1 dBFS) or "rms:<dBFS>" (e.g.
     "rms:-23"), applied after the checks: corpora differ by 20 dB or more in level (EmoDB is
     peak-normalised, RAVDESS about -40 dBFS RMS), which otherwise leaks the corpus into features.
+    ``augment``: an :class:`~smoothclap.augment.Augmentation` (a training view of the clip, seeded by
+    its content hash), applied after the checks and before ``loudness``.
 
     Returns: array of shape ``[num_samples]``.
     Raises BadInputError for missing, unreadable, empty, truncated, non-finite, silent or too-short
@@ -100,6 +103,8 @@ def read_audio(
     peak = float(np.max(np.abs(wav)))
     if peak <= 0 or 20 * np.log10(peak) < silence_dbfs:
         raise BadInputError(path, f"silent (peak below {silence_dbfs} dBFS)")
+    if augment is not None:
+        wav = augment(wav, sample_rate, file_hash(path))
     if loudness not in (None, "none"):
         wav = normalize_loudness(wav, loudness)
     return np.ascontiguousarray(wav, dtype=np.float32)

@@ -418,10 +418,25 @@ class TrainConfig(Section):
     select_templates: str | None = Field(None, description="templates of model selection (null: "
                                          "`inference.templates`)")
     dist_timeout_min: Float = Field(180.0, gt=0, description="minutes a process waits in a collective under torchrun")
+    augment_views: Int = Field(0, ge=0, description="cached mode: altered copies of each training clip (speed, "
+                               "room, noise, level: `smoothclap.augment`), each embedded once and cached, trained "
+                               "on as extra rows beside the clip as recorded (feature statistics from the clips as "
+                               "recorded); 0 = none")
+    augment: list[Literal["speed", "reverb", "noise", "level"]] = Field(
+        default_factory=lambda: ["speed", "reverb", "noise", "level"],
+        description="the effects every augmented view applies (each with its own random strength per clip and view)")
+    single_clip_rows: Bool = Field(
+        False, description="cached mode, with `model.feature_norm_group`: every training row also appears z-scored "
+        "as a single clip of a group the model never saw (the `model.fallback_stats` of the other groups), so the "
+        "heads learn what a clip without a group (`classify FILE`) gives them; needs >= 2 groups")
 
     @model_validator(mode="after")
     def _ranges(self):
         _check("train.epochs", self.epochs >= 1, self.epochs, ">= 1")
+        if self.augment_views:
+            _check("train.augment", bool(self.augment), self.augment, "at least one effect when train.augment_views > 0")
+            _check("train.mode", self.mode == "cached", self.mode,
+                   "cached when train.augment_views > 0 (e2e training reads each clip anew every epoch)")
         _check("train.batch_size", self.batch_size >= 2, self.batch_size, ">= 2 (a contrastive batch needs negatives)")
         if self.select_templates is not None:
             _check_templates("train.select_templates", self.select_templates)
@@ -470,6 +485,10 @@ class RunConfig(Section):
         if lc.text_target != "caption" and lc.beta > 0 and lc.gamma > 0 and not self.captions.variables:
             raise ConfigError("loss.text_target", f"{lc.text_target!r} needs eGeMAPS variables "
                               "(captions.variables); use text_target: caption")
+        if self.train.single_clip_rows:
+            _check("train.single_clip_rows", self.train.mode == "cached" and bool(self.model.feature_norm_group),
+                   True, "false unless train.mode is cached and model.feature_norm_group is set (the rows are "
+                   "z-scored with the statistics of the other groups)")
         if self.train.mode == "cached":
             t, tw = self.train, self.towers
             bad = [name for name, on in (("train.crop_seconds", t.crop_seconds is not None),

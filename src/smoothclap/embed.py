@@ -60,9 +60,12 @@ MAX_WORKERS = 4
 TRIM_EVERY = 1
 
 
-def preprocessing_key(sample_rate: int = SAMPLE_RATE, loudness: str | None = None) -> str:
-    """What was done to the waveform before the tower; part of every audio cache key."""
-    return f"sr={sample_rate}|loud={loudness or 'none'}"
+def preprocessing_key(sample_rate: int = SAMPLE_RATE, loudness: str | None = None, augment=None) -> str:
+    """What was done to the waveform before the tower; part of every audio cache key (``augment``,
+    an :class:`~smoothclap.augment.Augmentation`, only when given: the keys of clips as recorded
+    are those of earlier versions)."""
+    key = f"sr={sample_rate}|loud={loudness or 'none'}"
+    return key if augment is None else f"{key}|aug={augment.key}"
 
 
 # -- forward plan ----------------------------------------------------------------------------------
@@ -303,7 +306,8 @@ def _lookup(files: list[str], cache: EmbeddingCache, pre: str, out: np.ndarray, 
     return _Work([g[0] for g in groups.values()], {g[0]: g for g in groups.values()}, keys)
 
 
-def _reader(files: list[str], todo: list[int], batch_size: int, sample_rate: int, loudness: str | None):
+def _reader(files: list[str], todo: list[int], batch_size: int, sample_rate: int, loudness: str | None,
+            augment=None):
     """Stage 2 (the reader thread's ``produce``): decode ``todo`` in order into batches of
     ``batch_size`` clips; a bad file becomes a message (handled in order by the caller)."""
 
@@ -314,7 +318,7 @@ def _reader(files: list[str], todo: list[int], batch_size: int, sample_rate: int
             if stopped():
                 return
             try:
-                waves.append(read_audio(files[i], sample_rate=sample_rate, loudness=loudness))
+                waves.append(read_audio(files[i], sample_rate=sample_rate, loudness=loudness, augment=augment))
                 idx.append(i)
             except BadInputError as e:
                 emit_msg((i, e))
@@ -371,6 +375,7 @@ def embed_audio_files(
     workers: int | None = None,
     loudness: str | None = None,
     trim_every: int = TRIM_EVERY,
+    augment=None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Embed audio files with ``tower``.
 
@@ -379,24 +384,25 @@ def embed_audio_files(
     ``chunk_size`` bounds the clips decoded ahead of the tower; ``workers`` forces the number of
     forward threads (see :func:`forward_plan`); ``loudness`` levels every waveform before the tower
     (:func:`smoothclap.audio.normalize_loudness`, part of the cache key); ``trim_every``: see
-    :data:`TRIM_EVERY`.
+    :data:`TRIM_EVERY`; ``augment``: embed a training view of each clip instead
+    (:class:`smoothclap.augment.Augmentation`, part of the cache key).
     """
     skip = skip if skip is not None else SkipLog(skip=False)
-    if hasattr(tower, "embed_files") and loudness in (None, "none"):
+    if hasattr(tower, "embed_files") and loudness in (None, "none") and augment is None:
         # e.g. openSMILE: its own parallel, cached extractor (on the waveforms as recorded)
         return tower.embed_files(files, cache_dir=cache_dir, skip=skip, progress=progress)
     files = [str(f) for f in files]
     cache = EmbeddingCache(cache_dir, tower.cache_key if cache_dir is not None else "")
     out = np.full((len(files), tower.dim), np.nan, dtype=np.float32)
     ok = np.zeros(len(files), dtype=bool)
-    work = _lookup(files, cache, preprocessing_key(tower.sample_rate, loudness), out, ok, skip)
+    work = _lookup(files, cache, preprocessing_key(tower.sample_rate, loudness, augment), out, ok, skip)
     if not work.todo:
         return out, ok
     # Global length order from the headers: batches of near-equal length, no decoding needed.
     work.todo.sort(key=lambda i: header_seconds(files[i]))
     plan = forward_plan(tower, workers)
     batch_size = max(1, int(batch_size))
-    produce = _reader(files, work.todo, batch_size, tower.sample_rate, loudness)
+    produce = _reader(files, work.todo, batch_size, tower.sample_rate, loudness, augment)
     # Clips decoded ahead: a queue of one batch per worker (reading is ~10x faster than the forward),
     # so at most (2 x workers + 1) batches of audio are in memory, whatever the corpus size.
     prefetch = min(max(1, chunk_size // batch_size), plan.workers)

@@ -38,7 +38,8 @@ from .errors import BadInputError
 from .hub import (BINS_NAME, CARD_NAME, CONFIG_NAME, RESULTS_NAME, TRAINED_CLIPS_NAME, WEIGHTS_NAME,  # noqa: F401
                   load_trained_clips, model_card, read_results, save_trained_clips)
 from .io import atomic_save, atomic_write_json, atomic_write_text
-from .normalize import EPS, ZScored, group_codes, is_row_source, moments, normalize_groups
+from .normalize import (EPS, ZScored, fallback_from_groups, group_codes, is_row_source, moments, normalize_groups,
+                        unseen_group_codes)
 from .zeroshot import ZeroShotModel  # the inference interface (torch-free); re-exported here
 
 log = logging.getLogger("smoothclap")
@@ -128,10 +129,15 @@ class SmoothClapModel(nn.Module, ZeroShotModel):
         return tuple(k for k in ("audio", "text") if k in self._trainable)
 
     # -- 3. feature normalisation -------------------------------------------------------------------------
-    def fit_normalization(self, raw, groups: np.ndarray | None = None):
+    def fit_normalization(self, raw, groups: np.ndarray | None = None, fit_rows: np.ndarray | None = None,
+                          unseen_rows: np.ndarray | None = None):
         """Fit the statistics on training features ``raw`` ``[N, audio_dim]`` (``groups`` ``[N]``:
         each clip's group, needed when ``config.feature_norm_group`` is set) and return the
-        normalised features ``[N, audio_dim]`` float32 that the heads train on.
+        normalised features ``[N, audio_dim]`` float32 that the heads train on. ``fit_rows``
+        ``[N]`` bool: the rows the statistics come from (e.g. the clips as recorded, not their
+        augmented views; every group must keep a row); all rows are normalised with them.
+        ``unseen_rows`` ``[N]`` bool: rows z-scored as a clip of a group the model never saw (a
+        single clip from a new corpus): with the ``fallback_stats`` of the other groups only.
 
         ``raw`` may be a :class:`~smoothclap.normalize.RowSource` (rows read on demand, e.g. from the
         embedding cache): it is read in chunks and never held whole, and the features come back
@@ -143,29 +149,39 @@ class SmoothClapModel(nn.Module, ZeroShotModel):
         float32 (before: torch float32 reductions, a few float32 ulps away)."""
         if not is_row_source(raw):
             raw = np.asarray(raw, dtype=np.float32)
+        if (fit_rows is not None or unseen_rows is not None) and is_row_source(raw):
+            raise ValueError("fit_rows / unseen_rows need features in memory, not a row source")
+        if unseen_rows is not None and not self.config.feature_norm_group:
+            raise ValueError("unseen_rows need model.feature_norm_group (a clip of an unseen group)")
+        fit = None if fit_rows is None else np.asarray(fit_rows, dtype=bool)
+        on = raw if fit is None else raw[fit]  # the rows the statistics come from
         x = raw
         if self.config.feature_norm_group:
             if groups is None:
                 raise ValueError(f"model.feature_norm_group={self.config.feature_norm_group!r}: the training "
                                  "table needs that column")
             _, codes = group_codes(groups)
-            mean, std = moments(raw, codes)
-            x = ZScored(raw, codes, mean, np.maximum(std, EPS))  # = standardize(raw, "zscore", groups)
+            if fit is not None and len(np.unique(codes[fit])) != codes.max() + 1:
+                raise ValueError("fit_rows leaves a feature-normalisation group without rows")
+            fit_codes = codes if fit is None else codes[fit]
+            mean, std = moments(on, fit_codes)
+            std = np.maximum(std, EPS)
+            x = ZScored(raw, codes, mean, std)  # = standardize(raw, "zscore", groups)
+            if unseen_rows is not None:
+                x = ZScored(raw, *unseen_group_codes(codes, np.asarray(unseen_rows, dtype=bool), mean, std,
+                                                     np.bincount(fit_codes), self.config.fallback_stats))
             if self.config.fallback_stats in ("groups", "shrunk"):
                 # the average group: a group-less clip reaches the heads at the scale they trained at
-                within = (np.maximum(std, EPS) ** 2).mean(0)
-                fallback = mean.mean(0), np.sqrt(within)
-                if self.config.fallback_stats == "shrunk":  # x - E[group offset | x], per feature, over sd_within
-                    fallback = fallback[0], (within + mean.var(0)) / np.sqrt(within)
+                fallback = fallback_from_groups(mean, std, None, self.config.fallback_stats)
             else:  # all training clips: its std also holds the between-group spread
-                mean, std = moments(raw)
-                fallback = mean[0], std[0]
+                m, s = moments(on)
+                fallback = m[0], s[0]
             if not is_row_source(raw):
                 x = np.asarray(x)
             self.norm_mean.copy_(torch.from_numpy(fallback[0]))
             self.norm_std.copy_(torch.from_numpy(np.maximum(fallback[1], EPS)))
         if self.config.standardize_audio:
-            mean, std = moments(x, ddof=1)
+            mean, std = moments(x if fit is None else np.asarray(x)[fit], ddof=1)
             self.audio_mean.copy_(torch.from_numpy(mean[0]))
             self.audio_std.copy_(torch.from_numpy(std[0]).float().clamp_min(1e-6))
         return x

@@ -163,6 +163,41 @@ def standardize(x: np.ndarray, mode: str, groups: np.ndarray | None = None, eps:
     return out.astype(np.float32)
 
 
+def fallback_from_groups(mean: np.ndarray, std: np.ndarray, count: np.ndarray, how: str,
+                         eps: float = EPS) -> tuple[np.ndarray, np.ndarray]:
+    """The statistics ``(mean [k], std [k])`` float64 for a clip without a group, from per-group
+    ``mean`` / ``std`` ``[G, k]`` (ddof 0) and ``count`` ``[G]`` (``model.fallback_stats``): ``pooled``
+    (all the groups' clips together), ``groups`` (mean of the group means, root mean within-group
+    variance) or ``shrunk`` (``groups`` with each feature's std scaled by (w + b) / w, w the mean
+    within-group and b the between-group variance: the expected offset of an unseen group removed)."""
+    mean, std = np.asarray(mean, dtype=np.float64), np.maximum(np.asarray(std, dtype=np.float64), eps)
+    if how == "pooled":
+        n = np.asarray(count, dtype=np.float64)[:, None]
+        m = (n * mean).sum(0) / n.sum()
+        return m, np.sqrt(np.maximum((n * (std**2 + (mean - m) ** 2)).sum(0) / n.sum(), 0.0))
+    within = (std**2).mean(0)
+    if how == "groups":
+        return mean.mean(0), np.sqrt(within)
+    if how == "shrunk":
+        return mean.mean(0), (within + mean.var(0)) / np.sqrt(within)
+    raise ValueError(f"unknown fallback statistics {how!r}")
+
+
+def unseen_group_codes(codes: np.ndarray, unseen: np.ndarray, mean: np.ndarray, std: np.ndarray,
+                       count: np.ndarray, how: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(codes [N], mean [2G, k], std [2G, k])`` for :class:`ZScored`: rows in
+    ``unseen`` (``[N]`` bool) of group g get code ``G + g``, whose statistics are the fallback
+    (``how``) of the other G - 1 groups: the row as a clip of a group the model never saw."""
+    n_groups = len(mean)
+    if n_groups < 2:
+        raise ValueError("unseen_rows need at least 2 feature-normalisation groups (one to leave out)")
+    out = [fallback_from_groups(np.delete(mean, g, 0), np.delete(std, g, 0), np.delete(count, g), how)
+           for g in range(n_groups)]
+    codes = np.where(unseen, codes + n_groups, codes)
+    return (codes, np.concatenate([mean, np.stack([m for m, _ in out])]),
+            np.concatenate([std, np.maximum(np.stack([s for _, s in out]), EPS)]))
+
+
 def normalize_groups(x: np.ndarray, groups, min_clips: int, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     """Feature normalisation at test time, ``[N, k]`` -> ``[N, k]`` float32: clips of each group in
     ``groups`` (``[N]``) z-scored with that group's own statistics; groups of fewer than ``min_clips``

@@ -144,23 +144,32 @@ def prepare(cfg: RunConfig, table: pd.DataFrame, *, cache_dir=None, progress: bo
     need_local = needs_local(cfg, table) if need_local is None else need_local
     need_desc = needs_desc(cfg) if need_desc is None else need_desc
     timings: dict[str, float] = {}
-    audio, local, feats, ok = _clip_features(cfg, table, cache_dir, progress, need_local, skip, timings)
+    audio, local, feats, ok, views = _clip_features(cfg, table, cache_dir, progress, need_local, skip, timings)
     keep = np.flatnonzero(ok)
     if len(keep) < 2:
         raise BadInputError("training table", f"only {len(keep)} usable training clips after skipping bad files")
     table = table.iloc[keep].reset_index(drop=True)
     audio = audio[keep]
     local = local[keep] if local is not None else None
+    feats = feats.iloc[keep].reset_index(drop=True) if feats is not None else None
+    if views:
+        table, audio, local, feats = _with_views(cfg, table, audio, local, feats, [v[keep] for v in views])
+    if cfg.train.single_clip_rows:  # every row again, to be normalised as a clip of an unseen group
+        table = pd.concat([table.assign(**{UNSEEN_COLUMN: False}), table.assign(**{UNSEEN_COLUMN: True})],
+                          ignore_index=True)
+        audio = np.concatenate([audio, audio])
+        local = None if local is None else np.concatenate([local, local])
+        feats = None if feats is None else pd.concat([feats, feats], ignore_index=True)
     labels, label_names, label_ids = encode_labels(table)
     if local is not None and cfg.loss.local_source == "posteriors":
         local = emotion_targets(cfg, table, local, label_ids)
     cc = cfg.captions
     if cc.variables:
-        feats = feats.iloc[keep].reset_index(drop=True)
         if cc.group_by:
             feats[cc.group_by] = table[cc.group_by].to_numpy()
-        if binner is None:
-            binner = ParalingBinner.from_config(cc).fit(feats)
+        if binner is None:  # bins of the clips as recorded (views and copies share their clip's functionals)
+            recorded = as_recorded(table)
+            binner = ParalingBinner.from_config(cc).fit(feats if recorded is None else feats[recorded])
         bins = binner.transform(feats).reset_index(drop=True)
     else:
         binner, bins = None, pd.DataFrame(index=range(len(table)))
@@ -188,11 +197,54 @@ def prepare(cfg: RunConfig, table: pd.DataFrame, *, cache_dir=None, progress: bo
     return apply_target_options(cfg, prepared)
 
 
+#: The bundle's column that tells a clip as recorded (0) from its augmented views (1, 2, ...).
+VIEW_COLUMN = "augment_view"
+#: The bundle's column marking the copies of ``train.single_clip_rows`` (normalised as a clip of a
+#: group the model never saw).
+UNSEEN_COLUMN = "as_unseen_group"
+
+
+def _with_views(cfg: RunConfig, table: pd.DataFrame, audio: np.ndarray, local: np.ndarray | None, feats,
+                views: list[np.ndarray]):
+    """The bundle's rows with ``train.augment_views`` V: the N clips as recorded, then V blocks of
+    their views (``[N * (1 + V), ...]``; column :data:`VIEW_COLUMN` 0..V). A view keeps its clip's
+    labels, speaker and corpus, and its eGeMAPS bins (captions describe the voice as recorded); its
+    local features are its own when they are the audio tower's, else its clip's."""
+    n_views = len(views)
+    rows = pd.concat([table.assign(**{VIEW_COLUMN: v}) for v in range(n_views + 1)], ignore_index=True)
+    own_local = local is not None and cfg.towers.local in (None, cfg.towers.audio)
+    audio_all = np.concatenate([audio, *views])
+    local = audio_all if own_local else (None if local is None else np.concatenate([local] * (n_views + 1)))
+    if feats is not None:
+        feats = pd.concat([feats] * (n_views + 1), ignore_index=True)
+    return rows, audio_all, local, feats
+
+
+def as_recorded(table: pd.DataFrame) -> np.ndarray | None:
+    """``[N]`` bool: the bundle rows that are clips as recorded and normalised with their own group
+    (not augmented views, not ``train.single_clip_rows`` copies): the rows every statistic is
+    fitted on. None when the bundle has neither."""
+    if VIEW_COLUMN not in table.columns and UNSEEN_COLUMN not in table.columns:
+        return None
+    out = np.ones(len(table), dtype=bool)
+    if VIEW_COLUMN in table.columns:
+        out &= table[VIEW_COLUMN].to_numpy() == 0
+    if UNSEEN_COLUMN in table.columns:
+        out &= ~table[UNSEEN_COLUMN].to_numpy(dtype=bool)
+    return out
+
+
+def as_unseen(table: pd.DataFrame) -> np.ndarray | None:
+    """``[N]`` bool: the ``train.single_clip_rows`` copies, or None without them."""
+    return table[UNSEEN_COLUMN].to_numpy(dtype=bool) if UNSEEN_COLUMN in table.columns else None
+
+
 def _clip_features(cfg: RunConfig, table: pd.DataFrame, cache_dir, progress: bool, need_local: bool,
                    skip: SkipLog, timings: dict):
     """Frozen features of every clip: (audio ``[N, audio_dim]``, local ``[N, k]`` or None, eGeMAPS
-    functionals (DataFrame indexed by file, or None), ok ``[N]``: usable by every stage). Each bad
-    clip goes into ``skip`` once, whichever stages it failed in."""
+    functionals (DataFrame indexed by file, or None), ok ``[N]``: usable by every stage, the
+    ``train.augment_views`` views' audio features (a list of ``[N, audio_dim]``, empty without
+    views)). Each bad clip goes into ``skip`` once, whichever stages it failed in."""
     from ..towers import build_tower
 
     files = table["file"].astype(str).tolist()
@@ -208,9 +260,20 @@ def _clip_features(cfg: RunConfig, table: pd.DataFrame, cache_dir, progress: boo
     t = time.perf_counter()
     # frozen towers run on the configured device (GPU when there is one); embeddings come back to CPU
     device = str(resolve_device(tc.device))
-    audio, ok = embed_audio_files(build_tower(tc.audio, device=device), files, skip=stage_skip(),
-                                  desc=f"audio {tc.audio}", **kw)
+    tower = build_tower(tc.audio, device=device)
+    audio, ok = embed_audio_files(tower, files, skip=stage_skip(), desc=f"audio {tc.audio}", **kw)
     timings["audio_embeddings"] = time.perf_counter() - t
+    views = []
+    if cfg.train.augment_views:
+        from ..augment import views as augmentations
+
+        t = time.perf_counter()
+        for aug in augmentations(cfg.train.augment, cfg.train.augment_views):
+            v, v_ok = embed_audio_files(tower, files, skip=stage_skip(), augment=aug,
+                                        desc=f"audio {tc.audio} view {aug.view}/{cfg.train.augment_views}", **kw)
+            views.append(v)
+            ok = ok & v_ok
+        timings["augmented_views"] = time.perf_counter() - t
     local = None
     if need_local:
         spec = tc.local or tc.audio
@@ -238,7 +301,7 @@ def _clip_features(cfg: RunConfig, table: pd.DataFrame, cache_dir, progress: boo
             if path not in seen:
                 seen.add(path)
                 skip.items.append((path, reason))
-    return audio, local, feats, ok
+    return audio, local, feats, ok, views
 
 
 def encode_labels(table: pd.DataFrame) -> tuple[list, list[str], np.ndarray]:

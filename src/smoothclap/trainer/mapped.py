@@ -102,6 +102,9 @@ class CachedRows(RowSource):
 
 def unsupported_on_disk(cfg: RunConfig, need_local: bool, need_desc: bool) -> str | None:
     lc = cfg.loss
+    if cfg.train.augment_views or cfg.train.single_clip_rows:
+        return ("train.augment_views / train.single_clip_rows: their extra rows live in an in-memory bundle: use "
+                "train.bundle: memory")
     if cfg.captions.variables:
         return ("captions.variables needs eGeMAPS features: set captions.variables: [] (captions from the labels, "
                 "or the table's caption column)")
