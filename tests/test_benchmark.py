@@ -205,6 +205,11 @@ def test_cli_regimes_study(loco_root, shared_cache, tmp_path, capsys):
     assert res["config"]["labelled_fraction"] == 0.3 and res["config"]["label_noise"] == 0.2
     assert e["validation"]["best"] in ("q from labels", "q from the audio tower")
     assert set(e["validation"]["candidates"]) == {"q from labels", "q from the audio tower"}
+    # the report's validation table shows each candidate per method and per protocol
+    c = e["validation"]["candidates"]["q from labels"]
+    single = np.mean([f["single"] for f in c["per_fold"]])
+    row = next(r for r in (out / "report.md").read_text().splitlines() if r.startswith("| q from labels |"))
+    assert len(row.strip("|").split("|")) == 8 and f"| {single:.3f} | {c['seconds']:.0f} |" in row
     assert "captions.emotion_word=false" in e["overrides"]
     assert set(e["target_precision"]) == {"precision", "precision_chance"}
     examples = " ".join(e["caption_example"]).lower()

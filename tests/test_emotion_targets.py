@@ -21,11 +21,11 @@ def _data(n=60, k=6, seed=0):
     return x, y, spk
 
 
-def test_posteriors_are_out_of_fold_by_speaker(monkeypatch):
-    x, y, spk = _data()
-    seen = []
+def spy_on_fits(monkeypatch) -> list[set]:
+    """Record the rows (rounded) every scikit-learn pipeline is fitted on, in order."""
     from sklearn.pipeline import Pipeline
 
+    seen: list[set] = []
     real_fit = Pipeline.fit
 
     def spy(self, X, Y=None, **kw):
@@ -33,6 +33,12 @@ def test_posteriors_are_out_of_fold_by_speaker(monkeypatch):
         return real_fit(self, X, Y, **kw)
 
     monkeypatch.setattr(Pipeline, "fit", spy)
+    return seen
+
+
+def test_posteriors_are_out_of_fold_by_speaker(monkeypatch):
+    x, y, spk = _data()
+    seen = spy_on_fits(monkeypatch)
     post, fold = crossfit_posteriors(x, y, spk, n_folds=3)
     assert post.shape == (60, 3) and post.dtype == np.float32
     np.testing.assert_allclose(post.sum(1), 1.0, atol=1e-5)

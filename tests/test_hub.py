@@ -42,12 +42,18 @@ def test_model_card(model, tmp_path):
     assert meta["model-index"][0]["results"][0]["metrics"][0]["value"] == 0.25
     assert "MIT" in card and "Apache-2.0" in card and "whisper-tiny-en" in card and "beta 0.1" in card
     assert "| ravdess | 1440 | 0.250 |" in card
+    assert "Feature normalisation: none. Loudness: as recorded." in card
     m2 = SmoothClapModel.from_pretrained(tmp_path / "m")
     assert m2.results == model.results
     # a non-commercial tower makes the whole model non-commercial
     model.config.audio_tower = "hf:audeering/wav2vec2-large-robust-12-ft-emotion-msp-dim?pool=mean"
+    model.config.feature_norm_group, model.config.fallback_stats = "corpus", "shrunk"
     model.save_pretrained(tmp_path / "nc")
-    assert _front_matter((tmp_path / "nc" / "README.md").read_text())["license"] == "cc-by-nc-sa-4.0"
+    card = (tmp_path / "nc" / "README.md").read_text()
+    assert _front_matter(card)["license"] == "cc-by-nc-sa-4.0"
+    # how a clip without a group is normalised is part of what a user must know
+    assert "Feature normalisation: corpus (per-group z-score; without groups the stored training statistics, " \
+           "`shrunk`)." in card
 
 
 def test_from_hub_id_offline_cache(model, tmp_path):

@@ -20,6 +20,8 @@ from smoothclap.experiments.regimes import drop_emotion_words, mask_labels, nois
 from smoothclap.losses import UNLABELLED, label_targets, similarity_targets, soft_targets, target_diagnostics
 from smoothclap.targets import crossfit_dimensions, crossfit_posteriors
 
+from test_emotion_targets import spy_on_fits
+
 #: every emotion word the synthetic corpus, the caption vocabulary or the corpora could put in a caption
 EMOTION_WORDS = {"angry", "anger", "happy", "happiness", "sad", "sadness", "neutral", "fear", "fearful", "bored",
                  "boredom", "calm", "disgust", "disgusted", "surprised", "surprise", "joy"}
@@ -132,18 +134,9 @@ def test_posteriors_never_see_their_own_label(monkeypatch):
     labels = y.copy()
     labels[np.arange(len(y)) % 4 == 1] = UNLABELLED  # a quarter unlabelled
     unl = labels < 0
-    seen = []
-    from sklearn.pipeline import Pipeline
-
-    real_fit = Pipeline.fit
-
-    def spy(self, X, Y=None, **kw):
-        seen.append({tuple(r) for r in np.round(X, 8)})
-        return real_fit(self, X, Y, **kw)
-
-    monkeypatch.setattr(Pipeline, "fit", spy)
-    post, fold = crossfit_posteriors(x, labels, spk, n_folds=3)
-    monkeypatch.setattr(Pipeline, "fit", real_fit)
+    with monkeypatch.context() as m:
+        seen = spy_on_fits(m)
+        post, fold = crossfit_posteriors(x, labels, spk, n_folds=3)
     unl_rows = {tuple(r) for r in np.round(x[unl], 8)}
     assert len(seen) == 4  # three speaker folds of the labelled clips + one fit on all of them
     assert all(not s & unl_rows for s in seen)  # no fit ever sees an unlabelled clip

@@ -138,8 +138,9 @@ def model_card(config, results: Sequence[dict] | None = None, name: str | None =
               "The towers' weights are not part of this folder (unless fine-tuned: `*_tower/`); their "
               "licences apply to using the model. Training captions were made from eGeMAPS features "
               "(openSMILE: research / non-commercial use only).", "",
-              f"Feature normalisation: {config.feature_norm_group or 'none'} "
-              f"(per-group z-score; without groups the stored training statistics). "
+              (f"Feature normalisation: {config.feature_norm_group} (per-group z-score; without groups the stored "
+               f"training statistics, `{config.fallback_stats}`). " if config.feature_norm_group
+               else "Feature normalisation: none. ") +
               f"Loudness: {config.loudness or 'as recorded'}.", "",
               "## Training", "",
               f"- corpora: {', '.join(trained) or 'unknown'}",

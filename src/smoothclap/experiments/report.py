@@ -9,6 +9,7 @@ import numpy as np
 
 from ..io import atomic_write_json, atomic_write_text
 from ..plots import _plt, _savefig, plot_confusion, plot_history
+from .protocols import PROTOCOLS
 
 METHODS = ("CLAP", "SmoothCLAP")
 
@@ -166,11 +167,13 @@ def write_loco_report(results: dict, out_dir) -> Path:
             v = e["validation"]
             lines += [f"- validation ({v['scheme']} scheme, seeds {v['seeds']}, training corpora only) chose "
                       f"**{v['best']}**:", "",
-                      "| candidate | val UAR | CLAP | SmoothCLAP | s |", "| --- | --- | --- | --- | --- |"]
+                      "| candidate | val UAR | CLAP | SmoothCLAP | whole | skewed | single | s |",
+                      "| --- | --- | --- | --- | --- | --- | --- | --- |"]
             for name, c in sorted(v["candidates"].items(), key=lambda kv: -kv[1]["score"]):
-                cl = np.mean([f["CLAP"] for f in c["per_fold"]])
-                sm = np.mean([f["SmoothCLAP"] for f in c["per_fold"]])
-                lines.append(f"| {name} | {c['score']:.3f} | {cl:.3f} | {sm:.3f} | {c['seconds']:.0f} |")
+                # robust UAR per method; then per protocol (both methods), each a mean over the folds
+                cells = [np.mean([f[k] for f in c["per_fold"]]) for k in (*METHODS, *PROTOCOLS)]
+                lines.append(f"| {name} | {c['score']:.3f} | " + " | ".join(f"{x:.3f}" for x in cells)
+                             + f" | {c['seconds']:.0f} |")
         lines += ["", f"![{h} CLAP](figures/confusion_{h}_clap.png) ![{h} SmoothCLAP](figures/confusion_{h}_smoothclap.png)"
                   + (f" ![{h} probe](figures/confusion_{h}_probe.png)" if "probe" in e else ""), ""]
     lines += ["## Training-caption vocabulary", "",
