@@ -155,11 +155,8 @@ def prepare(cfg: RunConfig, table: pd.DataFrame, *, cache_dir=None, progress: bo
     if views:
         table, audio, local, feats = _with_views(cfg, table, audio, local, feats, [v[keep] for v in views])
     if cfg.train.single_clip_rows:  # every row again, to be normalised as a clip of an unseen group
-        table = pd.concat([table.assign(**{UNSEEN_COLUMN: False}), table.assign(**{UNSEEN_COLUMN: True})],
-                          ignore_index=True)
+        table, local, feats = _repeat_rows(table, local, feats, UNSEEN_COLUMN, [False, True])
         audio = np.concatenate([audio, audio])
-        local = None if local is None else np.concatenate([local, local])
-        feats = None if feats is None else pd.concat([feats, feats], ignore_index=True)
     labels, label_names, label_ids = encode_labels(table)
     if local is not None and cfg.loss.local_source == "posteriors":
         local = emotion_targets(cfg, table, local, label_ids)
@@ -210,14 +207,20 @@ def _with_views(cfg: RunConfig, table: pd.DataFrame, audio: np.ndarray, local: n
     their views (``[N * (1 + V), ...]``; column :data:`VIEW_COLUMN` 0..V). A view keeps its clip's
     labels, speaker and corpus, and its eGeMAPS bins (captions describe the voice as recorded); its
     local features are its own when they are the audio tower's, else its clip's."""
-    n_views = len(views)
-    rows = pd.concat([table.assign(**{VIEW_COLUMN: v}) for v in range(n_views + 1)], ignore_index=True)
     own_local = local is not None and cfg.towers.local in (None, cfg.towers.audio)
+    rows, local, feats = _repeat_rows(table, local, feats, VIEW_COLUMN, list(range(len(views) + 1)))
     audio_all = np.concatenate([audio, *views])
-    local = audio_all if own_local else (None if local is None else np.concatenate([local] * (n_views + 1)))
-    if feats is not None:
-        feats = pd.concat([feats] * (n_views + 1), ignore_index=True)
-    return rows, audio_all, local, feats
+    return rows, audio_all, audio_all if own_local else local, feats
+
+
+def _repeat_rows(table: pd.DataFrame, local, feats, column: str, values: list):
+    """``table``, ``local`` and ``feats`` (each N rows, or None) stacked once per value in ``values``
+    (``[N * len(values), ...]``), the table's ``column`` set to that block's value."""
+    k = len(values)
+    rows = pd.concat([table.assign(**{column: v}) for v in values], ignore_index=True)
+    local = None if local is None else np.concatenate([local] * k)
+    feats = None if feats is None else pd.concat([feats] * k, ignore_index=True)
+    return rows, local, feats
 
 
 def as_recorded(table: pd.DataFrame) -> np.ndarray | None:
