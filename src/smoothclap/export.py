@@ -196,15 +196,20 @@ class _TextGraph(nn.Module):
 
 
 class _AudioHead(nn.Module):
-    """Normalised features -> unit-norm embedding (``SmoothClapModel.project_audio``)."""
+    """Normalised features -> unit-norm embedding (``SmoothClapModel.project_audio``: the nuisance
+    directions removed, input standardiser, head)."""
 
     def __init__(self, model):
         super().__init__()
         self.head = model.audio_head
         self.register_buffer("mean", model.audio_mean.detach().clone().float())
         self.register_buffer("std", model.audio_std.detach().clone().float())
+        basis = getattr(model, "nuisance_basis", None)  # model.nuisance_dims: directions removed first
+        self.register_buffer("basis", None if basis is None else basis.detach().clone().float())
 
     def forward(self, features):
+        if self.basis is not None:
+            features = features - (features @ self.basis) @ self.basis.T
         return F.normalize(self.head((features - self.mean) / self.std), dim=-1)
 
 
@@ -375,7 +380,8 @@ def export_heads(model, folder: Path, opset: int) -> dict:
     unit = "[batch, embed_dim] float32, unit norm"
     return {"audio_head": {"graph": AUDIO_HEAD_GRAPH, "outputs": {"embedding": unit},
                            "inputs": {"features": "[batch, audio_dim] float32, normalised"},
-                           "contains": "input standardiser (audio_mean, audio_std), head, L2 norm"},
+                           "contains": "nuisance directions removed (model.nuisance_dims), input standardiser "
+                           "(audio_mean, audio_std), head, L2 norm"},
             "text_head": {"graph": TEXT_HEAD_GRAPH, "inputs": {"features": "[batch, text_dim] float32"},
                           "outputs": {"embedding": unit}}}
 

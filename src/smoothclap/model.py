@@ -7,7 +7,9 @@ The model owns, in this order (``docs/architecture.md``):
    are part of the model and saved inside its folder);
 3. **feature normalisation** of the audio-tower features (``config.feature_norm_group``): z-scored
    within each group (corpus or speaker) when the caller gives groups, else with the stored
-   training statistics, then the input standardiser fitted on training features;
+   training statistics; then, with ``config.nuisance_dims``, the principal directions of the
+   training speakers' (or corpora's) means removed; then the input standardiser fitted on
+   training features;
 4. the ParaCLAP **heads** and the learnable logit **scale**.
 
 Every entry point (``ZeroShotClassifier``, ``classify``, ``evaluate``, the task runner, the
@@ -38,8 +40,8 @@ from .errors import BadInputError
 from .hub import (BINS_NAME, CARD_NAME, CONFIG_NAME, RESULTS_NAME, TRAINED_CLIPS_NAME, WEIGHTS_NAME,  # noqa: F401
                   load_trained_clips, model_card, read_results, save_trained_clips)
 from .io import atomic_save, atomic_write_json, atomic_write_text
-from .normalize import (EPS, ZScored, fallback_from_groups, group_codes, is_row_source, moments, normalize_groups,
-                        unseen_group_codes)
+from .normalize import (EPS, Projected, ZScored, fallback_from_groups, group_codes, group_directions, is_row_source,
+                        moments, normalize_groups, unseen_group_codes)
 from .zeroshot import ZeroShotModel  # the inference interface (torch-free); re-exported here
 
 log = logging.getLogger("smoothclap")
@@ -83,6 +85,8 @@ class SmoothClapModel(nn.Module, ZeroShotModel):
         self.register_buffer("norm_std", torch.ones(config.audio_dim))
         self.register_buffer("audio_mean", torch.zeros(config.audio_dim))
         self.register_buffer("audio_std", torch.ones(config.audio_dim))
+        if config.nuisance_dims:  # orthonormal [audio_dim, k] directions removed before the head; zeros: none
+            self.register_buffer("nuisance_basis", torch.zeros(config.audio_dim, config.nuisance_dims))
         self._towers: dict[str, nn.Module] = {}
         self._trainable: set[str] = set()
         # ParalingBinner state of the training captions (smoothclap.bins), or None
@@ -130,7 +134,7 @@ class SmoothClapModel(nn.Module, ZeroShotModel):
 
     # -- 3. feature normalisation -------------------------------------------------------------------------
     def fit_normalization(self, raw, groups: np.ndarray | None = None, fit_rows: np.ndarray | None = None,
-                          unseen_rows: np.ndarray | None = None):
+                          unseen_rows: np.ndarray | None = None, nuisance: np.ndarray | None = None):
         """Fit the statistics on training features ``raw`` ``[N, audio_dim]`` (``groups`` ``[N]``:
         each clip's group, needed when ``config.feature_norm_group`` is set) and return the
         normalised features ``[N, audio_dim]`` float32 that the heads train on. ``fit_rows``
@@ -138,6 +142,11 @@ class SmoothClapModel(nn.Module, ZeroShotModel):
         augmented views; every group must keep a row); all rows are normalised with them.
         ``unseen_rows`` ``[N]`` bool: rows z-scored as a clip of a group the model never saw (a
         single clip from a new corpus): with the ``fallback_stats`` of the other groups only.
+        ``nuisance`` ``[N]``: each clip's ``config.nuisance_group`` (needed with
+        ``config.nuisance_dims``): the principal directions of these groups' means, with the features
+        z-scored by the statistics a clip without a group gets (so they hold between-corpus as well
+        as between-speaker offsets), are stored and removed in :meth:`project_audio`; the returned
+        features still hold them (the heads see them removed).
 
         ``raw`` may be a :class:`~smoothclap.normalize.RowSource` (rows read on demand, e.g. from the
         embedding cache): it is read in chunks and never held whole, and the features come back
@@ -180,11 +189,26 @@ class SmoothClapModel(nn.Module, ZeroShotModel):
                 x = np.asarray(x)
             self.norm_mean.copy_(torch.from_numpy(fallback[0]))
             self.norm_std.copy_(torch.from_numpy(np.maximum(fallback[1], EPS)))
+        basis = self._fit_nuisance(on, nuisance, fit) if self.config.nuisance_dims else None
         if self.config.standardize_audio:
-            mean, std = moments(x if fit is None else np.asarray(x)[fit], ddof=1)
+            src = x if fit is None else np.asarray(x)[fit]
+            mean, std = moments(src if basis is None else Projected(src, basis), ddof=1)
             self.audio_mean.copy_(torch.from_numpy(mean[0]))
             self.audio_std.copy_(torch.from_numpy(std[0]).float().clamp_min(1e-6))
         return x
+
+    def _fit_nuisance(self, on, nuisance, fit) -> np.ndarray:
+        """Fit and store ``nuisance_basis`` ``[audio_dim, k]`` from the raw rows ``on`` (the fit rows)."""
+        if nuisance is None:
+            raise ValueError(f"model.nuisance_dims={self.config.nuisance_dims} needs each clip's "
+                             f"{self.config.nuisance_group!r} (the groups whose directions are removed)")
+        nuisance = np.asarray(nuisance, dtype=object)
+        _, codes = group_codes(nuisance if fit is None else nuisance[fit])
+        means, _ = moments(on, codes)  # [S, audio_dim] raw group means
+        scaled = (means - self.norm_mean.double().numpy()) / self.norm_std.double().numpy()
+        basis = group_directions(scaled, self.config.nuisance_dims)
+        self.nuisance_basis.copy_(torch.from_numpy(basis))
+        return basis
 
     def normalize_audio_features(self, raw, groups: Sequence | np.ndarray | None = None) -> torch.Tensor:
         """Raw tower features ``[N, audio_dim]`` -> what the input standardiser expects ``[N, audio_dim]``.
@@ -203,8 +227,12 @@ class SmoothClapModel(nn.Module, ZeroShotModel):
 
     # -- 4. heads ------------------------------------------------------------------------------------------
     def project_audio(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised features ``[B, audio_dim]`` -> ``[B, embed_dim]`` unit norm (input standardiser + head)."""
-        x = (x.float() - self.audio_mean) / self.audio_std
+        """Normalised features ``[B, audio_dim]`` -> ``[B, embed_dim]`` unit norm (the nuisance
+        directions removed when ``config.nuisance_dims``, input standardiser, head)."""
+        x = x.float()
+        if self.config.nuisance_dims:
+            x = x - (x @ self.nuisance_basis) @ self.nuisance_basis.T
+        x = (x - self.audio_mean) / self.audio_std
         return F.normalize(self.audio_head(x), dim=-1)
 
     def _check_dim(self, kind: str, feats) -> None:

@@ -241,3 +241,37 @@ def group_stats(x, groups: np.ndarray, eps: float = EPS) -> dict[str, tuple[np.n
     names, codes = group_codes(groups)
     mean, std = moments(x, codes)
     return {str(g): (mean[i], np.maximum(std[i], eps)) for i, g in enumerate(names.tolist())}
+
+
+def group_directions(means: np.ndarray, k: int) -> np.ndarray:
+    """``[d, k]`` float32 orthonormal columns: the ``k`` principal directions of the group means
+    ``means`` ``[G, d]`` (each group counts once, around the mean of the means); columns beyond
+    the means' rank (at most G - 1) are zero, so they remove nothing."""
+    means = np.asarray(means, dtype=np.float64)
+    basis = np.zeros((means.shape[1], int(k)))
+    if len(means) < 2 or not k:
+        return basis.astype(np.float32)
+    _, s, vt = np.linalg.svd(means - means.mean(0), full_matrices=False)
+    rank = int((s > 1e-9 * s[0]).sum()) if s[0] > 0 else 0
+    m = min(int(k), rank)
+    basis[:, :m] = vt[:m].T
+    return basis.astype(np.float32)
+
+
+def remove_directions(x, basis: np.ndarray) -> np.ndarray:
+    """Rows of ``x`` ``[N, d]`` without their components along the orthonormal columns of ``basis``
+    ``[d, k]``: ``x - (x @ basis) @ basis.T``, in float64."""
+    x, b = np.asarray(x, dtype=np.float64), np.asarray(basis, dtype=np.float64)
+    return x - (x @ b) @ b.T
+
+
+class Projected(RowSource):
+    """Rows of ``x`` (an array or a :class:`RowSource`) with the directions of ``basis`` ``[d, k]``
+    removed as they are read (:func:`remove_directions`), as float32."""
+
+    def __init__(self, x, basis: np.ndarray):
+        self.x, self.basis = x, np.asarray(basis, dtype=np.float64)
+        self.shape = (int(x.shape[0]), int(x.shape[1]))
+
+    def __getitem__(self, idx) -> np.ndarray:
+        return remove_directions(self.x[idx], self.basis).astype(np.float32)

@@ -19,8 +19,8 @@ BENCHMARK_BASE = {"towers.audio": "whisper-tiny-en", "towers.text": "minilm-l6",
 #: What :func:`validate` compares by default (issue "Accuracy everywhere"), in three stages (a
 #: coordinate search, each stage on top of the best so far, which stays in the running): 1. the
 #: audio features (Whisper's last layer or all its layers, the loudness they see, how they are
-#: normalised, the statistics a single clip gets, augmented views or single-clip copies in
-#: training) and the text tower (MiniLM with English prompts, or multilingual e5-small with English
+#: normalised, the statistics a single clip gets, the training speakers' directions removed,
+#: augmented views or single-clip copies in training) and the text tower (MiniLM with English prompts, or multilingual e5-small with English
 #: or the speech's own language's prompts), 2. training length, 3. the prompts the model stores for
 #: inference. Entries:
 #: name -> dotted ``RunConfig`` overrides on top of the benchmark's recipe (``--config``); the
@@ -32,6 +32,7 @@ _RMS = "model.loudness=rms:-23"
 _GF, _SF = "model.fallback_stats=groups", "model.fallback_stats=shrunk"
 _AUG2, _SINGLE = "train.augment_views=2", "train.single_clip_rows=true"
 _E5, _NATIVE = "towers.text=e5-small", "inference.prompt_language=task"
+_NAP8, _NAP24 = "model.nuisance_dims=8", "model.nuisance_dims=24"
 DEFAULT_GRID: list[dict[str, list[str]]] = [
     {
         "whisper, corpus-norm": [_L1, _CN],
@@ -41,6 +42,10 @@ DEFAULT_GRID: list[dict[str, list[str]]] = [
         "whisper all layers, corpus-norm, group fallback": [_LA, _CN, _GF],
         "whisper all layers, corpus-norm, shrunk fallback": [_LA, _CN, _SF],
         "whisper all layers, corpus-norm, shrunk fallback, 2 augmented views": [_LA, _CN, _SF, _AUG2],
+        "whisper all layers, corpus-norm, shrunk fallback, 2 augmented views, 8 speaker directions removed":
+            [_LA, _CN, _SF, _AUG2, _NAP8],
+        "whisper all layers, corpus-norm, shrunk fallback, 2 augmented views, 24 speaker directions removed":
+            [_LA, _CN, _SF, _AUG2, _NAP24],
         "whisper all layers, corpus-norm, shrunk fallback, single-clip rows": [_LA, _CN, _SF, _SINGLE],
         "whisper all layers, corpus-norm, shrunk fallback, e5-small text": [_LA, _CN, _SF, _E5],
         "whisper all layers, corpus-norm, shrunk fallback, e5-small text, native prompts": [_LA, _CN, _SF, _E5,

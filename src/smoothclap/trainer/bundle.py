@@ -74,6 +74,22 @@ def norm_groups(cfg: RunConfig, prepared: Prepared) -> np.ndarray | None:
     return g
 
 
+def nuisance_groups(cfg: RunConfig, prepared: Prepared) -> np.ndarray | None:
+    """``[N]`` group of each clip for ``model.nuisance_dims`` (None without it): its
+    ``model.nuisance_group``, within its corpus when the table has one (speaker ids repeat across
+    corpora)."""
+    mc = cfg.model
+    if not mc.nuisance_dims:
+        return None
+    g = group_ids(prepared.table, mc.nuisance_group)
+    if g is None:
+        raise BadInputError("training table", f"model.nuisance_dims needs the table's {mc.nuisance_group!r} column")
+    corpus = group_ids(prepared.table, "corpus")
+    if corpus is None or mc.nuisance_group == "corpus":
+        return g
+    return np.array([f"{c}/{v}" for c, v in zip(corpus, g)], dtype=object)
+
+
 def needs_local(cfg: RunConfig, table: pd.DataFrame | None = None) -> bool:
     """Local features for q_a2a. Label targets need them only for the rows of unlabelled clips
     (:func:`smoothclap.losses.label_targets`), so only when ``table`` has unlabelled rows."""
@@ -104,6 +120,7 @@ def _check_table(cfg: RunConfig, table: pd.DataFrame) -> None:
             raise BadInputError("training table", f"lacks column {col!r} (has {list(table.columns)})")
     check_whole_files(table, "training")
     for key, col in (("model.feature_norm_group", cfg.model.feature_norm_group),
+                     ("model.nuisance_group", cfg.model.nuisance_group if cfg.model.nuisance_dims else None),
                      ("captions.group_by", cfg.captions.group_by),
                      ("loss.target_standardize_group", cfg.loss.target_standardize_group)):
         if not col:

@@ -41,7 +41,7 @@ from ..io import atomic_write_json
 from ..losses import target_diagnostics
 from ..model import SmoothClapModel
 from ..targets import build_loss
-from .bundle import BatchBuilder, Prepared, as_recorded, as_unseen, norm_groups
+from .bundle import BatchBuilder, Prepared, as_recorded, as_unseen, norm_groups, nuisance_groups
 from .checkpoint import (CHECKPOINT_NAME, RunFolderError, check_run_folder, fingerprint, load_checkpoint,
                          rng_state, save_checkpoint, set_rng_state)
 from .distributed import (DistEnv, GlobalBatchLoss, all_gather_object, barrier, broadcast_object, current_env,
@@ -104,7 +104,8 @@ class Trainer:
         # statistics of the clips as recorded: augmented views are normalised like their clips,
         # single-clip copies as clips of an unseen group
         features = self.model.fit_normalization(prepared.audio, norm_groups(cfg, prepared),
-                                                as_recorded(prepared.table), as_unseen(prepared.table))
+                                                as_recorded(prepared.table), as_unseen(prepared.table),
+                                                nuisance_groups(cfg, prepared))
         self.model.to(self.device)
         step_cls = CachedStep if tr.mode == "cached" else EndToEndStep
         self.step_impl = step_cls(cfg, prepared, self.model, features, self.env)
