@@ -16,8 +16,9 @@ DIM = 12
 
 
 def _model(k: int = 3, **kw) -> SmoothClapModel:
+    kw = {"feature_norm_group": "corpus", "fallback_stats": "shrunk", **kw}
     cfg = SmoothClapConfig(audio_tower="whisper-tiny-en", text_tower="minilm-l6", audio_dim=DIM, text_dim=8,
-                           embed_dim=4, feature_norm_group="corpus", fallback_stats="shrunk", nuisance_dims=k, **kw)
+                           embed_dim=4, nuisance_dims=k, **kw)
     return SmoothClapModel(cfg)
 
 
@@ -98,12 +99,25 @@ def test_the_directions_come_from_the_speakers_and_survive_saving(tmp_path):
 
 def test_settings_are_checked():
     with pytest.raises(ConfigError, match="model.nuisance_dims"):
-        load_config(None, ["model.nuisance_dims=4"])  # needs feature normalisation
-    with pytest.raises(ConfigError, match="model.nuisance_dims"):
         load_config(None, ["model.nuisance_dims=-1", "model.feature_norm_group=corpus"])
     x, corpus, _ = _speakers()
     with pytest.raises(ValueError, match="'speaker'"):
         _model().fit_normalization(x, corpus)  # no speakers given
+
+
+def test_without_feature_normalisation_the_directions_are_the_raw_features():
+    """`--config recommended --set model.feature_norm_group=null` still works: the speakers' means
+    are taken as the tower gives them."""
+    assert load_config(None, ["model.nuisance_dims=4"]).model.nuisance_dims == 4
+    x, _, speakers = _speakers(seed=4)
+    m = _model(k=5, feature_norm_group=None)
+    np.testing.assert_array_equal(np.asarray(m.fit_normalization(x, nuisance=speakers)), x)  # unchanged rows
+    means = np.stack([x[speakers == s].astype(np.float64).mean(0) for s in np.unique(speakers)])
+    np.testing.assert_allclose(remove_directions(means - means.mean(0), m.nuisance_basis.numpy()), 0, atol=1e-4)
+    m.eval()
+    shift = 3 * m.nuisance_basis[:, 0].numpy()
+    with torch.no_grad():
+        np.testing.assert_allclose(m.encode_audio_features(x[:4] + shift), m.encode_audio_features(x[:4]), atol=1e-5)
 
 
 def test_a_run_learns_directions_of_speakers_within_their_corpus(synth_table, shared_cache):

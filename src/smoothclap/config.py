@@ -135,7 +135,7 @@ class ModelConfig(Section):
         0, ge=0, description="remove this many principal directions of the training `model.nuisance_group` means "
         "from the normalised features before the head (nuisance attribute projection): directions learned on the "
         "training clips, so a clip of a new speaker or corpus loses its offset along them without test statistics; "
-        "needs `model.feature_norm_group`; 0: off")
+        "0: off")
     nuisance_group: Group = Field("speaker", description="the groups whose means span the directions "
                                   "`model.nuisance_dims` removes (speakers within their corpus, or corpora)")
     loudness: str | None = Field(None, description="level waveforms before the tower: `peak` or `rms:<dBFS>`")
@@ -492,9 +492,6 @@ class RunConfig(Section):
         if lc.text_target != "caption" and lc.beta > 0 and lc.gamma > 0 and not self.captions.variables:
             raise ConfigError("loss.text_target", f"{lc.text_target!r} needs eGeMAPS variables "
                               "(captions.variables); use text_target: caption")
-        if self.model.nuisance_dims:
-            _check("model.nuisance_dims", bool(self.model.feature_norm_group), self.model.nuisance_dims,
-                   "0 unless model.feature_norm_group is set (the directions are learned on normalised features)")
         if self.train.single_clip_rows:
             _check("train.single_clip_rows", self.train.mode == "cached" and bool(self.model.feature_norm_group),
                    True, "false unless train.mode is cached and model.feature_norm_group is set (the rows are "

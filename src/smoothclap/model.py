@@ -144,9 +144,10 @@ class SmoothClapModel(nn.Module, ZeroShotModel):
         single clip from a new corpus): with the ``fallback_stats`` of the other groups only.
         ``nuisance`` ``[N]``: each clip's ``config.nuisance_group`` (needed with
         ``config.nuisance_dims``): the principal directions of these groups' means, with the features
-        z-scored by the statistics a clip without a group gets (so they hold between-corpus as well
-        as between-speaker offsets), are stored and removed in :meth:`project_audio`; the returned
-        features still hold them (the heads see them removed).
+        z-scored by the statistics a clip without a group gets (as they are without feature
+        normalisation; so they hold between-corpus as well as between-speaker offsets), are stored
+        and removed in :meth:`project_audio`; the returned features still hold them (the heads see
+        them removed).
 
         ``raw`` may be a :class:`~smoothclap.normalize.RowSource` (rows read on demand, e.g. from the
         embedding cache): it is read in chunks and never held whole, and the features come back
