@@ -20,9 +20,9 @@ BENCHMARK_BASE = {"towers.audio": "whisper-tiny-en", "towers.text": "minilm-l6",
 #: coordinate search, each stage on top of the best so far, which stays in the running): 1. the
 #: audio features (Whisper's last layer or all its layers, the loudness they see, how they are
 #: normalised, the statistics a single clip gets, the training speakers' directions removed,
-#: augmented views or single-clip copies in training) and the text tower (MiniLM with English prompts, or multilingual e5-small with English
-#: or the speech's own language's prompts), 2. training length, 3. the prompts the model stores for
-#: inference. Entries:
+#: augmented views or single-clip copies in training) and the text tower (MiniLM with English
+#: prompts, or multilingual e5-small with English or the speech's own language's prompts), 2.
+#: training length, 3. the prompts the model stores for inference. Entries:
 #: name -> dotted ``RunConfig`` overrides on top of the benchmark's recipe (``--config``); the
 #: objective is the robust UAR of the validation clips (whole, skewed speakers, single clips).
 _L1, _LA = "towers.audio=whisper-tiny-en", "towers.audio=whisper-tiny-en?layers=all"
