@@ -196,21 +196,15 @@ class _TextGraph(nn.Module):
 
 
 class _AudioHead(nn.Module):
-    """Normalised features -> unit-norm embedding (``SmoothClapModel.project_audio``: the nuisance
-    directions removed, input standardiser, head)."""
+    """Normalised features -> unit-norm embedding: ``SmoothClapModel.project_audio`` itself (the
+    nuisance directions removed, input standardiser, head), so the graph is what PyTorch computes."""
 
     def __init__(self, model):
         super().__init__()
-        self.head = model.audio_head
-        self.register_buffer("mean", model.audio_mean.detach().clone().float())
-        self.register_buffer("std", model.audio_std.detach().clone().float())
-        basis = getattr(model, "nuisance_basis", None)  # model.nuisance_dims: directions removed first
-        self.register_buffer("basis", None if basis is None else basis.detach().clone().float())
+        self.model = model
 
     def forward(self, features):
-        if self.basis is not None:
-            features = features - (features @ self.basis) @ self.basis.T
-        return F.normalize(self.head((features - self.mean) / self.std), dim=-1)
+        return self.model.project_audio(features)
 
 
 class _TextHead(nn.Module):
