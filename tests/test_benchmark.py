@@ -265,3 +265,27 @@ def test_every_grid_candidate_is_a_valid_recipe():
                     dotted, value = parse_override(o)
                     section, key = dotted.split(".")
                     assert getattr(getattr(cfg, section), key) == value, (name, o)
+
+
+def test_grid_candidates_mean_what_their_names_say_on_top_of_any_recipe():
+    """A candidate sets every setting the recipe grids vary, so on top of `--config recommended`
+    (which removes directions and adds views) "no directions" has none; and the recipe's own
+    candidate is `--config recommended` itself on those settings."""
+    from smoothclap.config import load_config
+    from smoothclap.experiments.loco import build_config
+    from smoothclap.experiments.settings import EXPLORE_GRID, RECIPE_GRID, _REC
+
+    lc = LocoConfig(config="recommended")
+    for grid in (RECIPE_GRID, EXPLORE_GRID):
+        for name, overrides in grid[0].items():
+            cfg = build_config(lc, overrides)
+            assert (cfg.model.nuisance_dims > 0) == ("directions removed" in name), name
+            assert (cfg.train.augment_views > 0) == ("augmented views" in name), name
+            assert (cfg.model.feature_norm_group is None) == ("no norm" in name), name
+            assert (cfg.model.fallback_stats == "shrunk") == ("shrunk fallback" in name), name
+            assert (cfg.towers.text == "e5-small") == ("e5-small" in name), name
+    rec, shipped = build_config(lc, RECIPE_GRID[0][_REC]), load_config("recommended")
+    for section, key in (("towers", "audio"), ("towers", "text"), ("model", "feature_norm_group"),
+                         ("model", "fallback_stats"), ("model", "nuisance_dims"), ("model", "loudness"),
+                         ("train", "augment_views"), ("train", "single_clip_rows"), ("inference", "prompt_language")):
+        assert getattr(getattr(rec, section), key) == getattr(getattr(shipped, section), key), (section, key)

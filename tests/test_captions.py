@@ -68,6 +68,29 @@ def test_caption_deterministic_and_varied():
     assert b.captions(df, labels, rng=5) == b.captions(df, labels, rng=5)
 
 
+def test_captions_of_repeated_rows_equal_one_caption_per_row():
+    """captions() builds each distinct row's phrases once (augmented views repeat rows): the
+    captions and the draws must stay those of caption() called row by row with one generator."""
+    cfg = CaptionConfig(include_gender=True, include_dimensions=True, phrase_dropout=0.3, phrases_per_caption=3)
+    b = CaptionBuilder(cfg)
+    rows = [ROW, {**ROW, "pitch": None}, {**ROW, "loudness": float("nan")}, {**ROW, "pitch": "low"}] * 6
+    labels = ["angry", None, "sad", "angry"] * 6
+    labels[3] = 1  # equal to 1.0 but not the same word
+    labels[7] = 1.0
+    gender = ["f", "male", None, "w"] * 6
+    arousal = ["high", None, "low", "high"] * 6
+    rng = np.random.default_rng(4)
+    one_by_one = [b.caption(r, lab, rng=rng, gender=g, arousal=a)
+                  for r, lab, g, a in zip(rows, labels, gender, arousal)]
+    together = b.captions(pd.DataFrame(rows), labels, rng=np.random.default_rng(4), gender=gender, arousal=arousal)
+    assert together == one_by_one
+    assert together[3].count("1") and together[7].count("1.0")
+    assert len(set(together)) > 8  # the draws still vary across repeats of a row
+    # an unhashable cell is captioned without the memo
+    odd = pd.DataFrame({"pitch": ["high", "low"]})
+    assert len(b.captions(odd, [["x"], "sad"], rng=0)) == 2
+
+
 def test_all_captions_cover_caption():
     for cfg in (CaptionConfig(), CaptionConfig(phrases_per_caption=2), CaptionConfig(phrase_dropout=0.5),
                 CaptionConfig(phrase_dropout=0.3, phrases_per_caption=3)):

@@ -8,6 +8,7 @@ settings (the ``captions:`` section of a run config, :mod:`smoothclap.config`).
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 from typing import Any, Mapping, Sequence
@@ -163,6 +164,7 @@ class CaptionBuilder:
         self.config = config or CaptionConfig()
         self.templates = list(self.config.templates or DEFAULT_TEMPLATES)
         self._fields = [_template_fields(t) for t in self.templates]
+        self._usable_memo: dict[tuple, list[str]] = {}  # (label, has phrases, gender, ...) -> templates
 
     # -- pieces ---------------------------------------------------------------------------
     def _items(self, row_bins, arousal, valence) -> list[tuple[str, str]]:
@@ -185,6 +187,12 @@ class CaptionBuilder:
         return description(row_bins, label, self.config.description_include_label, self.config.variables)
 
     def _usable(self, label, has_phrases: bool, gender, arousal, valence) -> list[str]:
+        key = (label, has_phrases, gender, arousal, valence)
+        if key not in self._usable_memo:
+            self._usable_memo[key] = self._find_usable(label, has_phrases, gender, arousal, valence)
+        return self._usable_memo[key]
+
+    def _find_usable(self, label, has_phrases: bool, gender, arousal, valence) -> list[str]:
         avail = {"gender"}
         if label is not None:
             avail.add("emotion")
@@ -208,7 +216,8 @@ class CaptionBuilder:
         return usable
 
     @staticmethod
-    def _render(t: str, label, items, gender, arousal, valence) -> str:
+    @functools.lru_cache(maxsize=1 << 16)  # captions repeat: each distinct one is formatted once
+    def _render(t: str, label, items: tuple, gender, arousal, valence) -> str:
         s = t.format(
             emotion=label or "",
             phrases=_join([p for p, _ in items]),
@@ -249,8 +258,16 @@ class CaptionBuilder:
                 numeric ratings are left out (bin them into words first).
         """
         rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+        return self._draw(self._clip(row_bins, label, gender, arousal, valence), rng)
+
+    def _clip(self, row_bins, label, gender, arousal, valence) -> tuple:
+        """The deterministic part of a caption: (label, gender, arousal, valence, items)."""
         label, gender, arousal, valence = self._prepare(label, gender, arousal, valence)
-        items = self._items(row_bins, arousal, valence)
+        return label, gender, arousal, valence, self._items(row_bins, arousal, valence)
+
+    def _draw(self, clip: tuple, rng: np.random.Generator) -> str:
+        """The random part of a caption (phrase subset, then template) for a :meth:`_clip`."""
+        label, gender, arousal, valence, items = clip
         n = len(items)
         cfg = self.config
         if n:
@@ -265,7 +282,7 @@ class CaptionBuilder:
             raise ValueError("cannot caption a clip with neither a label nor any binned variable")
         usable = self._usable(label, bool(items), gender, arousal, valence)
         t = usable[int(rng.integers(len(usable)))]
-        return self._render(t, label, items, gender, arousal, valence)
+        return self._render(t, label, tuple(items), gender, arousal, valence)
 
     def _subsets(self, n: int) -> list[tuple[int, ...]]:
         cfg = self.config
@@ -295,7 +312,7 @@ class CaptionBuilder:
         for sub in self._subsets(len(items)):
             chosen = [items[i] for i in sub]
             for t in self._usable(label, bool(chosen), gender, arousal, valence):
-                out.add(self._render(t, label, chosen, gender, arousal, valence))
+                out.add(self._render(t, label, tuple(chosen), gender, arousal, valence))
         return sorted(out)
 
     def captions(
@@ -315,12 +332,25 @@ class CaptionBuilder:
             if seq is not None and len(seq) != n:
                 raise ValueError(f"{name} has {len(seq)} entries for {n} rows of bins")
 
-        cols = [None if s is None else list(s) for s in (labels, gender, arousal, valence)]
-        rows = bins.to_dict(orient="records")
+        cols = [[None] * n if s is None else list(s) for s in (labels, gender, arousal, valence)]
+        names = list(bins.columns)
+        values = [bins[c].tolist() for c in names]
+        # Rows repeat (augmented views, clips of one speaker and emotion): the deterministic part
+        # of each distinct row is built once; the draws stay one per row, in order.
+        clips: dict = {}
         out = []
         for i in range(n):
-            lab, gen, aro, val = (None if c is None else c[i] for c in cols)
-            out.append(self.caption(rows[i], lab, rng=rng, gender=gen, arousal=aro, valence=val))
+            cells = tuple(v[i] for v in values) + tuple(c[i] for c in cols)
+            key = cells + tuple(map(type, cells))  # 1 and 1.0 are equal keys but caption apart
+            try:
+                clip = clips.get(key)
+            except TypeError:  # an unhashable cell: no memo for this row
+                key, clip = None, None
+            if clip is None:
+                clip = self._clip(dict(zip(names, cells)), *cells[len(names):])
+                if key is not None:
+                    clips[key] = clip
+            out.append(self._draw(clip, rng))
         return out
 
     def descriptions(self, bins: pd.DataFrame, labels: Sequence[Any] | None = None) -> list[str]:

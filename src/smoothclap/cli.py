@@ -342,13 +342,18 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _ints(text: str) -> tuple[int, ...]:
+    """``"0,1"`` -> ``(0, 1)`` (seed lists of the benchmark options)."""
+    return tuple(int(x) for x in text.split(",") if x.strip())
+
+
 def _loco_config(args, **extra):
     """LocoConfig from the ``benchmark`` subcommand's shared arguments."""
     from .experiments.settings import LocoConfig
 
     return LocoConfig(data_root=args.data_root, corpora=tuple(c.strip() for c in args.corpora.split(",")),
                       heldout=tuple(c.strip() for c in args.heldout.split(",")) if args.heldout else None,
-                      seeds=tuple(int(x) for x in args.seeds.split(",")), config=args.config, epochs=args.epochs,
+                      seeds=_ints(args.seeds), config=args.config, epochs=args.epochs,
                       batch_size=args.batch_size, embed_dim=args.embed_dim, audio_tower=args.audio_tower,
                       text_tower=args.text_tower, smoothclap_preset=args.preset, overrides=tuple(args.set or ()),
                       skew_emotions=args.skew_emotions, templates=args.templates,
@@ -365,16 +370,16 @@ def cmd_benchmark(args) -> int:
         from .experiments.ablation import run_ablation
         from .experiments.settings import AblationConfig
 
-        res = run_ablation(AblationConfig(loco=_loco_config(args, probe=False),
-                                          val_seeds=tuple(int(x) for x in args.validation_seeds.split(","))))
+        seeds = {} if args.validation_seeds is None else {"val_seeds": _ints(args.validation_seeds)}
+        res = run_ablation(AblationConfig(loco=_loco_config(args, probe=False), **seeds))
         print(res["tables_md"])
         print(f"total {time.perf_counter() - t:.0f} s; report: {Path(args.out) / 'ablation.md'}")
         return 0
     from .experiments.loco import run_loco, select_candidates
 
+    seeds = {} if args.validation_seeds is None else {"validation_seeds": _ints(args.validation_seeds)}
     lc = _loco_config(args, probe=not args.no_probe, validate=args.validate,
-                      validation_scheme=args.validation_scheme,
-                      validation_seeds=tuple(int(x) for x in args.validation_seeds.split(",")))
+                      validation_scheme=args.validation_scheme, **seeds)
     from .experiments.settings import GRIDS
 
     lc.grid = GRIDS[args.grid]
@@ -542,10 +547,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--validate", action="store_true",
                    help="per held-out corpus, choose among candidate settings on the training corpora only")
     s.add_argument("--validation-scheme", default=loco.validation_scheme, choices=["corpus", "speakers"])
-    s.add_argument("--validation-seeds", default=",".join(map(str, loco.validation_seeds)))
-    s.add_argument("--grid", default="recipe", choices=["recipe", "targets"],
-                   help="what --validate chooses among: recipe = features, training length and inference prompts "
-                        "(smoothclap.experiments.settings.DEFAULT_GRID); targets = the soft-target source (TARGET_GRID)")
+    s.add_argument("--validation-seeds", help="comma-separated training seeds of each validation candidate "
+                   f"(default: loco {','.join(map(str, loco.validation_seeds))}; ablation 0,1)")
+    s.add_argument("--grid", default="recipe", choices=["recipe", "explore", "targets"],
+                   help="what --validate chooses among: recipe = the recommended recipe against its neighbours, "
+                        "sized for 90 minutes on 2 cores (smoothclap.experiments.settings.RECIPE_GRID); explore = "
+                        "the wider search over features, normalisation, text towers, training length and prompts "
+                        "that chose it (EXPLORE_GRID, hours); targets = the soft-target source (TARGET_GRID)")
     s.add_argument("--candidates", help="';'-separated candidate names from the grid (default: all of its stages)")
     s.add_argument("--labelled-fraction", type=float, default=loco.labelled_fraction,
                    help="study: share of each training corpus kept labelled; the rest trains unlabelled")

@@ -42,21 +42,21 @@ from ..models import load_model
 from ..trainer import build_model, prepare, train
 from .report import METHODS, loco_table, machine_info, write_loco_report, write_round_files
 from .protocols import PROTOCOLS, robust, score_protocols
-from .settings import BENCHMARK_BASE, DEFAULT_GRID, LOCO_CORPORA, LocoConfig  # noqa: F401
+from .settings import BENCHMARK_BASE, RECIPE_GRID, LOCO_CORPORA, LocoConfig  # noqa: F401
 
 log = logging.getLogger("smoothclap")
 
 def grid_stages(grid) -> list[dict[str, list[str]]]:
     """A grid is one dict of candidates or a list of such stages."""
     if grid is None:
-        return [dict(g) for g in DEFAULT_GRID]
+        return [dict(g) for g in RECIPE_GRID]
     if isinstance(grid, dict):
         return [dict(grid)]
     return [dict(g) for g in grid]
 
 
 def select_candidates(names: Sequence[str], grid=None) -> list[dict[str, list[str]]]:
-    """The stages of ``grid`` (default :data:`DEFAULT_GRID`) restricted to ``names``."""
+    """The stages of ``grid`` (default :data:`RECIPE_GRID`) restricted to ``names``."""
     stages = grid_stages(grid)
     known = {n for st in stages for n in st}
     unknown = [n for n in names if n not in known]
@@ -231,7 +231,7 @@ def validate(lc: LocoConfig, train_tables: dict[str, pd.DataFrame], grid=None) -
     single clips, simulated on the validation clips) over folds, both methods (they always share
     the settings) and ``lc.validation_seeds``.
 
-    ``grid``: one dict name -> overrides, or a list of such stages (default :data:`DEFAULT_GRID`):
+    ``grid``: one dict name -> overrides, or a list of such stages (default :data:`RECIPE_GRID`):
     each later stage tries its candidates on top of the best so far, which stays in the running.
     Returns ``{"best", "overrides", "candidates": {name: {"overrides", "score", "per_fold",
     "seconds"}}, "stages": [[names]], "scheme", "seeds"}``.
