@@ -61,8 +61,8 @@ RECIPE_GRID: list[dict[str, list[str]]] = [
         "4 epochs": ["train.epochs=4"],
     },
 ]
-#: The wider search the recipe was chosen by (``--grid explore``; about 4 hours per validation seed
-#: on 2 cores), in three stages (a coordinate search, each stage on top of the best so far, which
+#: The wider search the recipe was chosen by (``--grid explore``; an estimated 4 hours per
+#: validation seed on 2 cores), in three stages (a coordinate search, each stage on top of the best so far, which
 #: stays in the running): 1. the audio features (Whisper's last layer or all its layers, the
 #: loudness they see, how they are normalised, the statistics a single clip gets, the training
 #: speakers' directions removed, augmented views or single-clip copies in training) and the text
