@@ -42,7 +42,7 @@ from ..models import load_model
 from ..trainer import build_model, prepare, train
 from .report import METHODS, loco_table, machine_info, write_loco_report, write_round_files
 from .protocols import PROTOCOLS, robust, score_protocols
-from .settings import BENCHMARK_BASE, RECIPE_GRID, LOCO_CORPORA, LocoConfig  # noqa: F401
+from .settings import BENCHMARK_BASE, LOCO_CORPORA, RECIPE_GRID, LocoConfig  # noqa: F401
 
 log = logging.getLogger("smoothclap")
 
