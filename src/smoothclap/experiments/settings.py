@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..cache import DEFAULT_CACHE_DIR
+from ..config import RunConfig
 
 #: Corpora of the LOCO benchmark (each is also a task in :mod:`smoothclap.tasks`): five corpora in
 #: four languages. ``--corpora emodb,ravdess,tess`` gives the earlier three-corpus table.
@@ -16,18 +17,24 @@ BENCHMARK_BASE = {"towers.audio": "whisper-tiny-en", "towers.text": "minilm-l6",
                   "train.epochs": 15, "train.batch_size": 32, "train.lr": 1e-3, "loss.preset": "smoothclap"}
 
 
-#: The settings the recipe grids vary, at the value a candidate has when its name does not mention
-#: them, so a candidate means what its name says on top of any ``--config`` (a recipe that
+#: The settings the recipe grids vary. A candidate whose name does not mention one has it at the
+#: run config's default, so it means what its name says on top of any ``--config`` (a recipe that
 #: removes directions or adds views does not leak them into the candidates that say "no").
-_OFF = {"model.fallback_stats": "pooled", "model.nuisance_dims": "0", "model.loudness": "null",
-        "train.augment_views": "0", "train.single_clip_rows": "false", "towers.text": "minilm-l6",
-        "inference.prompt_language": "null"}
+_VARIED = ("model.fallback_stats", "model.nuisance_dims", "model.loudness", "train.augment_views",
+           "train.single_clip_rows", "towers.text", "inference.prompt_language")
 
 
 def _candidate(*overrides: str) -> list[str]:
-    """Dotted overrides of one candidate, the settings it does not name at their :data:`_OFF` value."""
+    """Dotted overrides of one candidate, the :data:`_VARIED` settings it does not name at their default."""
+    defaults = RunConfig()
     named = {o.split("=", 1)[0] for o in overrides}
-    return [f"{k}={v}" for k, v in _OFF.items() if k not in named] + list(overrides)
+
+    def default(key: str) -> str:
+        section, field_ = key.split(".")
+        v = getattr(getattr(defaults, section), field_)
+        return "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+
+    return [f"{k}={default(k)}" for k in _VARIED if k not in named] + list(overrides)
 
 
 _L1, _LA = "towers.audio=whisper-tiny-en", "towers.audio=whisper-tiny-en?layers=all"
