@@ -17,7 +17,7 @@ _EXPORTS = {
     "read_audio": "audio", "BadInputError": "errors", "SkipLog": "errors", "ConfigError": "config",
     "RunConfig": "config", "load_config": "config", "ClipLoss": "losses", "SmoothClapLoss": "losses",
     "SmoothClapConfig": "model", "SmoothClapModel": "model", "load_model": "models",
-    "ZeroShotClassifier": "zeroshot", "classify_files": "classification",
+    "ZeroShotClassifier": "zeroshot", "classify_files": "classification", "adapt_model": "adapt",
 }
 
 __all__ = sorted(_EXPORTS)

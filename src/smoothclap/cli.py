@@ -304,6 +304,20 @@ def cmd_classify(args) -> int:
     return 0
 
 
+def cmd_adapt(args) -> int:
+    from .adapt import adapt_model
+
+    files = list(args.files) + (_table(args).rows["file"].astype(str).tolist() if args.manifest or args.dataset else [])
+    adapted, skipped = adapt_model(args.model, files, statistics=args.statistics, out=args.out,
+                                   cache_dir=args.cache_dir, skip_bad=args.skip_bad, progress=not args.quiet)
+    a = adapted.config.adapted
+    print(f"wrote {args.out}: clips scored alone now use the statistics ({a['statistics']}) of {a['clips']} "
+          "reference clip(s)")
+    if skipped.count:
+        print(f"skipped {skipped.count} file(s): " + "; ".join(f"{p} ({r})" for p, r in skipped.items))
+    return 0
+
+
 def cmd_export(args) -> int:
     from .export import export_onnx
 
@@ -356,7 +370,7 @@ def _loco_config(args, **extra):
                       seeds=_ints(args.seeds), config=args.config, epochs=args.epochs,
                       batch_size=args.batch_size, embed_dim=args.embed_dim, audio_tower=args.audio_tower,
                       text_tower=args.text_tower, smoothclap_preset=args.preset, overrides=tuple(args.set or ()),
-                      skew_emotions=args.skew_emotions, templates=args.templates,
+                      skew_emotions=args.skew_emotions, adapt_clips=args.adapt_clips, templates=args.templates,
                       cache_dir=args.cache_dir, out_dir=args.out, num_workers=args.num_workers,
                       progress=not args.quiet, baselines=tuple(args.baseline or ()),
                       prompt_languages=tuple(x.strip() for x in args.prompt_languages.split(",")),
@@ -494,6 +508,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("files", nargs="*")
     s.set_defaults(fn=cmd_classify, split=None, corpus=None, data_root=None)
 
+    s = sub.add_parser("adapt", help="adapt a model to a recording setting from unlabelled clips of it: clips "
+                       "classified alone are then normalised as members of that setting")
+    s.add_argument("--model", required=True, help="saved model folder or Hub id (with model.feature_norm_group)")
+    s.add_argument("--out", required=True, help="folder to write the adapted model to")
+    s.add_argument("--statistics", choices=["mean+std", "mean"], default="mean+std",
+                   help="the reference clips' mean and std (default; the whole-corpus rule), or only their mean "
+                   "(the stored scale kept)")
+    s.add_argument("--manifest", help="reference clips from a manifest (labels are not used)")
+    _dataset_args(s, ", its clips as the reference clips (labels are not used)")
+    s.add_argument("--skip-bad", action="store_true")
+    s.add_argument("--cache-dir", help="embedding cache (default ~/.cache/smoothclap)")
+    s.add_argument("files", nargs="*", help="unlabelled clips of the setting (at least model.min_group_clips)")
+    s.set_defaults(fn=cmd_adapt, split=None, corpus=None, data_root=None)
+
     s = sub.add_parser("export", help="export a model for inference without PyTorch (ONNX + onnxruntime)")
     s.add_argument("--model", required=True, help="saved model folder")
     s.add_argument("--format", choices=["onnx"], default="onnx")
@@ -542,6 +570,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override the recipe's SmoothCLAP loss preset")
     s.add_argument("--skew-emotions", type=int, default=loco.skew_emotions,
                    help="skewed-speaker protocol: emotions each held-out speaker keeps")
+    s.add_argument("--adapt-clips", type=_int_at_least(0), default=loco.adapt_clips,
+                   help="also report single clips after 'smoothclap adapt' on this many unlabelled clips of the "
+                   "held-out corpus, the rest scored alone (not part of the robust UAR; 0: off)")
     s.add_argument("--templates", help="prompt templates (default: the model's recipe, else each task's own)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override for both methods")
     s.add_argument("--validate", action="store_true",

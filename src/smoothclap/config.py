@@ -535,6 +535,9 @@ class SmoothClapConfig(ModelConfig):
     # Provenance, recorded so reports can say what trained the model (never used for inference).
     trained_on: list[str] | None = None
     loss: dict | None = None
+    # Set by smoothclap.adapt: the single-clip statistics come from this many unlabelled clips of
+    # one setting ({"clips": K, "statistics": "mean+std" | "mean"}), not from the training corpora.
+    adapted: dict | None = None
 
     @model_validator(mode="after")
     def _towers(self):

@@ -141,6 +141,9 @@ def model_card(config, results: Sequence[dict] | None = None, name: str | None =
               (f"Feature normalisation: {config.feature_norm_group} (per-group z-score; without groups the stored "
                f"training statistics, `{config.fallback_stats}`). " if config.feature_norm_group
                else "Feature normalisation: none. ") +
+              (f"Adapted (`smoothclap adapt`): clips scored alone use the statistics ({config.adapted.get('statistics')}) "
+               f"of {config.adapted.get('clips')} unlabelled clips of one recording setting instead. "
+               if getattr(config, "adapted", None) else "") +
               (f"{config.nuisance_dims} principal directions of the training {config.nuisance_group}s' means are "
                "removed before the head. " if config.nuisance_dims else "") +
               f"Loudness: {config.loudness or 'as recorded'}.", "",

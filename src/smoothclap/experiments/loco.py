@@ -41,7 +41,7 @@ from ..tasks import get_task, load_task_table, score_table
 from ..models import load_model
 from ..trainer import build_model, prepare, train
 from .report import METHODS, loco_table, machine_info, write_loco_report, write_round_files
-from .protocols import PROTOCOLS, robust, score_protocols
+from .protocols import EXTRA_PROTOCOLS, PROTOCOLS, robust, score_protocols
 from .settings import BENCHMARK_BASE, LOCO_CORPORA, RECIPE_GRID, LocoConfig  # noqa: F401
 
 log = logging.getLogger("smoothclap")
@@ -134,10 +134,11 @@ def test_features(cfg: RunConfig, prepared, tables: dict[str, pd.DataFrame], cac
 
 
 def train_and_score(lc: LocoConfig, train_tables: dict[str, pd.DataFrame], test_tables: dict[str, pd.DataFrame],
-                    seeds: Sequence[int], extra: Sequence[str] = (), keep_models: bool = False) -> dict:
+                    seeds: Sequence[int], extra: Sequence[str] = (), keep_models: bool = False,
+                    adapt_clips: int = 0) -> dict:
     """Train CLAP and SmoothCLAP on ``train_tables`` (one shared bundle) for each seed and score
     every table of ``test_tables`` with its own task's prompts under each protocol
-    (:mod:`.protocols`: whole, skewed, single).
+    (:mod:`.protocols`: whole, skewed, single; and adapted with ``adapt_clips`` > 0).
 
     Returns ``{"prepared": ..., "scores": {test: {method: [per seed {"seed", "whole", "skewed",
     "single"} (result dicts)]}}, "histories", "examples", "models" (seed-0 models when
@@ -175,7 +176,8 @@ def train_and_score(lc: LocoConfig, train_tables: dict[str, pd.DataFrame], test_
                 _check_heldout(res.model, name, df)
                 for lang in langs:  # the same model, prompts in another language
                     r = score_protocols(get_task(name), res.model, df, feats[name], skew_emotions=lc.skew_emotions,
-                                        skew_seed=lc.skew_seed, templates=lc.templates, prompt_language=lang)
+                                        skew_seed=lc.skew_seed, adapt_clips=adapt_clips if lang is None else 0,
+                                        templates=lc.templates, prompt_language=lang)
                     key = name if lang is None else f"{name}@{lang}"
                     scores.setdefault(key, {m: [] for m in METHODS})[method].append({"seed": int(seed), **r})
     timings["train_and_score"] = time.perf_counter() - t
@@ -350,10 +352,11 @@ def paired(a: Sequence[float], b: Sequence[float]) -> dict:
 
 
 def summarise_protocols(per: dict[str, list[dict]]) -> dict:
-    """Per protocol: each method's summary over seeds and the paired comparison; and the robust
-    UAR (mean over protocols) per method and seed."""
+    """Per protocol (and each of :data:`EXTRA_PROTOCOLS` the runs have): each method's summary over
+    seeds and the paired comparison; and the robust UAR (mean over :data:`PROTOCOLS`) per method
+    and seed."""
     out = {"protocols": {}}
-    for p in PROTOCOLS:
+    for p in (*PROTOCOLS, *[x for x in EXTRA_PROTOCOLS if all(x in r for rs in per.values() for r in rs)]):
         ms = {m: _summary([{**r[p], "seed": r["seed"]} for r in per[m]]) for m in METHODS}
         out["protocols"][p] = {"methods": ms, "wins": paired(ms["CLAP"]["uar"], ms["SmoothCLAP"]["uar"])}
     rob = {m: [robust({p: r[p]["uar"] for p in PROTOCOLS}) for r in per[m]] for m in METHODS}
@@ -370,6 +373,10 @@ def run_loco(lc: LocoConfig) -> dict:
     names = [c.lower() for c in lc.corpora]
     if len(names) < 2:
         raise ValueError("LOCO needs at least 2 corpora")
+    least = build_config(lc).model.min_group_clips
+    if 0 < lc.adapt_clips < least:  # fail before any training, not after the first round
+        raise BadInputError("--adapt-clips", f"{lc.adapt_clips}: adapting needs at least model.min_group_clips = "
+                            f"{least} clips (0 turns the adapted protocol off)")
     tables = {c: load_corpus(c, lc.data_root) for c in names}
     heldouts = [h.lower() for h in (lc.heldout or names)]
     unknown = [h for h in heldouts if h not in tables]
@@ -409,7 +416,8 @@ def _heldout_round(lc: LocoConfig, h: str, tables: dict[str, pd.DataFrame], base
         entry["validation"], entry["validation_seconds"] = val, time.perf_counter() - t
         log.info("held out %s: validation chose %s", h, val["best"])
     entry["overrides"] = list(lc.overrides) + extra
-    rnd = train_and_score(lc, train_tables, {h: tables[h]}, lc.seeds, extra, keep_models=lc.save_models)
+    rnd = train_and_score(lc, train_tables, {h: tables[h]}, lc.seeds, extra, keep_models=lc.save_models,
+                          adapt_clips=lc.adapt_clips)
     cfg = rnd["config"]
     entry["towers"] = {"audio": cfg.towers.audio, "text": cfg.towers.text}
     entry["run_config"] = cfg.to_dict()
@@ -447,7 +455,8 @@ def summary_over_corpora(heldout: dict) -> dict:
     """Means over the held-out corpora: per protocol and the robust UAR, per method, with the
     paired comparison of the per-seed means over corpora."""
     out: dict = {"n_corpora": len(heldout)}
-    for what in (*PROTOCOLS, "robust"):
+    extras = [x for x in EXTRA_PROTOCOLS if all(x in e["protocols"] for e in heldout.values())]
+    for what in (*PROTOCOLS, *extras, "robust"):
         per_m = {}
         for m in METHODS:
             cols = [e["robust"][m]["uar"] if what == "robust" else e["protocols"][what]["methods"][m]["uar"]

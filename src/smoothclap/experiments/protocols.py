@@ -8,15 +8,26 @@
   the web page and the three-call API (the model's stored training statistics).
 
 The **robust UAR** of a corpus is the mean over the three; over corpora, the mean of those.
+
+Reported beside them, not part of the robust UAR (it uses clips of the test corpus, unlabelled):
+
+* ``adapted``: single clips after ``smoothclap adapt`` (:mod:`smoothclap.adapt`) on ``k``
+  unlabelled clips of the corpus (drawn with a seed); the other clips scored alone.
 """
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 import pandas as pd
 
 from ..tasks import Task, score_table
 
+log = logging.getLogger("smoothclap")
+
 PROTOCOLS = ("whole", "skewed", "single")
+#: reported when asked for, never averaged into the robust UAR
+EXTRA_PROTOCOLS = ("adapted",)
 
 
 def skew_speakers(table: pd.DataFrame, k: int, seed: int = 0) -> pd.DataFrame:
@@ -38,16 +49,38 @@ def skewed_rows(table: pd.DataFrame, k: int, seed: int = 0) -> np.ndarray:
     return skew_speakers(marked, k, seed)["_row"].to_numpy()
 
 
+def adapt_rows(n: int, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(reference [k], rest [n - k])`` sorted row positions: the clips a model is adapted on and
+    the clips then scored alone (protocol ``adapted``)."""
+    if not 0 < k < n:
+        raise ValueError(f"adapting on {k} of {n} clips leaves none to score")
+    ref = np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
+    return ref, np.setdiff1d(np.arange(n), ref)
+
+
 def score_protocols(task: Task, model, table: pd.DataFrame, features: np.ndarray, *, skew_emotions: int = 2,
-                    skew_seed: int = 0, **kw) -> dict[str, dict]:
-    """:func:`smoothclap.tasks.score_table` of ``table`` under each of :data:`PROTOCOLS`: protocol ->
+                    skew_seed: int = 0, adapt_clips: int = 0, **kw) -> dict[str, dict]:
+    """:func:`smoothclap.tasks.score_table` of ``table`` under each of :data:`PROTOCOLS` (and
+    ``adapted`` with ``adapt_clips`` > 0 and a model with feature normalisation): protocol ->
     result. ``features``: the model's raw audio-tower features of ``table``'s rows ``[N, audio_dim]``
     (computed once, shared by the protocols); ``kw`` go to ``score_table`` (templates, language)."""
     table = table.reset_index(drop=True)
     rows = skewed_rows(table, skew_emotions, skew_seed)
-    return {"whole": score_table(task, model, table, features=features, **kw),
-            "skewed": score_table(task, model, table.iloc[rows], features=features[rows], **kw),
-            "single": score_table(task, model, table, features=features, use_groups=False, **kw)}
+    out = {"whole": score_table(task, model, table, features=features, **kw),
+           "skewed": score_table(task, model, table.iloc[rows], features=features[rows], **kw),
+           "single": score_table(task, model, table, features=features, use_groups=False, **kw)}
+    if adapt_clips and getattr(model.config, "feature_norm_group", None):
+        from ..adapt import adapted_copy
+
+        if adapt_clips >= len(table):
+            log.warning("%s: %d clips, too few to adapt on %d and score the rest; no 'adapted' protocol",
+                        task.name, len(table), adapt_clips)
+            return out
+
+        ref, rest = adapt_rows(len(table), adapt_clips, skew_seed)
+        adapted = adapted_copy(model, features[ref], what=f"{task.name}: {adapt_clips} reference clips")
+        out["adapted"] = score_table(task, adapted, table.iloc[rest], features=features[rest], use_groups=False, **kw)
+    return out
 
 
 def robust(per_protocol: dict[str, float]) -> float:

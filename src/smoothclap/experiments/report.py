@@ -9,7 +9,7 @@ import numpy as np
 
 from ..io import atomic_write_json, atomic_write_text
 from ..plots import _plt, _savefig, plot_confusion, plot_history
-from .protocols import PROTOCOLS
+from .protocols import EXTRA_PROTOCOLS, PROTOCOLS
 
 METHODS = ("CLAP", "SmoothCLAP")
 
@@ -92,7 +92,7 @@ def protocol_table(results: dict) -> str:
                      f"{_diff(e['robust_wins'])} |")
     sm = results.get("summary")
     if sm and sm["n_corpora"] > 1:
-        for what in (*[p for p in sm if p in ("whole", "skewed", "single")], "robust"):
+        for what in (*[p for p in sm if p in (*PROTOCOLS, *EXTRA_PROTOCOLS)], "robust"):
             x = sm[what]
             bold = "**" if what == "robust" else ""
             lines.append(f"| {bold}mean of {sm['n_corpora']}{bold} | {_f(sm['chance'])} | {bold}{what}{bold} | "

@@ -147,6 +147,9 @@ class LocoConfig:
     # Protocols (smoothclap.experiments.protocols): skewed speakers keep this many emotions each
     skew_emotions: int = 2
     skew_seed: int = 0
+    # Reported, not in the robust UAR: single clips after adapting the model on this many unlabelled
+    # clips of the held-out corpus (drawn with skew_seed; smoothclap.adapt), the rest scored alone. 0: off
+    adapt_clips: int = 30
     templates: str | None = None               # None: the model's recipe (inference.templates) or the task's
     probe: bool = True
     validate: bool = False
