@@ -118,7 +118,7 @@ def test_adapted_protocol_is_reported_but_not_in_the_robust_uar():
     assert s["robust"]["CLAP"]["mean"] == pytest.approx(np.mean([r[p]["uar"] for p in ("whole", "skewed", "single")]))
     assert "adapted" not in score_protocols(task, m, table, feats)  # off by default in the library
     assert "adapted" not in score_protocols(task, m, table, feats, adapt_clips=n)  # nothing left: skipped
-    with pytest.raises(ValueError, match="leaves none to score"):
+    with pytest.raises(ValueError, match="needs 0 < k < n"):
         adapt_rows(10, 10)
 
 

@@ -26,6 +26,20 @@ from .normalize import EPS, moments
 STATISTICS = ("mean+std", "mean")
 
 
+def check_adaptable(model, clips: int, statistics: str = "mean+std", what: str = "reference clips") -> None:
+    """BadInputError (ValueError for ``statistics``) unless ``model`` can be adapted on ``clips``
+    clips: it normalises features per group, and ``clips`` >= its ``min_group_clips``."""
+    if statistics not in STATISTICS:
+        raise ValueError(f"statistics {statistics!r}: expected one of {', '.join(STATISTICS)}")
+    cfg = model.config
+    if not getattr(cfg, "feature_norm_group", None):
+        raise BadInputError(what, "the model has no feature normalisation (model.feature_norm_group is off), so "
+                            "its clips use no statistics and there is nothing to adapt")
+    if clips < cfg.min_group_clips:
+        raise BadInputError(what, f"{clips} clip(s); adapting needs at least model.min_group_clips = "
+                            f"{cfg.min_group_clips} (the smallest group the model normalises with its own statistics)")
+
+
 def adapted_copy(model, features: np.ndarray, statistics: str = "mean+std", what: str = "reference clips"):
     """A copy of ``model`` whose single-clip statistics are those of ``features`` ``[K, audio_dim]``
     (raw audio-tower features of K unlabelled clips of one setting; K >= ``min_group_clips``).
@@ -33,20 +47,13 @@ def adapted_copy(model, features: np.ndarray, statistics: str = "mean+std", what
     ``statistics``: ``mean+std`` (z-score as a group of these clips, the whole-corpus rule) or
     ``mean`` (centre on them, keep the stored scale). The copy shares the towers.
     """
-    if statistics not in STATISTICS:
-        raise ValueError(f"statistics {statistics!r}: expected one of {', '.join(STATISTICS)}")
     cfg = model.config
-    if not getattr(cfg, "feature_norm_group", None):
-        raise BadInputError(what, "the model has no feature normalisation (model.feature_norm_group is off), so "
-                            "its clips use no statistics and there is nothing to adapt")
     x = np.asarray(features, dtype=np.float64)
     if x.ndim != 2 or x.shape[1] != cfg.audio_dim:
         raise BadInputError(what, f"features of shape {x.shape}; expected [clips, {cfg.audio_dim}]")
     if not np.isfinite(x).all():
         raise BadInputError(what, f"{int((~np.isfinite(x).all(1)).sum())} clip(s) with non-finite features")
-    if len(x) < cfg.min_group_clips:
-        raise BadInputError(what, f"{len(x)} clip(s); adapting needs at least model.min_group_clips = "
-                            f"{cfg.min_group_clips} (the smallest group the model normalises with its own statistics)")
+    check_adaptable(model, len(x), statistics, what)
     mean, std = moments(x)
     out = model.copy()
     out.norm_mean.copy_(torch.from_numpy(mean[0]).float())
@@ -71,6 +78,7 @@ def adapt_model(model, files: Sequence[str], *, statistics: str = "mean+std", ou
     files = [str(f) for f in files]
     if not files:
         raise BadInputError("adapt", "no audio files given")
+    check_adaptable(model, len(files), statistics, what=f"{len(files)} reference file(s)")  # before reading audio
     skip = SkipLog(skip=skip_bad)
     feats, ok = model.file_features(files, cache_dir=cache_root(cache_dir), skip=skip, progress=progress,
                                     desc="audio (reference clips)")

@@ -571,7 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--skew-emotions", type=int, default=loco.skew_emotions,
                    help="skewed-speaker protocol: emotions each held-out speaker keeps")
     s.add_argument("--adapt-clips", type=_int_at_least(0), default=loco.adapt_clips,
-                   help="also report single clips after 'smoothclap adapt' on this many unlabelled clips of the "
+                   help="loco: also report single clips after 'smoothclap adapt' on this many unlabelled clips of the "
                    "held-out corpus, the rest scored alone (not part of the robust UAR; 0: off)")
     s.add_argument("--templates", help="prompt templates (default: the model's recipe, else each task's own)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override for both methods")

@@ -53,7 +53,7 @@ def adapt_rows(n: int, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``(reference [k], rest [n - k])`` sorted row positions: the clips a model is adapted on and
     the clips then scored alone (protocol ``adapted``)."""
     if not 0 < k < n:
-        raise ValueError(f"adapting on {k} of {n} clips leaves none to score")
+        raise ValueError(f"adapting on {k} of {n} clips: needs 0 < k < n (clips left to score)")
     ref = np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
     return ref, np.setdiff1d(np.arange(n), ref)
 
