@@ -98,7 +98,7 @@ def test_adapted_model_round_trips_and_says_so(tmp_path):
 
 def test_adapted_protocol_is_reported_but_not_in_the_robust_uar():
     from smoothclap.experiments.loco import summarise_protocols
-    from smoothclap.experiments.protocols import adapt_rows, score_protocols
+    from smoothclap.experiments.protocols import adapt_rows, score_protocols, skewed_rows
     from smoothclap.tasks import get_task
 
     task = get_task("turevdb")
@@ -109,15 +109,18 @@ def test_adapted_protocol_is_reported_but_not_in_the_robust_uar():
                           "speaker": [f"s{i % 4}" for i in range(n)], "corpus": "turevdb"})
     feats = _new_setting(n) + rng.normal(size=(n, DIM)).astype(np.float32)
     r = score_protocols(task, m, table, feats, adapt_clips=12)
-    assert set(r) == {"whole", "skewed", "single", "adapted"}
-    assert r["adapted"]["n"] == n - 12 and r["whole"]["n"] == n
+    assert set(r) == {"whole", "skewed", "single", "adapted", "adapted-skewed"}
+    assert r["adapted"]["n"] == r["adapted-skewed"]["n"] == n - 12 and r["whole"]["n"] == n
     ref, rest = adapt_rows(n, 12)
     assert len(set(ref) | set(rest)) == n and not set(ref) & set(rest)
+    pool = skewed_rows(table, 2)
+    ref, rest = adapt_rows(n, 12, pool=pool)  # reference clips of the skewed speakers only
+    assert set(ref) <= set(pool) and len(rest) == n - 12 and not set(ref) & set(rest)
     s = summarise_protocols({meth: [{"seed": 0, **r}] for meth in ("CLAP", "SmoothCLAP")})
-    assert "adapted" in s["protocols"]
+    assert {"adapted", "adapted-skewed"} <= set(s["protocols"])
     assert s["robust"]["CLAP"]["mean"] == pytest.approx(np.mean([r[p]["uar"] for p in ("whole", "skewed", "single")]))
     assert "adapted" not in score_protocols(task, m, table, feats)  # off by default in the library
-    assert "adapted" not in score_protocols(task, m, table, feats, adapt_clips=n)  # nothing left: skipped
+    assert not {"adapted", "adapted-skewed"} & set(score_protocols(task, m, table, feats, adapt_clips=n))  # skipped
     with pytest.raises(ValueError, match="needs 0 < k < n"):
         adapt_rows(10, 10)
 

@@ -12,7 +12,9 @@ The **robust UAR** of a corpus is the mean over the three; over corpora, the mea
 Reported beside them, not part of the robust UAR (it uses clips of the test corpus, unlabelled):
 
 * ``adapted``: single clips after ``smoothclap adapt`` (:mod:`smoothclap.adapt`) on ``k``
-  unlabelled clips of the corpus (drawn with a seed); the other clips scored alone.
+  unlabelled clips of the corpus (drawn with a seed); the other clips scored alone;
+* ``adapted-skewed``: the same, the ``k`` clips drawn from the skewed speakers' clips (each speaker
+  showing ``skew_emotions`` emotions, as a user's own natural speech would).
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ log = logging.getLogger("smoothclap")
 
 PROTOCOLS = ("whole", "skewed", "single")
 #: reported when asked for, never averaged into the robust UAR
-EXTRA_PROTOCOLS = ("adapted",)
+EXTRA_PROTOCOLS = ("adapted", "adapted-skewed")
 
 
 def skew_speakers(table: pd.DataFrame, k: int, seed: int = 0) -> pd.DataFrame:
@@ -49,37 +51,43 @@ def skewed_rows(table: pd.DataFrame, k: int, seed: int = 0) -> np.ndarray:
     return skew_speakers(marked, k, seed)["_row"].to_numpy()
 
 
-def adapt_rows(n: int, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """``(reference [k], rest [n - k])`` sorted row positions: the clips a model is adapted on and
-    the clips then scored alone (protocol ``adapted``)."""
-    if not 0 < k < n:
-        raise ValueError(f"adapting on {k} of {n} clips: needs 0 < k < n (clips left to score)")
-    ref = np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
+def adapt_rows(n: int, k: int, seed: int = 0, pool: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(reference [k], rest [n - k])`` sorted row positions of an ``n``-row table: the clips a
+    model is adapted on, drawn from ``pool`` (row positions; default all), and every other clip,
+    then scored alone (protocols ``adapted``, ``adapted-skewed``)."""
+    pool = np.arange(n) if pool is None else np.asarray(pool)
+    if not 0 < k < n or k > len(pool):
+        raise ValueError(f"adapting on {k} of {len(pool)} clips ({n} in all): needs 0 < k < n (clips left to score)")
+    ref = np.sort(np.random.default_rng(seed).choice(pool, size=k, replace=False))
     return ref, np.setdiff1d(np.arange(n), ref)
 
 
 def score_protocols(task: Task, model, table: pd.DataFrame, features: np.ndarray, *, skew_emotions: int = 2,
                     skew_seed: int = 0, adapt_clips: int = 0, **kw) -> dict[str, dict]:
     """:func:`smoothclap.tasks.score_table` of ``table`` under each of :data:`PROTOCOLS` (and
-    ``adapted`` with ``adapt_clips`` > 0 and a model with feature normalisation): protocol ->
-    result. ``features``: the model's raw audio-tower features of ``table``'s rows ``[N, audio_dim]``
-    (computed once, shared by the protocols); ``kw`` go to ``score_table`` (templates, language)."""
+    :data:`EXTRA_PROTOCOLS` with ``adapt_clips`` > 0 and a model with feature normalisation):
+    protocol -> result. ``features``: the model's raw audio-tower features of ``table``'s rows
+    ``[N, audio_dim]`` (computed once, shared by the protocols); ``kw`` go to ``score_table``
+    (templates, language)."""
     table = table.reset_index(drop=True)
     rows = skewed_rows(table, skew_emotions, skew_seed)
     out = {"whole": score_table(task, model, table, features=features, **kw),
            "skewed": score_table(task, model, table.iloc[rows], features=features[rows], **kw),
            "single": score_table(task, model, table, features=features, use_groups=False, **kw)}
-    if adapt_clips and getattr(model.config, "feature_norm_group", None):
-        from ..adapt import adapted_copy
+    if not (adapt_clips and getattr(model.config, "feature_norm_group", None)):
+        return out
+    from ..adapt import adapted_copy
 
-        if adapt_clips >= len(table):
-            log.warning("%s: %d clips, too few to adapt on %d and score the rest; no 'adapted' protocol",
-                        task.name, len(table), adapt_clips)
-            return out
-
-        ref, rest = adapt_rows(len(table), adapt_clips, skew_seed)
+    # reference clips from the whole corpus, and from its skewed speakers (natural speech: the
+    # clips a user adapts on show few emotions per speaker)
+    for name, pool in (("adapted", None), ("adapted-skewed", rows)):
+        if adapt_clips >= len(table) or (pool is not None and adapt_clips > len(pool)):
+            log.warning("%s: too few clips to adapt on %d and score the rest; no %r protocol",
+                        task.name, adapt_clips, name)
+            continue
+        ref, rest = adapt_rows(len(table), adapt_clips, skew_seed, pool)
         adapted = adapted_copy(model, features[ref], what=f"{task.name}: {adapt_clips} reference clips")
-        out["adapted"] = score_table(task, adapted, table.iloc[rest], features=features[rest], use_groups=False, **kw)
+        out[name] = score_table(task, adapted, table.iloc[rest], features=features[rest], use_groups=False, **kw)
     return out
 
 
