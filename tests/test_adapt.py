@@ -109,7 +109,7 @@ def test_adapted_protocol_is_reported_but_not_in_the_robust_uar():
                           "speaker": [f"s{i % 4}" for i in range(n)], "corpus": "turevdb"})
     feats = _new_setting(n) + rng.normal(size=(n, DIM)).astype(np.float32)
     r = score_protocols(task, m, table, feats, adapt_clips=12)
-    assert set(r) == {"whole", "skewed", "single", "adapted", "adapted-skewed"}
+    assert set(r) == {"whole", "skewed", "single", "adapted", "adapted-skewed"}  # 10 calm clips: no adapted-neutral
     assert r["adapted"]["n"] == r["adapted-skewed"]["n"] == n - 12 and r["whole"]["n"] == n
     ref, rest = adapt_rows(n, 12)
     assert len(set(ref) | set(rest)) == n and not set(ref) & set(rest)
@@ -125,6 +125,30 @@ def test_adapted_protocol_is_reported_but_not_in_the_robust_uar():
         adapt_rows(10, 10)
 
 
+def test_adapted_neutral_protocol_adapts_on_the_calm_clips_only(monkeypatch):
+    import smoothclap.adapt as A
+    from smoothclap.experiments.protocols import score_protocols
+    from smoothclap.tasks import get_task
+
+    seen = []
+    real = A.adapted_copy
+    monkeypatch.setattr(A, "adapted_copy", lambda m, f, **kw: seen.append(np.array(f)) or real(m, f, **kw))
+    task, m, n = get_task("turevdb"), _model(), 40  # turevdb has no "neutral": its "calm" clips
+    table = pd.DataFrame({"file": [f"c{i}.wav" for i in range(n)], "label": [task.labels[i % 4] for i in range(n)],
+                          "speaker": [f"s{i % 4}" for i in range(n)], "corpus": "turevdb"})
+    feats = _new_setting(n) + np.random.default_rng(4).normal(size=(n, DIM)).astype(np.float32)
+    r = score_protocols(task, m, table, feats, adapt_clips=8)
+    assert r["adapted-neutral"]["n"] == n - 8 and len(seen) == 3
+    assert "adapted-neutral-declared" not in r  # the model holds no neutral statistics
+    calm = {tuple(feats[i]) for i in range(n) if table.label[i] == "calm"}
+    assert {tuple(x) for x in seen[2]} <= calm and not {tuple(x) for x in seen[0]} <= calm
+    x, neutral = _emotional(0.0, 1.0, 200, np.random.default_rng(7))
+    assert m.fit_neutral_statistics(x, np.tile(["a", "b"], 100), neutral) == 2
+    seen.clear()
+    r = score_protocols(task, m, table, feats, adapt_clips=8)
+    assert r["adapted-neutral-declared"]["n"] == n - 8 and np.array_equal(seen[3], seen[2])
+
+
 def test_cli_adapt_writes_a_model_that_classifies(synth_root, shared_cache, tmp_path, capsys):
     from smoothclap.cli import main
 
@@ -137,7 +161,12 @@ def test_cli_adapt_writes_a_model_that_classifies(synth_root, shared_cache, tmp_
     assert rc == 0, capsys.readouterr().err
     assert "of 10 reference clip(s)" in capsys.readouterr().out
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["adapted"] == {"clips": 10, "statistics": "mean+std"}
+    from smoothclap.adapt import reference_digest
+
+    digest = reference_digest(wavs)  # the clips' content, whatever their order or names
+    assert cfg["adapted"] == {"clips": 10, "statistics": "mean+std", "reference_sha1": digest}
+    assert digest == reference_digest(wavs[::-1]) != reference_digest(wavs[1:])  # one clip fewer
+    assert f"content sha1 `{digest}`" in (out / "README.md").read_text()
     b = SmoothClapModel.from_pretrained(out)
     feats, _ = b.file_features(wavs, cache_dir=shared_cache)
     np.testing.assert_allclose(b.norm_mean.numpy(), feats.astype(np.float64).mean(0), rtol=1e-4, atol=1e-5)
@@ -159,6 +188,7 @@ def test_cli_adapt_writes_a_model_that_classifies(synth_root, shared_cache, tmp_
     assert main(args[:2] + ["--skip-bad"] + args[2:]) == 0
     out = capsys.readouterr().out
     assert "of 10 reference clip(s)" in out and "skipped 1 file(s)" in out and "silent" in out
+    assert json.loads((tmp_path / "skip" / "config.json").read_text())["adapted"]["reference_sha1"] == digest
 
 
 def test_adapt_model_is_part_of_the_public_api():
@@ -174,3 +204,81 @@ def test_benchmark_refuses_too_few_adapt_clips_before_training(tmp_path, capsys)
     rc = main(["-q", "benchmark", "loco", "--data-root", str(tmp_path), "--config", "recommended",
                "--adapt-clips", "3", "--out", str(tmp_path / "out")])
     assert rc == 2 and "--adapt-clips: 3: adapting needs at least model.min_group_clips = 8" in capsys.readouterr().err
+
+
+def _emotional(mean, std, n, rng, neutral_share=0.25):
+    """Raw features ``[n, DIM]`` of a setting (``mean``, ``std`` per feature) whose clips show
+    emotions: neutral clips sit at -0.8 group std with half the spread; the flag of each clip."""
+    neutral = np.arange(n) < int(n * neutral_share)
+    z = np.where(neutral[:, None], rng.normal(-0.8, 0.5, (n, DIM)), rng.normal(0.27, 1.0, (n, DIM)))
+    return (mean + std * z).astype(np.float32), neutral
+
+
+def test_neutral_statistics_are_where_neutral_clips_sit_within_their_group():
+    from smoothclap.adapt import neutral_rows
+
+    rng = np.random.default_rng(5)
+    m = _model()
+    parts = [_emotional(rng.normal(0, 3, DIM), rng.uniform(0.5, 2, DIM), 200, rng) for _ in range(2)]
+    x = np.concatenate([p[0] for p in parts])
+    groups = np.repeat(["a", "b"], 200)
+    labels = np.where(np.concatenate([p[1] for p in parts]), "neutral", "angry")
+    labels[:200][labels[:200] == "neutral"] = "calm"  # group a says "calm" (its unemotional label)
+    neutral = neutral_rows(labels, groups)
+    assert neutral.sum() == 100 and neutral_rows(np.array(["calm", "neutral"]), np.array(["g", "g"])).tolist() == [False, True]
+    assert m.fit_neutral_statistics(x, groups, neutral) == 2
+    want_off, want_scale = [], []
+    for g in ("a", "b"):
+        xs, ns = x[groups == g].astype(np.float64), neutral[groups == g]
+        mu, sd = xs.mean(0), xs.std(0)
+        want_off.append((xs[ns].mean(0) - mu) / sd)
+        want_scale.append(xs[ns].std(0) / sd)
+    off, scale = m.neutral_statistics()
+    np.testing.assert_allclose(off, np.mean(want_off, 0), atol=1e-5)
+    np.testing.assert_allclose(scale, np.mean(want_scale, 0), atol=1e-5)
+    # too few neutral clips in every group: nothing fitted
+    assert _model().fit_neutral_statistics(x, groups, neutral & (np.arange(400) % 50 == 0)) == 0
+
+
+def test_adapting_on_neutral_clips_declared_recovers_the_setting():
+    """Thirty neutral clips of a new setting, declared as such, give statistics near the setting's
+    own (its usual mix of emotions); taken as the usual mix, they sit at the neutral offset."""
+    from smoothclap.adapt import check_adaptable
+
+    rng = np.random.default_rng(6)
+    m = _model()
+    parts = [_emotional(rng.normal(0, 3, DIM), rng.uniform(0.5, 2, DIM), 400, rng) for _ in range(3)]
+    m.fit_neutral_statistics(np.concatenate([p[0] for p in parts]), np.repeat(["a", "b", "c"], 400),
+                             np.concatenate([p[1] for p in parts]))
+    mu, sd = rng.normal(0, 3, DIM), rng.uniform(0.5, 2, DIM)
+    x, neutral = _emotional(mu, sd, 2000, rng)
+    true_mean, true_std = x.astype(np.float64).mean(0), x.astype(np.float64).std(0)
+    ref = x[np.flatnonzero(neutral)[:30]]
+    plain = adapted_copy(m, ref)
+    declared = adapted_copy(m, ref, reference="neutral")
+    assert declared.config.adapted == {"clips": 30, "statistics": "mean+std", "reference": "neutral"}
+
+    def err(a):
+        return (np.abs(a.norm_mean.double().numpy() - true_mean) / true_std).mean()
+
+    assert err(declared) < 0.3 * err(plain)
+    ratio = declared.norm_std.double().numpy() / true_std
+    assert 0.8 < np.median(ratio) < 1.25 and np.median(plain.norm_std.double().numpy() / true_std) < 0.7
+    mean_only = adapted_copy(m, ref, "mean", reference="neutral")
+    assert torch.equal(mean_only.norm_std, m.norm_std) and err(mean_only) < err(plain)
+    with pytest.raises(BadInputError, match="no neutral statistics"):
+        check_adaptable(_model(), 30, reference="neutral")
+    with pytest.raises(ValueError, match="reference 'calm'"):
+        check_adaptable(m, 30, reference="calm")
+
+
+def test_a_model_saved_before_neutral_statistics_loads_without_them(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    m = _model()
+    m.save_pretrained(tmp_path / "m")
+    w = tmp_path / "m" / "model.safetensors"
+    state = {k: v for k, v in load_file(str(w)).items() if not k.startswith("neutral_")}
+    save_file(state, str(w), metadata={"format": "pt"})
+    b = SmoothClapModel.from_pretrained(tmp_path / "m")
+    assert b.neutral_statistics() is None and torch.equal(b.norm_mean, m.norm_mean)

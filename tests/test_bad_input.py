@@ -608,6 +608,24 @@ def test_atomic_writer_names_the_destination(tmp_path, monkeypatch):
     assert list((tmp_path / "sub").iterdir()) == []  # no temporary file left
 
 
+def test_atomic_folder_is_the_old_folder_or_the_whole_new_one(tmp_path):
+    from smoothclap.io import atomic_folder
+
+    out = tmp_path / "export"
+    with atomic_folder(out) as tmp:
+        (tmp / "a.onnx").write_text("v1")
+        assert not out.exists()  # nothing in place until the block ends
+    assert (out / "a.onnx").read_text() == "v1"
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_folder(out) as tmp:
+            (tmp / "a.onnx").write_text("half")
+            raise KeyboardInterrupt
+    assert (out / "a.onnx").read_text() == "v1" and [p.name for p in tmp_path.iterdir()] == ["export"]
+    with atomic_folder(out) as tmp:
+        (tmp / "b.onnx").write_text("v2")
+    assert [p.name for p in out.iterdir()] == ["b.onnx"] and [p.name for p in tmp_path.iterdir()] == ["export"]
+
+
 def _enospc(*a, **k):
     import errno
 

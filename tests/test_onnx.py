@@ -449,3 +449,64 @@ def test_whisper_layers_tower_exports(synth_table, long_clip, tmp_path):
     # the last layer is the plain tower (to float32 rounding: transformers 5.24 computes the two
     # paths in another order, 2.4e-6 apart)
     _diff("layers=all: last layer vs plain tower", ref[:, -384:].numpy(), plain.numpy())
+
+
+def test_adapt_an_export_as_the_model_it_came_from(speaker, synth_table, tmp_path):
+    """``smoothclap adapt --model EXPORT`` writes an adapted export (the graphs linked, new
+    statistics) whose single clips score as the adapted PyTorch model's do; the export it came from
+    is unchanged, and a folder that is not an export is never replaced."""
+    from smoothclap.adapt import adapt_model
+    from smoothclap.cli import main
+
+    model, om, out = speaker
+    files = synth_table["file"].astype(str).tolist()
+    ref, rest = files[:10], files[10:30]
+    a_torch, _ = adapt_model(model, ref)
+    assert main(["-q", "adapt", "--model", str(out), "--out", str(tmp_path / "adapted"), *ref]) == 0
+    a_onnx = load_model(tmp_path / "adapted")
+    assert isinstance(a_onnx, OnnxModel) and a_onnx.config.adapted == a_torch.config.adapted
+    assert a_onnx.config.adapted["clips"] == 10 and len(a_onnx.config.adapted["reference_sha1"]) == 40
+    for k in ("norm_mean", "norm_std"):
+        _diff(f"adapted export {k}", a_onnx.arrays[k], getattr(a_torch, k).numpy())
+    got = classify_files(a_onnx, rest, LABELS).table[COLS]
+    _diff("adapted export probabilities", got, classify_files(a_torch, rest, LABELS).table[COLS])
+    before = classify_files(om, rest, LABELS).table[COLS]
+    assert np.abs(got.to_numpy() - before.to_numpy()).max() > 1e-3  # adapting changed the single clips
+    again = load_model(out)  # the original export, untouched
+    assert again.config.adapted is None and np.array_equal(again.arrays["norm_mean"], om.arrays["norm_mean"])
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(BadInputError, match="not an ONNX export"):
+        a_onnx.save_pretrained(other)
+    assert (other / "notes.txt").read_text() == "mine"
+
+
+def test_neutral_statistics_travel_in_the_export(speaker, synth_table, tmp_path, capsys):
+    """An export carries the model's neutral statistics (``preprocess.npz``); adapting an export
+    on neutral clips (``--reference neutral``) gives what adapting the model gives, and a model
+    without them refuses in one line."""
+    import copy
+
+    from smoothclap.adapt import adapted_copy
+    from smoothclap.cli import main
+
+    model, om, out = speaker
+    files = synth_table["file"].astype(str).tolist()[:10]
+    assert om.neutral_statistics() is None and model.neutral_statistics() is None  # 2 neutral clips per speaker
+    rc = main(["-q", "adapt", "--model", str(out), "--reference", "neutral", "--out", str(tmp_path / "n"), *files])
+    assert rc == 2 and "no neutral statistics" in capsys.readouterr().err and not (tmp_path / "n").exists()
+    rng = np.random.default_rng(0)
+    off, scale = 0.3 * rng.normal(size=model.config.audio_dim), rng.uniform(0.5, 1.0, model.config.audio_dim)
+    m2 = model.copy()
+    m2.neutral_offset.copy_(torch.from_numpy(off)), m2.neutral_scale.copy_(torch.from_numpy(scale))
+    om2 = copy.copy(om)
+    om2.arrays = {**om.arrays, "neutral_offset": off.astype(np.float32), "neutral_scale": scale.astype(np.float32)}
+    a_onnx = adapted_copy(om2, om.file_features(files)[0], reference="neutral")
+    a_torch = adapted_copy(m2, model.file_features(files)[0], reference="neutral")
+    for k in ("norm_mean", "norm_std"):
+        np.testing.assert_allclose(a_onnx.arrays[k], getattr(a_torch, k).numpy(), rtol=1e-4, atol=1e-4)
+    a_onnx.save_pretrained(tmp_path / "n")
+    back = load_model(tmp_path / "n")
+    assert back.config.adapted["reference"] == "neutral"
+    np.testing.assert_array_equal(back.neutral_statistics()[1], scale.astype(np.float32))

@@ -167,3 +167,28 @@ def test_bad_files_skipped_and_counted(corpus, cache, tmp_path):
     assert len(prep.table) == len(corpus)
     assert skip.count >= 3
     assert {str(silent), str(empty)} <= {p for p, _ in skip.items}
+
+
+def test_training_stores_neutral_statistics_and_old_checkpoints_load(corpus, cache):
+    """With feature normalisation, training stores where the neutral clips sit within their group
+    (for ``smoothclap adapt --reference neutral``); a checkpoint written before those statistics
+    existed still loads, keeping the ones just fitted."""
+    from smoothclap.trainer.loop import Trainer
+
+    cfg = _cfg(cache)
+    cfg.model.feature_norm_group, cfg.train.epochs = "corpus", 1
+    prep = prepare(cfg, corpus, cache_dir=cache, progress=False)
+    res = train(cfg, prep, progress=False)
+    x = np.asarray(prep.audio, dtype=np.float64)
+    neutral = (prep.table["label"].astype(str) == "neutral").to_numpy()
+    assert neutral.sum() >= cfg.model.min_group_clips  # one group, enough neutral clips
+    off, scale = res.model.neutral_statistics()
+    np.testing.assert_allclose(off, (x[neutral].mean(0) - x.mean(0)) / x.std(0), atol=1e-4)
+    np.testing.assert_allclose(scale, x[neutral].std(0) / x.std(0), rtol=1e-4)
+    tr = Trainer(cfg, prep)
+    ck = tr.state(1, [], "fp", None)
+    ck["model"] = {k: v for k, v in ck["model"].items() if not k.startswith("neutral_")}
+    again = Trainer(cfg, prep)
+    again.load(ck)  # no "missing keys" error
+    for k in ("neutral_offset", "neutral_scale"):
+        assert torch.equal(getattr(again.model, k), getattr(res.model, k))

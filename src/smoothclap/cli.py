@@ -308,11 +308,11 @@ def cmd_adapt(args) -> int:
     from .adapt import adapt_model
 
     files = list(args.files) + (_table(args).rows["file"].astype(str).tolist() if args.manifest or args.dataset else [])
-    adapted, skipped = adapt_model(args.model, files, statistics=args.statistics, out=args.out,
+    adapted, skipped = adapt_model(args.model, files, statistics=args.statistics, reference=args.reference, out=args.out,
                                    cache_dir=args.cache_dir, skip_bad=args.skip_bad, progress=not args.quiet)
     a = adapted.config.adapted
     print(f"wrote {args.out}: clips scored alone now use the statistics ({a['statistics']}) of {a['clips']} "
-          "reference clip(s)")
+          f"{'neutral ' if a.get('reference') == 'neutral' else ''}reference clip(s)")
     if skipped.count:
         print(f"skipped {skipped.count} file(s): " + "; ".join(f"{p} ({r})" for p, r in skipped.items))
     return 0
@@ -510,11 +510,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("adapt", help="adapt a model to a recording setting from unlabelled clips of it: clips "
                        "classified alone are then normalised as members of that setting")
-    s.add_argument("--model", required=True, help="saved model folder or Hub id (with model.feature_norm_group)")
-    s.add_argument("--out", required=True, help="folder to write the adapted model to")
+    s.add_argument("--model", required=True, help="saved model folder, ONNX export folder or Hub id (with "
+                   "model.feature_norm_group); the adapted model is of the same kind")
+    s.add_argument("--out", required=True, help="folder to write the adapted model (or export) to")
     s.add_argument("--statistics", choices=["mean+std", "mean"], default="mean+std",
                    help="the reference clips' mean and std (default; the whole-corpus rule), or only their mean "
                    "(the stored scale kept)")
+    s.add_argument("--reference", choices=["any", "neutral"], default="any",
+                   help="what the clips are: the setting's usual mix of emotions (default), or unemotional speech "
+                   "only (the setting's statistics then estimated from theirs with the model's neutral statistics)")
     s.add_argument("--manifest", help="reference clips from a manifest (labels are not used)")
     _dataset_args(s, ", its clips as the reference clips (labels are not used)")
     s.add_argument("--skip-bad", action="store_true")

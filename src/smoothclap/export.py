@@ -34,8 +34,6 @@ import contextlib
 import json
 import logging
 import math
-import os
-import shutil
 import time
 import warnings
 from pathlib import Path
@@ -47,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import BadInputError
+from .io import atomic_folder
 from .onnx_runtime import (AUDIO_GRAPH, AUDIO_HEAD_GRAPH, FORMAT, FORMAT_VERSION, PREPROCESS_JSON, PREPROCESS_NPZ,
                            TEXT_GRAPH, TEXT_HEAD_GRAPH, TOKENIZER_JSON)
 
@@ -479,23 +478,11 @@ def export_onnx(model_dir, out_dir, *, opset: int = 18, verify: bool = True) -> 
     text = _tower_exporter(model, "text", where)
     t0 = time.perf_counter()
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with atomic_folder(out) as tmp:
         meta = _write(tmp, model, audio, text, opset)
         if verify:
             meta["verified_max_abs_diff"] = _verify(tmp, model, text[0])
             (tmp / PREPROCESS_JSON).write_text(json.dumps(meta, indent=2, default=str))
-        old = out.parent / f".{out.name}.old{os.getpid()}"
-        if out.exists():
-            os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("exported %s to %s (opset %d, %s exporter) in %.1f s", where, out, opset, meta["exporter"],
              time.perf_counter() - t0)
     return out
@@ -507,7 +494,7 @@ def _write(folder: Path, model, audio: tuple[object, Exporter], text: tuple[obje
 
     (audio_tower, export_audio), (text_tower, export_text) = audio, text
     arrays = {name: getattr(model, name).detach().cpu().numpy().astype(np.float32)
-              for name in ("norm_mean", "norm_std", "audio_mean", "audio_std")}
+              for name in ("norm_mean", "norm_std", "neutral_offset", "neutral_scale", "audio_mean", "audio_std")}
     if getattr(model, "trained_clips", None) is not None:  # what evaluate refuses to score as zero-shot
         arrays["trained_clips"] = np.asarray(model.trained_clips, dtype=np.uint64)
     meta = {

@@ -142,7 +142,11 @@ def model_card(config, results: Sequence[dict] | None = None, name: str | None =
                f"training statistics, `{config.fallback_stats}`). " if config.feature_norm_group
                else "Feature normalisation: none. ") +
               (f"Adapted (`smoothclap adapt`): clips scored alone use the statistics ({config.adapted.get('statistics')}) "
-               f"of {config.adapted.get('clips')} unlabelled clips of one recording setting instead. "
+               f"of {config.adapted.get('clips')} unlabelled "
+               f"{'neutral clips (corrected by the neutral statistics) ' if config.adapted.get('reference') == 'neutral' else 'clips '}"
+               "of one recording setting instead"
+               + (f" (content sha1 `{config.adapted['reference_sha1']}`). " if config.adapted.get("reference_sha1")
+                  else ". ")
                if getattr(config, "adapted", None) else "") +
               (f"{config.nuisance_dims} principal directions of the training {config.nuisance_group}s' means are "
                "removed before the head. " if config.nuisance_dims else "") +

@@ -16,8 +16,10 @@ import errno
 import json
 import os
 import secrets
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from .errors import BadInputError
 
@@ -121,6 +123,28 @@ def _remove(tmp: str | None) -> None:
             os.unlink(tmp)
         except OSError:
             pass
+
+
+@contextmanager
+def atomic_folder(path: str | Path) -> Iterator[Path]:
+    """A new, empty temporary folder beside ``path`` to write a folder's files into; when the block
+    ends without an error it replaces ``path`` in one rename (the previous folder, if any, removed
+    after), and on an error it is removed: ``path`` is the old folder or the complete new one."""
+    out = Path(path)
+    _make_folder(out.parent)
+    tmp = out.parent / f".{out.name}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        old = out.parent / f".{out.name}.old{os.getpid()}"
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -85,6 +85,10 @@ class SmoothClapModel(nn.Module, ZeroShotModel):
         self.register_buffer("norm_std", torch.ones(config.audio_dim))
         self.register_buffer("audio_mean", torch.zeros(config.audio_dim))
         self.register_buffer("audio_std", torch.ones(config.audio_dim))
+        # neutral_*: where a group's unemotional clips sit within it (fit_neutral_statistics), for
+        # adapting on neutral clips only; zeros: not fitted
+        self.register_buffer("neutral_offset", torch.zeros(config.audio_dim))
+        self.register_buffer("neutral_scale", torch.zeros(config.audio_dim))
         if config.nuisance_dims:  # orthonormal [audio_dim, k] directions removed before the head; zeros: none
             self.register_buffer("nuisance_basis", torch.zeros(config.audio_dim, config.nuisance_dims))
         self._towers: dict[str, nn.Module] = {}
@@ -198,6 +202,42 @@ class SmoothClapModel(nn.Module, ZeroShotModel):
             self.audio_std.copy_(torch.from_numpy(std[0]).float().clamp_min(1e-6))
         return x
 
+    def fit_neutral_statistics(self, raw, groups, neutral, fit_rows: np.ndarray | None = None) -> int:
+        """Store where the unemotional clips of a training group sit within it, so that a model can
+        be adapted on neutral clips alone (:func:`smoothclap.adapt.adapted_copy`, ``reference="neutral"``).
+
+        ``raw`` ``[N, audio_dim]`` (an array or a row source), ``groups`` ``[N]`` (each clip's
+        ``config.feature_norm_group``), ``neutral`` ``[N]`` bool (the clips of the group's
+        unemotional label, :func:`smoothclap.adapt.neutral_rows`), ``fit_rows`` as in
+        :meth:`fit_normalization`. Over the groups with at least ``config.min_group_clips`` neutral
+        clips: ``neutral_offset`` = mean of (neutral clips' mean - group mean) / group std, and
+        ``neutral_scale`` = mean of neutral clips' std / group std (``[audio_dim]`` each). Returns
+        the number of groups used; with none, both stay zero (not fitted)."""
+        fit = None if fit_rows is None else np.asarray(fit_rows, dtype=bool)
+        x = raw if fit is None else np.asarray(raw, dtype=np.float32)[fit]
+        groups, neutral = np.asarray(groups), np.asarray(neutral, dtype=bool)
+        if fit is not None:
+            groups, neutral = groups[fit], neutral[fit]
+        _, codes = group_codes(groups)
+        use = np.flatnonzero(np.bincount(codes[neutral], minlength=codes.max() + 1) >= self.config.min_group_clips)
+        if not len(use):
+            return 0
+        mean, std = moments(x, codes)
+        rank = np.full(codes.max() + 1, len(use))
+        rank[use] = np.arange(len(use))
+        # one code per group used for its neutral clips, one more for every other row
+        n_mean, n_std = moments(x, np.where(neutral, rank[codes], len(use)))
+        std = np.maximum(std[use], EPS)
+        self.neutral_offset.copy_(torch.from_numpy((n_mean[: len(use)] - mean[use]) / std).mean(0))
+        self.neutral_scale.copy_(torch.from_numpy(n_std[: len(use)] / std).mean(0).clamp_min(EPS))
+        return len(use)
+
+    def neutral_statistics(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(neutral_offset, neutral_scale)`` ``[audio_dim]`` float64, or None when not fitted."""
+        if not bool((self.neutral_scale > 0).any()):
+            return None
+        return self.neutral_offset.double().cpu().numpy(), self.neutral_scale.double().cpu().numpy()
+
     def _fit_nuisance(self, on, nuisance, fit) -> np.ndarray:
         """Fit and store ``nuisance_basis`` ``[audio_dim, k]`` from the raw rows ``on`` (the fit rows)."""
         if nuisance is None:
@@ -269,6 +309,18 @@ class SmoothClapModel(nn.Module, ZeroShotModel):
         m.eval()
         return m
 
+    def with_feature_statistics(self, mean: np.ndarray, std: np.ndarray | None = None,
+                                adapted: dict | None = None) -> "SmoothClapModel":
+        """A :meth:`copy` whose single-clip statistics (``norm_mean``, ``norm_std`` ``[audio_dim]``)
+        are ``mean`` and ``std`` (None: the stored std kept), recording ``adapted`` in
+        ``config.adapted`` (:mod:`smoothclap.adapt`)."""
+        out = self.copy()
+        out.norm_mean.copy_(torch.as_tensor(np.asarray(mean), dtype=torch.float32))
+        if std is not None:
+            out.norm_std.copy_(torch.as_tensor(np.maximum(np.asarray(std), EPS), dtype=torch.float32))
+        out.config.adapted = adapted
+        return out
+
     # -- persistence --------------------------------------------------------------------------------------
     def save_pretrained(self, path: str | Path) -> Path:
         """Write ``config.json``, ``model.safetensors``, the fine-tuned towers, the caption bins, the
@@ -336,6 +388,8 @@ class SmoothClapModel(nn.Module, ZeroShotModel):
                 log.warning("%s: no stored training statistics for feature normalisation; clips scored "
                             "without groups are not normalised", path)
             state["norm_mean"], state["norm_std"] = model.norm_mean.clone(), model.norm_std.clone()
+        for k in ("neutral_offset", "neutral_scale"):  # saved before they were fitted: not fitted
+            state.setdefault(k, getattr(model, k).clone())
         try:
             model.load_state_dict(state)
         except RuntimeError as e:

@@ -17,8 +17,9 @@ An export (:func:`smoothclap.export.export_onnx`, ``smoothclap export --format o
 ``tokenizer.json``  the text tower's tokenizer (``tokenizers`` library) with its truncation and padding.
 ``preprocess.json`` the model's config (loudness, feature normalisation, ``trained_on``), the logit
                     scale, the towers' settings (windows of long clips), graph inputs/outputs.
-``preprocess.npz``  the training statistics of feature normalisation (``norm_mean``, ``norm_std``) and,
-                    where the model records them, its training clips (``trained_clips``).
+``preprocess.npz``  the training statistics of feature normalisation (``norm_mean``, ``norm_std``;
+                    ``neutral_offset``, ``neutral_scale`` for adapting on neutral clips) and, where
+                    the model records them, its training clips (``trained_clips``).
 ==================  ==================================================================================
 
 :class:`OnnxModel` is a :class:`smoothclap.zeroshot.ZeroShotModel` like any other model kind: its
@@ -37,11 +38,13 @@ deployment without them.
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
 import os
 import re
+import shutil
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Sequence
 
@@ -50,7 +53,8 @@ import numpy as np
 from .audio import file_hash, pool_windows, split_windows
 from .embed import ForwardPlan
 from .errors import BadInputError
-from .normalize import normalize_groups
+from .io import atomic_folder
+from .normalize import EPS, normalize_groups
 from .zeroshot import ZeroShotModel
 
 log = logging.getLogger("smoothclap")
@@ -182,12 +186,12 @@ def check_meta(pre: Path, meta: dict, config) -> None:
 
 def check_arrays(npz: Path, arrays: dict[str, np.ndarray], config) -> None:
     """``preprocess.npz``: the feature-normalisation statistics a model with
-    ``feature_norm_group`` needs (``[audio_dim]``) and the record of its training clips
-    (``trained_clips``, uint64 ``[N]``), where present."""
-    for name in ("norm_mean", "norm_std"):
+    ``feature_norm_group`` needs (``[audio_dim]``), and where present the neutral statistics
+    (``[audio_dim]``) and the record of its training clips (``trained_clips``, uint64 ``[N]``)."""
+    for name in ("norm_mean", "norm_std", "neutral_offset", "neutral_scale"):
         a = arrays.get(name)
         if a is None:
-            if config.feature_norm_group:
+            if config.feature_norm_group and name.startswith("norm"):
                 raise BadInputError(npz, f"{name}: required (the model normalises features per "
                                     f"{config.feature_norm_group!r})")
         elif a.dtype.kind != "f" or a.shape != (config.audio_dim,):
@@ -438,6 +442,44 @@ class OnnxModel(ZeroShotModel):
             raise BadInputError(tok_path, f"missing or corrupted tokenizer ({e})") from None
         return cls(folder, meta, config, arrays, sessions, tokenizer, total, workers)
 
+    def neutral_statistics(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(neutral_offset, neutral_scale)`` ``[audio_dim]`` float64, or None when the export has
+        none (see :meth:`smoothclap.model.SmoothClapModel.fit_neutral_statistics`)."""
+        scale = self.arrays.get("neutral_scale")
+        if scale is None or not (scale > 0).any():
+            return None
+        return np.asarray(self.arrays["neutral_offset"], np.float64), np.asarray(scale, np.float64)
+
+    def with_feature_statistics(self, mean: np.ndarray, std: np.ndarray | None = None,
+                                adapted: dict | None = None) -> "OnnxModel":
+        """A copy (sharing the graphs and tokenizer) whose single-clip statistics (``norm_mean``,
+        ``norm_std`` ``[audio_dim]``) are ``mean`` and ``std`` (None: kept), recording ``adapted`` in
+        ``config.adapted``, as :meth:`smoothclap.model.SmoothClapModel.with_feature_statistics`."""
+        out = copy.copy(self)
+        out.config = copy.deepcopy(self.config)
+        out.config.adapted = adapted
+        out.arrays = {**self.arrays, "norm_mean": np.asarray(mean, dtype=np.float32)}
+        if std is not None:
+            out.arrays["norm_std"] = np.maximum(np.asarray(std), EPS).astype(np.float32)
+        out.meta = {**self.meta, "config": out.config.to_dict()}
+        return out
+
+    def save_pretrained(self, path: str | os.PathLike) -> Path:
+        """Write this export, with its own statistics and config, to the folder ``path``: the graphs
+        and tokenizer hard-linked (or copied) from the folder it was loaded from, ``preprocess.json``
+        and ``preprocess.npz`` written anew; the folder is written beside ``path`` and renamed into
+        place (:func:`smoothclap.io.atomic_folder`). An existing ``path`` that is neither empty nor an
+        export is never replaced."""
+        out = Path(path).expanduser()
+        if out.exists() and not (is_export(out) or (out.is_dir() and not any(out.iterdir()))):
+            raise BadInputError(out, "exists and is not an ONNX export (refusing to replace it)")
+        with atomic_folder(out) as tmp:
+            shutil.copytree(self.folder, tmp, dirs_exist_ok=True, copy_function=_link_or_copy,
+                            ignore=shutil.ignore_patterns(PREPROCESS_JSON, PREPROCESS_NPZ, ".*"))
+            np.savez(tmp / PREPROCESS_NPZ, **self.arrays)
+            (tmp / PREPROCESS_JSON).write_text(json.dumps(self.meta, indent=2, default=str))
+        return out
+
     # -- feature normalisation and heads --------------------------------------------------------------
     def normalize_audio_features(self, raw, groups: Sequence | np.ndarray | None = None) -> np.ndarray:
         """Raw tower features ``[N, audio_dim]`` -> normalised features (see
@@ -462,6 +504,14 @@ class OnnxModel(ZeroShotModel):
     def encode_text_features(self, feats) -> np.ndarray:
         """Text-tower features ``[B, text_dim]`` -> ``[B, embed_dim]`` unit norm."""
         return self._head(TEXT_HEAD_GRAPH, feats)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """A hard link where the file system allows one (graphs are never rewritten in place), else a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def load_model(export_dir, **kw) -> OnnxModel:

@@ -14,7 +14,12 @@ Reported beside them, not part of the robust UAR (it uses clips of the test corp
 * ``adapted``: single clips after ``smoothclap adapt`` (:mod:`smoothclap.adapt`) on ``k``
   unlabelled clips of the corpus (drawn with a seed); the other clips scored alone;
 * ``adapted-skewed``: the same, the ``k`` clips drawn from the skewed speakers' clips (each speaker
-  showing ``skew_emotions`` emotions, as a user's own natural speech would).
+  showing ``skew_emotions`` emotions, as a user's own natural speech would);
+* ``adapted-neutral``: the same, the ``k`` clips all of the corpus's unemotional label (the first
+  of :data:`smoothclap.adapt.NEUTRAL_LABELS` the corpus has): reference recordings that show no
+  emotion, adapted on as if they were the setting's usual mix;
+* ``adapted-neutral-declared``: the same clips, adapted with ``reference="neutral"`` (``smoothclap
+  adapt --reference neutral``): the model's neutral statistics correct for their lack of emotion.
 """
 from __future__ import annotations
 
@@ -29,7 +34,7 @@ log = logging.getLogger("smoothclap")
 
 PROTOCOLS = ("whole", "skewed", "single")
 #: reported when asked for, never averaged into the robust UAR
-EXTRA_PROTOCOLS = ("adapted", "adapted-skewed")
+EXTRA_PROTOCOLS = ("adapted", "adapted-skewed", "adapted-neutral", "adapted-neutral-declared")
 
 
 def skew_speakers(table: pd.DataFrame, k: int, seed: int = 0) -> pd.DataFrame:
@@ -76,17 +81,27 @@ def score_protocols(task: Task, model, table: pd.DataFrame, features: np.ndarray
            "single": score_table(task, model, table, features=features, use_groups=False, **kw)}
     if not (adapt_clips and getattr(model.config, "feature_norm_group", None)):
         return out
-    from ..adapt import adapted_copy
+    from ..adapt import NEUTRAL_LABELS, adapted_copy, neutral_rows
 
-    # reference clips from the whole corpus, and from its skewed speakers (natural speech: the
-    # clips a user adapts on show few emotions per speaker)
-    for name, pool in (("adapted", None), ("adapted-skewed", rows)):
+    # reference clips from the whole corpus, from its skewed speakers (natural speech: the clips a
+    # user adapts on show few emotions per speaker), and from its neutral clips only
+    neutral = np.flatnonzero(neutral_rows(table["label"], np.zeros(len(table))))
+    declared = model.neutral_statistics() is not None
+    for name, pool, reference in (("adapted", None, "any"), ("adapted-skewed", rows, "any"),
+                                  ("adapted-neutral", neutral, "any"), ("adapted-neutral-declared", neutral, "neutral")):
+        if reference == "neutral" and not declared:
+            log.warning("%s: the model holds no neutral statistics; no %r protocol", task.name, name)
+            continue
+        if pool is neutral and not len(neutral):
+            log.warning("%s: no label of %s; no %r protocol", task.name, "/".join(NEUTRAL_LABELS), name)
+            continue
         if adapt_clips >= len(table) or (pool is not None and adapt_clips > len(pool)):
             log.warning("%s: too few clips to adapt on %d and score the rest; no %r protocol",
                         task.name, adapt_clips, name)
             continue
         ref, rest = adapt_rows(len(table), adapt_clips, skew_seed, pool)
-        adapted = adapted_copy(model, features[ref], what=f"{task.name}: {adapt_clips} reference clips")
+        adapted = adapted_copy(model, features[ref], what=f"{task.name}: {adapt_clips} reference clips",
+                               reference=reference)
         out[name] = score_table(task, adapted, table.iloc[rest], features=features[rest], use_groups=False, **kw)
     return out
 

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..adapt import neutral_rows
 from ..config import RunConfig, SmoothClapConfig, validate
 from ..embed import release_memory
 from ..io import atomic_write_json
@@ -103,9 +104,12 @@ class Trainer:
             self.model.caption_bins = prepared.binner.to_dict()
         # statistics of the clips as recorded: augmented views are normalised like their clips,
         # single-clip copies as clips of an unseen group
-        features = self.model.fit_normalization(prepared.audio, norm_groups(cfg, prepared),
-                                                as_recorded(prepared.table), as_unseen(prepared.table),
+        groups, recorded = norm_groups(cfg, prepared), as_recorded(prepared.table)
+        features = self.model.fit_normalization(prepared.audio, groups, recorded, as_unseen(prepared.table),
                                                 nuisance_groups(cfg, prepared))
+        if groups is not None and "label" in prepared.table.columns:  # for adapting on neutral clips
+            self.model.fit_neutral_statistics(prepared.audio, groups, neutral_rows(prepared.table["label"], groups),
+                                              recorded)
         self.model.to(self.device)
         step_cls = CachedStep if tr.mode == "cached" else EndToEndStep
         self.step_impl = step_cls(cfg, prepared, self.model, features, self.env)
@@ -211,7 +215,9 @@ class Trainer:
         return st
 
     def load(self, ck: dict) -> None:
-        self.model.load_state_dict(ck["model"])
+        # checkpoints written before the neutral statistics: those just fitted (the same rows)
+        fitted = {k: getattr(self.model, k) for k in ("neutral_offset", "neutral_scale")}
+        self.model.load_state_dict({**fitted, **ck["model"]})
         self.step_impl.load(ck.get("towers", {}))
         self.opt.load_state_dict(ck["optimizer"])
         if self.scaler is not None and "scaler" in ck:
