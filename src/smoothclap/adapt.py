@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 
 from .errors import BadInputError, SkipLog
 from .normalize import EPS, moments
@@ -34,14 +35,17 @@ NEUTRAL_LABELS = ("neutral", "calm")
 def neutral_rows(labels, groups) -> np.ndarray:
     """``[N]`` bool: the clips whose label is their group's unemotional label (per group in
     ``groups`` ``[N]``, the first of :data:`NEUTRAL_LABELS` among the group's ``labels`` ``[N]``)."""
-    labels, groups = np.asarray(labels).astype(str), np.asarray(groups).astype(str)
-    out = np.zeros(len(labels), dtype=bool)
-    for g in np.unique(groups):
-        rows = groups == g
-        calm = next((lab for lab in NEUTRAL_LABELS if lab in set(labels[rows])), None)
-        if calm is not None:
-            out |= rows & (labels == calm)
-    return out
+    # integer codes, not string copies: the training table may hold millions of rows
+    lab, names = pd.factorize(np.asarray(labels, dtype=object))
+    grp, _ = pd.factorize(np.asarray(groups, dtype=object))
+    names = list(names)
+    present = np.zeros((grp.max(initial=-1) + 1, len(names)), dtype=bool)
+    present[grp[lab >= 0], lab[lab >= 0]] = True
+    calm = np.full(len(present), -2)  # per group, the code of its unemotional label (-2: none)
+    for name in reversed(NEUTRAL_LABELS):  # the first of them wins
+        if name in names:
+            calm[present[:, names.index(name)]] = names.index(name)
+    return (lab == calm[grp]) & (grp >= 0)
 
 
 def check_adaptable(model, clips: int, statistics: str = "mean+std", what: str = "reference clips",
