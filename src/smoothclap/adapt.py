@@ -37,7 +37,7 @@ def neutral_rows(labels, groups) -> np.ndarray:
     ``groups`` ``[N]``, the first of :data:`NEUTRAL_LABELS` among the group's ``labels`` ``[N]``)."""
     # integer codes, not string copies: the training table may hold millions of rows
     lab, names = pd.factorize(np.asarray(labels, dtype=object))
-    grp, _ = pd.factorize(np.asarray(groups, dtype=object))
+    grp, _ = pd.factorize(np.asarray(groups))
     names = list(names)
     present = np.zeros((grp.max(initial=-1) + 1, len(names)), dtype=bool)
     present[grp[lab >= 0], lab[lab >= 0]] = True
