@@ -47,7 +47,7 @@ from torch import nn
 from .errors import BadInputError
 from .io import atomic_folder
 from .onnx_runtime import (AUDIO_GRAPH, AUDIO_HEAD_GRAPH, FORMAT, FORMAT_VERSION, PREPROCESS_JSON, PREPROCESS_NPZ,
-                           TEXT_GRAPH, TEXT_HEAD_GRAPH, TOKENIZER_JSON)
+                           TEXT_GRAPH, TEXT_HEAD_GRAPH, TOKENIZER_JSON, replaceable_export)
 
 log = logging.getLogger("smoothclap")
 
@@ -469,9 +469,7 @@ def export_onnx(model_dir, out_dir, *, opset: int = 18, verify: bool = True) -> 
     opset = int(opset)
     if opset < MIN_OPSET:
         raise BadInputError("opset", f"ONNX export needs opset >= {MIN_OPSET}, got {opset}")
-    out = Path(out_dir).expanduser()
-    if out.exists() and not (out.is_dir() and ((out / PREPROCESS_JSON).exists() or not any(out.iterdir()))):
-        raise BadInputError(out, "exists and is not an ONNX export (refusing to replace it)")
+    out = replaceable_export(out_dir)
     model, where = _load_model(model_dir)
     model.eval()
     audio = _tower_exporter(model, "audio", where)

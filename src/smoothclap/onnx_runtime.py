@@ -470,9 +470,7 @@ class OnnxModel(ZeroShotModel):
         and ``preprocess.npz`` written anew; the folder is written beside ``path`` and renamed into
         place (:func:`smoothclap.io.atomic_folder`). An existing ``path`` that is neither empty nor an
         export is never replaced."""
-        out = Path(path).expanduser()
-        if out.exists() and not (is_export(out) or (out.is_dir() and not any(out.iterdir()))):
-            raise BadInputError(out, "exists and is not an ONNX export (refusing to replace it)")
+        out = replaceable_export(path)
         with atomic_folder(out) as tmp:
             shutil.copytree(self.folder, tmp, dirs_exist_ok=True, copy_function=_link_or_copy,
                             ignore=shutil.ignore_patterns(PREPROCESS_JSON, PREPROCESS_NPZ, ".*"))
@@ -512,6 +510,15 @@ def _link_or_copy(src: str, dst: str) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
+
+
+def replaceable_export(path) -> Path:
+    """``path`` as a folder an export may be written to: absent, empty or an export already;
+    BadInputError for anything else (never replaced)."""
+    out = Path(path).expanduser()
+    if out.exists() and not (is_export(out) or (out.is_dir() and not any(out.iterdir()))):
+        raise BadInputError(out, "exists and is not an ONNX export (refusing to replace it)")
+    return out
 
 
 def load_model(export_dir, **kw) -> OnnxModel:
