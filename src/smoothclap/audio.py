@@ -211,6 +211,18 @@ def pool_windows(sums: np.ndarray, counts: np.ndarray, owner, n: int) -> np.ndar
     return tot / np.maximum(cnt, 1).reshape(n, *([1] * (sums.ndim - 1)))
 
 
+def pool_moments(sums: np.ndarray, squares: np.ndarray, counts: np.ndarray, owner, n: int) -> np.ndarray:
+    """:func:`pool_windows` for mean + standard deviation: per-window sums ``[S, ..., D]`` and sums
+    of squares ``[S, ..., D]`` over real frames, frame counts ``[S]``, ``owner`` ``[S]`` -> float64
+    ``[n, ..., 2 * D]``: along the last axis the mean over all real frames of each clip's windows,
+    then their population standard deviation ``sqrt(max(E[h^2] - E[h]^2, 0))``. Computed in float64
+    (pass float64 sums: float32 ones lose the variance of near-constant dimensions), so a clip's
+    windows pool as one long clip would."""
+    mean = pool_windows(np.asarray(sums, dtype=np.float64), counts, owner, n)
+    sq = pool_windows(np.asarray(squares, dtype=np.float64), counts, owner, n)
+    return np.concatenate([mean, np.sqrt(np.maximum(sq - mean * mean, 0.0))], axis=-1)
+
+
 def content_hash(path: str | Path, skip) -> str | None:
     """:func:`file_hash` of ``path``, or None after handing a missing / unreadable file to ``skip``
     (a :class:`~smoothclap.errors.SkipLog`: raises unless it skips). A container reference: the sha1

@@ -138,6 +138,12 @@ class ModelConfig(Section):
         "0: off")
     nuisance_group: Group = Field("speaker", description="the groups whose means span the directions "
                                   "`model.nuisance_dims` removes (speakers within their corpus, or corpora)")
+    whiten: Literal["none", "within-class"] = Field(
+        "none", description="`within-class`: multiply the normalised features (after `model.nuisance_dims`) by the "
+        "inverse square root of the labelled training clips' covariance around their emotion's mean (Ledoit-Wolf "
+        "shrunk; the clips taken as a single clip sees them, so the spread between speakers and corpora counts as "
+        "within-class), learned on the training corpora and applied to whole corpora and single clips alike; "
+        "`none`: off")
     loudness: str | None = Field(None, description="level waveforms before the tower: `peak` or `rms:<dBFS>`")
 
     @model_validator(mode="after")

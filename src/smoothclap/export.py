@@ -11,7 +11,8 @@ module docstring lists the files and the graphs' inputs and outputs). The split 
   own; wav2vec2-like towers normalise each clip inside the graph too. Clips over 30 s are split
   into windows by :func:`smoothclap.audio.split_windows` and pooled by
   :func:`smoothclap.audio.pool_windows`, as in the PyTorch tower (the Whisper graph returns the
-  per-window sums over real frames and their counts).
+  per-window sums over real frames and their counts; with ``pool=meanstd`` float64 sums and sums
+  of squares per layer, pooled by :func:`smoothclap.audio.pool_moments`).
 * ``audio_head.onnx``: input standardiser + head + L2 norm. Feature normalisation with groups
   needs the statistics of all clips scored together, so it runs in numpy between the two graphs.
 * ``text.onnx``: token ids -> the text tower's pooled features; ``text_head.onnx``: head + L2 norm.
@@ -112,14 +113,17 @@ class _WhisperGraph(nn.Module):
     and their counts ``[B]``: the log-mel front end (:class:`_WhisperLogMel`), then
     :meth:`smoothclap.towers.whisper.WhisperTinyEnTower.encode_mels` with its padding masks always
     on (for an unpadded row they change nothing); the final layer (384), or the states ``layers``
-    (0 = the embedding output, 4 = the last layer after the final layer norm) concatenated."""
+    (0 = the embedding output, 4 = the last layer after the final layer norm) concatenated. With
+    ``pool="meanstd"``: (sums ``[B, L, 384]``, sums of squares ``[B, L, 384]``, counts ``[B]``),
+    the sums in float64, for :func:`smoothclap.audio.pool_moments`."""
 
-    def __init__(self, encoder, front: _WhisperLogMel, layers: tuple[int, ...] | None = None):
+    def __init__(self, encoder, front: _WhisperLogMel, layers: tuple[int, ...] | None = None, pool: str = "mean"):
         super().__init__()
         self.enc, self.front = encoder, front
         self.layers = tuple(layers) if layers is not None else (len(encoder.layers),)
+        self.pool = pool
 
-    def forward(self, waves: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, waves: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, ...]:
         enc = self.enc
         mels, n_frames = self.front(waves, lengths)
         T = mels.shape[2]
@@ -139,6 +143,10 @@ class _WhisperGraph(nn.Module):
                 h = h[0]
             states.append(enc.layer_norm(h) if i == len(enc.layers) - 1 else h)
         m = frame_mask.to(h.dtype)[:, :, None]
+        if self.pool == "meanstd":
+            hs = torch.stack([states[k] for k in self.layers], 1).double()  # [B, L, T2, D]
+            m64 = m.double()[:, None]  # [B, 1, T2, 1]
+            return (hs * m64).sum(2), (hs * hs * m64).sum(2), m.sum((1, 2))
         return torch.cat([(states[k] * m).sum(1) for k in self.layers], dim=1), m.sum((1, 2))
 
 
@@ -278,26 +286,37 @@ AUDIO_INPUTS = {"waves": "[batch, samples] float32, zero-padded (loudness alread
 
 def export_whisper_audio(tower, folder: Path, opset: int) -> dict:
     """``audio.onnx`` for :class:`~smoothclap.towers.whisper.WhisperTinyEnTower`: waveforms ->
-    log-mels (in the graph) -> encoder -> per-window sums over the real frames + frame counts.
-    Returns the ``audio`` entry of ``preprocess.json``."""
+    log-mels (in the graph) -> encoder -> per-window sums over the real frames + frame counts
+    (``pool=meanstd``: float64 sums and sums of squares per layer). Returns the ``audio`` entry of
+    ``preprocess.json`` (``windows.pool`` says how the runtime pools the windows)."""
     from .towers.whisper import MAX_SAMPLES, MIN_SAMPLES, SAMPLE_RATE
 
     enc = tower._ensure_loaded()
     fe = tower._fe
-    graph = _WhisperGraph(enc, _WhisperLogMel(fe.mel_filters, fe.n_fft, fe.hop_length), tower.layers)
+    pool = tower.pool
+    graph = _WhisperGraph(enc, _WhisperLogMel(fe.mel_filters, fe.n_fft, fe.hop_length), tower.layers, pool)
     # example: two rows, the second padded (so the masked path is what gets traced)
     example = (0.1 * torch.randn(2, 16000), torch.tensor([16000, 11000]))
-    _export(graph, example, folder / AUDIO_GRAPH, ["waves", "lengths"], ["sums", "frames"],
+    outputs = ["sums", "squares", "frames"] if pool == "meanstd" else ["sums", "frames"]
+    _export(graph, example, folder / AUDIO_GRAPH, ["waves", "lengths"], outputs,
             {"waves": {0: BATCH, 1: ("samples", MIN_SAMPLES, MAX_SAMPLES)}, "lengths": {0: BATCH}}, opset)
+    if pool == "meanstd":
+        pooling = ("per layer: mean, then population std (sqrt(max(E[h^2] - E[h]^2, 0))) over all real encoder "
+                   "frames of a clip's windows, in float64 (audio.pool_moments)")
+        described = {"sums": "[batch, layers, 384] float64, sum over the real encoder frames",
+                     "squares": "[batch, layers, 384] float64, sum of squares over the real encoder frames",
+                     "frames": "[batch] float32, real encoder frames"}
+    else:
+        pooling = "mean over all real encoder frames of a clip's windows (audio.pool_windows)"
+        described = {"sums": "[batch, dim] float32, sum over the real encoder frames",
+                     "frames": "[batch] float32, real encoder frames"}
     return {
         "spec": tower.spec, "dim": int(tower.dim), "sample_rate": SAMPLE_RATE,
         "front_end": "in the graph: WhisperFeatureExtractor's log-mels per row (n_fft %d, hop %d, %d mels)"
                      % (fe.n_fft, fe.hop_length, fe.feature_size),
-        "windows": {"max_samples": MAX_SAMPLES, "min_samples": MIN_SAMPLES,
-                    "pooling": "mean over all real encoder frames of a clip's windows (audio.pool_windows)"},
+        "windows": {"max_samples": MAX_SAMPLES, "min_samples": MIN_SAMPLES, "pool": pool, "pooling": pooling},
         "inputs": AUDIO_INPUTS,
-        "outputs": {"sums": "[batch, dim] float32, sum over the real encoder frames",
-                    "frames": "[batch] float32, real encoder frames"},
+        "outputs": described,
     }
 
 

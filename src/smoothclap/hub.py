@@ -150,6 +150,8 @@ def model_card(config, results: Sequence[dict] | None = None, name: str | None =
                if getattr(config, "adapted", None) else "") +
               (f"{config.nuisance_dims} principal directions of the training {config.nuisance_group}s' means are "
                "removed before the head. " if config.nuisance_dims else "") +
+              ("The features are whitened by the training clips' within-emotion covariance. "
+               if getattr(config, "whiten", "none") != "none" else "") +
               f"Loudness: {config.loudness or 'as recorded'}.", "",
               "## Training", "",
               f"- corpora: {', '.join(trained) or 'unknown'}",

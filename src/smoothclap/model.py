@@ -8,8 +8,9 @@ The model owns, in this order (``docs/architecture.md``):
 3. **feature normalisation** of the audio-tower features (``config.feature_norm_group``): z-scored
    within each group (corpus or speaker) when the caller gives groups, else with the stored
    training statistics; then, with ``config.nuisance_dims``, the principal directions of the
-   training speakers' (or corpora's) means removed; then the input standardiser fitted on
-   training features;
+   training speakers' (or corpora's) means removed; with ``config.whiten``, the features
+   whitened by the training clips' within-emotion covariance; then the input standardiser
+   fitted on training features;
 4. the ParaCLAP **heads** and the learnable logit **scale**.
 
 Every entry point (``ZeroShotClassifier``, ``classify``, ``evaluate``, the task runner, the
@@ -41,10 +42,13 @@ from .hub import (BINS_NAME, CARD_NAME, CONFIG_NAME, RESULTS_NAME, TRAINED_CLIPS
                   load_trained_clips, model_card, read_results, save_trained_clips)
 from .io import atomic_save, atomic_write_json, atomic_write_text
 from .normalize import (EPS, Projected, ZScored, fallback_from_groups, group_codes, group_directions, is_row_source,
-                        moments, normalize_groups, unseen_group_codes)
+                        moments, normalize_groups, remove_directions, unseen_group_codes, within_class_whitening)
 from .zeroshot import ZeroShotModel  # the inference interface (torch-free); re-exported here
 
 log = logging.getLogger("smoothclap")
+#: At most this many labelled training clips (a seeded sample) estimate ``model.whiten``'s
+#: covariance: plenty for a 1920-d covariance, and bounded however many clips train.
+WHITEN_ROWS = 50_000
 
 
 class ProjectionHead(nn.Module):
@@ -91,6 +95,8 @@ class SmoothClapModel(nn.Module, ZeroShotModel):
         self.register_buffer("neutral_scale", torch.zeros(config.audio_dim))
         if config.nuisance_dims:  # orthonormal [audio_dim, k] directions removed before the head; zeros: none
             self.register_buffer("nuisance_basis", torch.zeros(config.audio_dim, config.nuisance_dims))
+        if config.whiten != "none":  # [audio_dim, audio_dim] applied after them; identity until fitted
+            self.register_buffer("whiten_matrix", torch.eye(config.audio_dim))
         self._towers: dict[str, nn.Module] = {}
         self._trainable: set[str] = set()
         # ParalingBinner state of the training captions (smoothclap.bins), or None
@@ -138,7 +144,8 @@ class SmoothClapModel(nn.Module, ZeroShotModel):
 
     # -- 3. feature normalisation -------------------------------------------------------------------------
     def fit_normalization(self, raw, groups: np.ndarray | None = None, fit_rows: np.ndarray | None = None,
-                          unseen_rows: np.ndarray | None = None, nuisance: np.ndarray | None = None):
+                          unseen_rows: np.ndarray | None = None, nuisance: np.ndarray | None = None,
+                          classes: np.ndarray | None = None):
         """Fit the statistics on training features ``raw`` ``[N, audio_dim]`` (``groups`` ``[N]``:
         each clip's group, needed when ``config.feature_norm_group`` is set) and return the
         normalised features ``[N, audio_dim]`` float32 that the heads train on. ``fit_rows``
@@ -151,7 +158,9 @@ class SmoothClapModel(nn.Module, ZeroShotModel):
         z-scored by the statistics a clip without a group gets (as they are without feature
         normalisation; so they hold between-corpus as well as between-speaker offsets), are stored
         and removed in :meth:`project_audio`; the returned features still hold them (the heads see
-        them removed).
+        them removed). ``classes`` ``[N]`` int (-1: unlabelled; needed with ``config.whiten``):
+        each clip's emotion, whose within-class covariance (the fit rows z-scored as a clip
+        without a group is, directions removed) is whitened in :meth:`project_audio`.
 
         ``raw`` may be a :class:`~smoothclap.normalize.RowSource` (rows read on demand, e.g. from the
         embedding cache): it is read in chunks and never held whole, and the features come back
@@ -195,9 +204,10 @@ class SmoothClapModel(nn.Module, ZeroShotModel):
             self.norm_mean.copy_(torch.from_numpy(fallback[0]))
             self.norm_std.copy_(torch.from_numpy(np.maximum(fallback[1], EPS)))
         basis = self._fit_nuisance(on, nuisance, fit) if self.config.nuisance_dims else None
+        matrix = self._fit_whitening(on, classes, fit, basis) if self.config.whiten != "none" else None
         if self.config.standardize_audio:
             src = x if fit is None else np.asarray(x)[fit]
-            mean, std = moments(src if basis is None else Projected(src, basis), ddof=1)
+            mean, std = moments(src if basis is None and matrix is None else Projected(src, basis, matrix), ddof=1)
             self.audio_mean.copy_(torch.from_numpy(mean[0]))
             self.audio_std.copy_(torch.from_numpy(std[0]).float().clamp_min(1e-6))
         return x
@@ -251,6 +261,30 @@ class SmoothClapModel(nn.Module, ZeroShotModel):
         self.nuisance_basis.copy_(torch.from_numpy(basis))
         return basis
 
+    def _fit_whitening(self, on, classes, fit, basis) -> np.ndarray:
+        """Fit and store ``whiten_matrix`` ``[audio_dim, audio_dim]`` from the raw fit rows ``on``:
+        their labelled rows (at most :data:`WHITEN_ROWS`, a seeded sample) z-scored with the
+        statistics a clip without a group gets and with ``basis`` removed, as :meth:`project_audio`
+        sees a single clip."""
+        if classes is None:
+            raise ValueError(f"model.whiten={self.config.whiten!r} needs each training clip's emotion")
+        classes = np.asarray(classes)
+        classes = classes if fit is None else classes[fit]
+        rows = np.flatnonzero(classes >= 0)
+        if len(np.unique(classes[rows])) < 2:
+            raise BadInputError("training table", f"model.whiten={self.config.whiten!r} needs labelled clips of at "
+                                "least two emotions")
+        if len(rows) > WHITEN_ROWS:
+            rows = np.sort(np.random.default_rng(0).choice(rows, WHITEN_ROWS, replace=False))
+        x = np.asarray(on[rows], dtype=np.float64)
+        if self.config.feature_norm_group:
+            x = (x - self.norm_mean.double().numpy()) / self.norm_std.double().numpy()
+        if basis is not None:
+            x = remove_directions(x, basis)
+        matrix = within_class_whitening(x, classes[rows])
+        self.whiten_matrix.copy_(torch.from_numpy(matrix))
+        return matrix
+
     def normalize_audio_features(self, raw, groups: Sequence | np.ndarray | None = None) -> torch.Tensor:
         """Raw tower features ``[N, audio_dim]`` -> what the input standardiser expects ``[N, audio_dim]``.
 
@@ -269,10 +303,13 @@ class SmoothClapModel(nn.Module, ZeroShotModel):
     # -- 4. heads ------------------------------------------------------------------------------------------
     def project_audio(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised features ``[B, audio_dim]`` -> ``[B, embed_dim]`` unit norm (the nuisance
-        directions removed when ``config.nuisance_dims``, input standardiser, head)."""
+        directions removed when ``config.nuisance_dims``, whitened when ``config.whiten``, input
+        standardiser, head)."""
         x = x.float()
         if self.config.nuisance_dims:
             x = x - (x @ self.nuisance_basis) @ self.nuisance_basis.T
+        if self.config.whiten != "none":
+            x = x @ self.whiten_matrix
         x = (x - self.audio_mean) / self.audio_std
         return F.normalize(self.audio_head(x), dim=-1)
 

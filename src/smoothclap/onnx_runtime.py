@@ -6,7 +6,8 @@ An export (:func:`smoothclap.export.export_onnx`, ``smoothclap export --format o
 ``audio.onnx``      the audio tower with its front end and pooling: ``waves`` ``[B, S]`` float32
                     (zero-padded, loudness applied) + ``lengths`` ``[B]`` int64 -> whisper-tiny-en:
                     ``sums`` ``[B, audio_dim]`` (over the real encoder frames of each row; the
-                    log-mels are computed in the graph) and ``frames`` ``[B]``; ``hf:``
+                    log-mels are computed in the graph) and ``frames`` ``[B]`` (``pool=meanstd``:
+                    float64 ``sums`` and ``squares`` ``[B, layers, 384]``); ``hf:``
                     wav2vec2-like towers: ``features`` ``[B, audio_dim]``.
 ``audio_head.onnx`` ``features`` ``[B, audio_dim]`` (after feature normalisation) -> ``embedding``
                     ``[B, embed_dim]``: input standardiser, ParaCLAP head, L2 norm.
@@ -26,7 +27,8 @@ An export (:func:`smoothclap.export.export_onnx`, ``smoothclap export --format o
 towers (:class:`OnnxAudioTower`, :class:`OnnxTextTower`) run the graphs, and everything around
 them is the library's own code, shared with PyTorch: file reading, batching, worker threads, the
 cache and bad-file handling (:func:`smoothclap.embed.embed_audio_files`), loudness, windows of
-long clips (:func:`smoothclap.audio.split_windows` / :func:`~smoothclap.audio.pool_windows`),
+long clips (:func:`smoothclap.audio.split_windows` / :func:`~smoothclap.audio.pool_windows`,
+:func:`~smoothclap.audio.pool_moments`),
 per-group feature normalisation (:func:`smoothclap.normalize.normalize_groups`) and the classifier
 (:class:`smoothclap.zeroshot.ZeroShotClassifier`, :func:`~smoothclap.classification.classify_files`).
 :func:`smoothclap.models.load_model` opens an export folder, so ``classify``, ``evaluate``, the
@@ -50,7 +52,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .audio import file_hash, pool_windows, split_windows
+from .audio import file_hash, pool_moments, pool_windows, split_windows
 from .embed import ForwardPlan
 from .errors import BadInputError
 from .io import atomic_folder
@@ -75,6 +77,10 @@ GRAPHS = (AUDIO_GRAPH, AUDIO_HEAD_GRAPH, TEXT_GRAPH, TEXT_HEAD_GRAPH)
 MAX_WORKERS = 4
 TEXT_BATCH = 64
 
+
+#: How the runtime pools an audio graph's per-window outputs (``audio.windows.pool``): the mean
+#: (``sums``, ``frames``), or the mean and std (``sums``, ``squares``, ``frames``).
+WINDOW_POOLS = {"mean": {"sums", "frames"}, "meanstd": {"sums", "squares", "frames"}}
 
 #: The text graph's inputs the runtime can feed (``text.inputs`` of ``preprocess.json``).
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -144,6 +150,10 @@ def _check_audio_meta(pre: Path, audio: dict, dim: int) -> None:
         lo = _positive(pre, windows, "audio.windows.min_samples")
         if lo > hi:
             raise BadInputError(pre, f"audio.windows.min_samples: {lo} is more than max_samples ({hi})")
+        windows["pool"] = _field(pre, windows, "audio.windows.pool", "a string", "mean")  # absent: older exports
+        if windows["pool"] not in WINDOW_POOLS:
+            raise BadInputError(pre, f"audio.windows.pool: unknown pooling {windows['pool']!r} "
+                                f"(known: {', '.join(WINDOW_POOLS)})")
     _graph_name(pre, audio, "audio", AUDIO_GRAPH)
 
 
@@ -207,7 +217,8 @@ def _check_sessions(pre: Path, meta: dict, sessions: dict) -> None:
     ``audio.windows`` (sums + frames for windowed towers, features otherwise), the text graph's
     inputs are ``text.inputs``."""
     outs = {o.name for o in sessions[AUDIO_GRAPH].get_outputs()}
-    want = {"sums", "frames"} if meta["audio"].get("windows") is not None else {"features"}
+    windows = meta["audio"].get("windows")
+    want = WINDOW_POOLS[windows["pool"]] if windows is not None else {"features"}
     if not want <= outs:
         raise BadInputError(pre, f"audio.windows: {meta['audio'].get('windows')!r} needs the outputs "
                             f"{sorted(want)} of {AUDIO_GRAPH}, which gives {sorted(outs)}")
@@ -275,13 +286,20 @@ class OnnxAudioTower:
                 owner.append(i)
         # Windows are independent (masked), so a long clip's windows run in batches of their own
         # length instead of padding every short clip of the batch to 30 s.
-        sums = np.zeros((len(segs), self.dim), dtype=np.float32)
-        frames = np.zeros(len(segs), dtype=np.float32)
+        meanstd = self.windows.get("pool", "mean") == "meanstd"
+        names = ["sums", "squares", "frames"] if meanstd else ["sums", "frames"]
+        outs: list[np.ndarray] = []  # per output [len(segs), ...], of the graph's dtype
         order = sorted(range(len(segs)), key=lambda j: len(segs[j]))
         for b in range(0, len(order), len(waves)):
             idx = order[b : b + len(waves)]
-            sums[idx], frames[idx] = self.session.run(["sums", "frames"], _padded([segs[j] for j in idx]))
-        return pool_windows(sums, frames, owner, len(waves))
+            got = self.session.run(names, _padded([segs[j] for j in idx]))
+            if not outs:
+                outs = [np.zeros((len(segs), *g.shape[1:]), dtype=g.dtype) for g in got]
+            for o, g in zip(outs, got):
+                o[idx] = g
+        if meanstd:  # [S, L, 384] float64 each -> [B, L * 768]: per layer mean then std
+            return pool_moments(*outs, owner, len(waves)).reshape(len(waves), -1).astype(np.float32)
+        return pool_windows(*outs, owner, len(waves))
 
 
 class OnnxTextTower:

@@ -20,7 +20,7 @@ BENCHMARK_BASE = {"towers.audio": "whisper-tiny-en", "towers.text": "minilm-l6",
 #: The settings the recipe grids vary. A candidate whose name does not mention one has it at the
 #: run config's default, so it means what its name says on top of any ``--config`` (a recipe that
 #: removes directions or adds views does not leak them into the candidates that say "no").
-_VARIED = ("model.fallback_stats", "model.nuisance_dims", "model.loudness", "train.augment_views",
+_VARIED = ("model.fallback_stats", "model.nuisance_dims", "model.whiten", "model.loudness", "train.augment_views",
            "train.single_clip_rows", "towers.text", "inference.prompt_language")
 
 
@@ -38,6 +38,7 @@ def _candidate(*overrides: str) -> list[str]:
 
 
 _L1, _LA = "towers.audio=whisper-tiny-en", "towers.audio=whisper-tiny-en?layers=all"
+_LAMS = "towers.audio=whisper-tiny-en?layers=all&pool=meanstd"
 _WE = "towers.audio=whisper-tiny-en+egemaps"
 _CN, _NN = "model.feature_norm_group=corpus", "model.feature_norm_group=null"
 _RMS = "model.loudness=rms:-23"
@@ -45,6 +46,7 @@ _GF, _SF = "model.fallback_stats=groups", "model.fallback_stats=shrunk"
 _AUG2, _SINGLE = "train.augment_views=2", "train.single_clip_rows=true"
 _E5, _NATIVE = "towers.text=e5-small", "inference.prompt_language=task"
 _NAP8, _NAP24 = "model.nuisance_dims=8", "model.nuisance_dims=24"
+_WCW = "model.whiten=within-class"
 _REC = "whisper all layers, corpus-norm, shrunk fallback, 2 augmented views, 8 speaker directions removed"
 
 #: What :func:`validate` compares by default (``--grid recipe``): the recommended recipe against
@@ -70,11 +72,12 @@ RECIPE_GRID: list[dict[str, list[str]]] = [
 ]
 #: The wider search the recipe was chosen by (``--grid explore``; an estimated 4 hours per
 #: validation seed on 2 cores), in three stages (a coordinate search, each stage on top of the best so far, which
-#: stays in the running): 1. the audio features (Whisper's last layer or all its layers, the
-#: loudness they see, how they are normalised, the statistics a single clip gets, the training
-#: speakers' directions removed, augmented views or single-clip copies in training) and the text
-#: tower (MiniLM with English prompts, or multilingual e5-small with English or the speech's own
-#: language's prompts), 2. training length, 3. the prompts the model stores for inference.
+#: stays in the running): 1. the audio features (Whisper's last layer or all its layers, their
+#: pooling (mean, or mean and std), the loudness they see, how they are normalised, the statistics
+#: a single clip gets, the training speakers' directions removed, within-class whitening, augmented
+#: views or single-clip copies in training) and the text tower (MiniLM with English prompts, or
+#: multilingual e5-small with English or the speech's own language's prompts), 2. training length,
+#: 3. the prompts the model stores for inference.
 EXPLORE_GRID: list[dict[str, list[str]]] = [
     {
         "whisper, corpus-norm": _candidate(_L1, _CN),
@@ -87,6 +90,13 @@ EXPLORE_GRID: list[dict[str, list[str]]] = [
         _REC: _candidate(_LA, _CN, _SF, _AUG2, _NAP8),
         "whisper all layers, corpus-norm, shrunk fallback, 2 augmented views, 24 speaker directions removed":
             _candidate(_LA, _CN, _SF, _AUG2, _NAP24),
+        _REC + ", within-class whitening": _candidate(_LA, _CN, _SF, _AUG2, _NAP8, _WCW),
+        "whisper all layers, no norm, 2 augmented views, 8 speaker directions removed, within-class whitening":
+            _candidate(_LA, _NN, _AUG2, _NAP8, _WCW),
+        "whisper all layers, corpus-norm, shrunk fallback, 8 speaker directions removed":
+            _candidate(_LA, _CN, _SF, _NAP8),
+        "whisper all layers mean+std, corpus-norm, shrunk fallback, 8 speaker directions removed":
+            _candidate(_LAMS, _CN, _SF, _NAP8),
         "whisper all layers, corpus-norm, shrunk fallback, single-clip rows": _candidate(_LA, _CN, _SF, _SINGLE),
         "whisper all layers, corpus-norm, shrunk fallback, e5-small text": _candidate(_LA, _CN, _SF, _E5),
         "whisper all layers, corpus-norm, shrunk fallback, e5-small text, native prompts":

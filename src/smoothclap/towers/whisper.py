@@ -15,10 +15,12 @@ Preprocessing and pooling (part of :attr:`cache_key` semantics, so keep stable):
   feature extractor on the zero-padded batch instead would change the last STFT frames of each
   shorter clip -- zero instead of reflect padding -- and so its embedding.)
 * Pooling: mean over the clip's real encoder frames (``ceil(n_mel / 2)`` frames after the stride-2
-  conv2; padded frames excluded).
+  conv2; padded frames excluded). With ``pool=meanstd``: that mean, then the population standard
+  deviation over the same frames (from float64 sums and sums of squares, :func:`smoothclap.audio.
+  pool_moments`).
 * Clips longer than 30 s are split into ``ceil(T / 30 s)`` near-equal windows (each <= 30 s); each
-  window is encoded on its own and the embedding is the mean over all real frames of all windows.
-  Nothing is truncated.
+  window is encoded on its own and the embedding is the mean (and std) over all real frames of all
+  windows. Nothing is truncated.
 * Clips shorter than 0.1 s are zero-padded to 0.1 s; empty clips are an error.
 """
 from __future__ import annotations
@@ -33,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from smoothclap.audio import pool_windows, split_windows
+from smoothclap.audio import pool_moments, pool_windows, split_windows
 from smoothclap.errors import BadInputError
 from smoothclap.towers.base import AudioTower
 from smoothclap.towers.ct2 import read_ct2, scan_ct2
@@ -44,6 +46,9 @@ SAMPLE_RATE = 16000
 HOP = 160  # samples per mel frame
 MAX_SAMPLES = 30 * SAMPLE_RATE  # one Whisper window (3000 mel frames, 1500 encoder frames)
 MIN_SAMPLES = SAMPLE_RATE // 10  # shorter clips are zero-padded to this
+
+#: Values of the ``pool`` option: mean over real frames (default), or mean then standard deviation.
+POOLS = ("mean", "meanstd")
 
 # Whisper tiny.en encoder (what the CT2 file must contain).
 TINY_EN = dict(d_model=384, encoder_layers=4, encoder_attention_heads=6, encoder_ffn_dim=1536,
@@ -186,7 +191,9 @@ class WhisperTinyEnTower(AudioTower):
     """Frozen Whisper tiny.en encoder, 384-d, mean over real frames (see module docstring). With
     ``layers`` (spec ``whisper-tiny-en?layers=all`` or ``?layers=1,2``): the mean-pooled states of
     those layers concatenated, ``384 * len(layers)``-d (0 = the embedding output, 4 = the last
-    layer after the final layer norm): middle layers carry more of how something is said."""
+    layer after the final layer norm): middle layers carry more of how something is said. With
+    ``pool="meanstd"`` (spec ``?pool=meanstd``, after ``layers``): per layer the mean ``[384]`` then
+    the population std ``[384]`` over the same frames, so twice the dim (768; 3840 for ``all``)."""
 
     spec = "whisper-tiny-en"
     dim = 384
@@ -194,13 +201,21 @@ class WhisperTinyEnTower(AudioTower):
     thread_safe = True  # stateless forward once loaded
 
     def __init__(self, model_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu",
-                 layers: tuple[int, ...] | None = None):
+                 layers: tuple[int, ...] | None = None, pool: str = "mean"):
         super().__init__()
+        if pool not in POOLS:
+            raise ValueError(f"whisper-tiny-en: pool={pool!r}: expected one of {', '.join(POOLS)}")
         self.layers = tuple(layers) if layers is not None else None
+        self.pool = pool
+        opts = []  # canonical spec: layers, then pool; defaults left out (the cache keys by spec)
         if self.layers is not None:
-            self.spec = "whisper-tiny-en?layers=" + ("all" if self.layers == tuple(range(self.n_layers + 1))
-                                                     else ",".join(map(str, self.layers)))
-            self.dim = 384 * len(self.layers)
+            opts.append("layers=" + ("all" if self.layers == tuple(range(self.n_layers + 1))
+                                     else ",".join(map(str, self.layers))))
+        if pool != "mean":
+            opts.append(f"pool={pool}")
+        if opts:
+            self.spec = "whisper-tiny-en?" + "&".join(opts)
+        self.dim = 384 * (len(self.layers) if self.layers is not None else 1) * (2 if pool == "meanstd" else 1)
         # Resolve the default folder now so a missing package fails early with a clear message.
         self.model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
         self._device = torch.device(device)
@@ -278,10 +293,12 @@ class WhisperTinyEnTower(AudioTower):
         states.append(enc.layer_norm(h))
         return states, frame_mask
 
-    def forward_hidden(self, waves: Sequence[np.ndarray], layers: bool = True) -> torch.Tensor:
+    def forward_hidden(self, waves: Sequence[np.ndarray], layers: bool = True, pool: str = "mean") -> torch.Tensor:
         """waves: B clips (float32, 16 kHz) -> ``[B, n_layers + 1, 384]`` mean-pooled states
         (embedding output, then each layer; the last entry is after the final layer norm and equals
-        :meth:`forward_waves`). With ``layers=False``: ``[B, 1, 384]`` (only the last entry).
+        :meth:`forward_waves`). With ``layers=False``: ``[B, 1, 384]`` (only the last entry). With
+        ``pool="meanstd"``: ``[B, L, 768]``, each state's mean then its population std over the real
+        frames (float64 moments, :func:`smoothclap.audio.pool_moments`), returned as float32.
         Clips are batched in the order given (sort by length before calling to limit padding).
         """
         self._ensure_loaded()
@@ -292,7 +309,7 @@ class WhisperTinyEnTower(AudioTower):
                 segs.append(self.log_mel(seg))
                 owner.append(i)
         if not segs:
-            return torch.zeros(0, self.num_hidden_states if layers else 1, self.dim)
+            return torch.zeros(0, self.num_hidden_states if layers else 1, 384 * (2 if pool == "meanstd" else 1))
         lens = [m.shape[1] for m in segs]
         T = max(lens)
         mels = np.zeros((len(segs), segs[0].shape[0], T), dtype=np.float32)
@@ -301,18 +318,26 @@ class WhisperTinyEnTower(AudioTower):
         states, mask = self.encode_mels(torch.from_numpy(mels), lens, all_layers=layers)
         hid = torch.stack(states, 1)  # [S, L, T2, D]
         m = mask.to(hid.dtype)
-        sums = torch.einsum("sltd,st->sld", hid, m)  # [S, L, D]
         counts = m.sum(1)  # [S]
+        if pool == "meanstd":
+            # float64 on the CPU (no float64 on every device): [S, L, D] sums and sums of squares,
+            # then mean and std over all real frames of each clip's windows (shared with the ONNX runtime)
+            h, m64 = hid.detach().to("cpu", torch.float64), m.to("cpu", torch.float64)
+            sums, squares = (torch.einsum("sltd,st->sld", x, m64).numpy() for x in (h, h * h))
+            pooled = pool_moments(sums, squares, counts.cpu().numpy(), owner, len(waves)).astype(np.float32)
+            return torch.from_numpy(pooled).to(hid.device)
+        sums = torch.einsum("sltd,st->sld", hid, m)  # [S, L, D]
         # mean over all real frames of each clip's windows (shared with the ONNX runtime)
         pooled = pool_windows(sums.detach().cpu().numpy(), counts.cpu().numpy(), owner, len(waves))
         return torch.from_numpy(pooled).to(sums.device)
 
     def forward_waves(self, waves: Sequence[np.ndarray]) -> torch.Tensor:
         """B clips -> ``[B, dim]``: the mean over real encoder frames after the final layer norm
-        (384), or of each of ``layers``, concatenated."""
+        (384), or of each of ``layers``, concatenated; with ``pool="meanstd"`` each layer's mean
+        ``[384]`` followed by its std ``[384]``."""
         if self.layers is None:
-            return self.forward_hidden(waves, layers=False)[:, -1]
-        return self.forward_hidden(waves, layers=True)[:, list(self.layers)].flatten(1)
+            return self.forward_hidden(waves, layers=False, pool=self.pool)[:, -1]
+        return self.forward_hidden(waves, layers=True, pool=self.pool)[:, list(self.layers)].flatten(1)
 
     def forward_frames(self, waves: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-frame last hidden states ``[B, T2, 384]`` and real-frame mask ``[B, T2]`` (clips <= 30 s)."""

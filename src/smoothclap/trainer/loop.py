@@ -106,7 +106,7 @@ class Trainer:
         # single-clip copies as clips of an unseen group
         groups, recorded = norm_groups(cfg, prepared), as_recorded(prepared.table)
         features = self.model.fit_normalization(prepared.audio, groups, recorded, as_unseen(prepared.table),
-                                                nuisance_groups(cfg, prepared))
+                                                nuisance_groups(cfg, prepared), prepared.label_ids)
         if groups is not None and "label" in prepared.table.columns:  # for adapting on neutral clips
             self.model.fit_neutral_statistics(prepared.audio, groups, neutral_rows(prepared.table["label"], groups),
                                               recorded)
