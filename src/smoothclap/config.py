@@ -125,6 +125,10 @@ class ModelConfig(Section):
         None, description="`corpus` / `speaker`: z-score audio features within each group, in training and at test "
         "time (groups given by the caller; without groups the stored training statistics)")
     min_group_clips: Int = Field(8, ge=2, description="test groups with fewer clips use the training statistics")
+    group_shrink: Int = Field(
+        0, ge=0, description="at test time, z-score each group with its mean and variance shrunk toward those of all "
+        "the clips scored with it (e.g. a speaker toward its corpus) by this many clips' worth: (n m_g + s m) / (n + s); "
+        "training groups use their own statistics; 0: off")
     fallback_stats: Literal["pooled", "groups", "shrunk"] = Field(
         "pooled", description="the training statistics a clip without a group (a single clip) is z-scored with: "
         "`pooled` (mean / std of all training clips), `groups` (the average training group: mean of the group "

@@ -138,8 +138,11 @@ def model_card(config, results: Sequence[dict] | None = None, name: str | None =
               "The towers' weights are not part of this folder (unless fine-tuned: `*_tower/`); their "
               "licences apply to using the model. Training captions were made from eGeMAPS features "
               "(openSMILE: research / non-commercial use only).", "",
-              (f"Feature normalisation: {config.feature_norm_group} (per-group z-score; without groups the stored "
-               f"training statistics, `{config.fallback_stats}`). " if config.feature_norm_group
+              (f"Feature normalisation: {config.feature_norm_group} (per-group z-score"
+               + (f", each group shrunk toward all the clips scored with it by {config.group_shrink} clips"
+                  if getattr(config, "group_shrink", 0) else "") +
+               f"; without groups the stored training statistics, `{config.fallback_stats}`). "
+               if config.feature_norm_group
                else "Feature normalisation: none. ") +
               (f"Adapted (`smoothclap adapt`): clips scored alone use the statistics ({config.adapted.get('statistics')}) "
                f"of {config.adapted.get('clips')} unlabelled "

@@ -291,14 +291,17 @@ class SmoothClapModel(nn.Module, ZeroShotModel):
         Without ``config.feature_norm_group``: unchanged. With it: clips of each group in ``groups``
         (``[N]``, e.g. speaker ids) are z-scored with that group's own statistics (groups of fewer
         than ``config.min_group_clips`` clips, and all clips when ``groups`` is None, use the stored
-        training statistics instead: a single clip has no statistics of its own).
+        training statistics instead: a single clip has no statistics of its own). With
+        ``config.group_shrink``, each group's statistics are shrunk toward those of all the clips
+        given (:func:`~smoothclap.normalize.shrunk_zscore`).
         """
         if not self.config.feature_norm_group:
             return torch.as_tensor(np.asarray(raw, dtype=np.float32) if not torch.is_tensor(raw) else raw,
                                    dtype=torch.float32)
         x = raw.detach().cpu().numpy() if torch.is_tensor(raw) else raw
         return torch.from_numpy(normalize_groups(x, groups, self.config.min_group_clips,
-                                                 self.norm_mean.cpu().numpy(), self.norm_std.cpu().numpy()))
+                                                 self.norm_mean.cpu().numpy(), self.norm_std.cpu().numpy(),
+                                                 self.config.group_shrink))
 
     # -- 4. heads ------------------------------------------------------------------------------------------
     def project_audio(self, x: torch.Tensor) -> torch.Tensor:

@@ -198,11 +198,13 @@ def unseen_group_codes(codes: np.ndarray, unseen: np.ndarray, mean: np.ndarray, 
             np.concatenate([std, np.maximum(np.stack([s for _, s in out]), EPS)]))
 
 
-def normalize_groups(x: np.ndarray, groups, min_clips: int, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+def normalize_groups(x: np.ndarray, groups, min_clips: int, mean: np.ndarray, std: np.ndarray,
+                     shrink: int = 0) -> np.ndarray:
     """Feature normalisation at test time, ``[N, k]`` -> ``[N, k]`` float32: clips of each group in
     ``groups`` (``[N]``) z-scored with that group's own statistics; groups of fewer than ``min_clips``
     clips (a single clip has no statistics of its own), and all clips when ``groups`` is None, with
-    the training statistics ``mean`` / ``std`` ``[k]``."""
+    the training statistics ``mean`` / ``std`` ``[k]``. ``shrink`` = s > 0: a group of n clips is
+    z-scored with its statistics shrunk toward those of all the clips given (:func:`shrunk_zscore`)."""
     x = np.asarray(x, dtype=np.float32)
     mean, std = np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32)
     if groups is None:
@@ -216,10 +218,28 @@ def normalize_groups(x: np.ndarray, groups, min_clips: int, mean: np.ndarray, st
     mask = np.array([v in small for v in g], dtype=bool)
     big = np.flatnonzero(~mask)
     if len(big):
-        out[big] = standardize(x[big], "zscore", g[big])
+        out[big] = shrunk_zscore(x[big], g[big], x, shrink) if shrink else standardize(x[big], "zscore", g[big])
     if mask.any():
         out[mask] = (x[mask] - mean) / std
     return out
+
+
+def shrunk_zscore(x: np.ndarray, groups: np.ndarray, pool: np.ndarray, shrink: int) -> np.ndarray:
+    """Rows of ``x`` ``[N, k]`` z-scored per group (``groups`` ``[N]``) with the group's mean and
+    variance shrunk toward those of ``pool`` ``[M, k]`` (e.g. every clip of the corpus) by ``shrink``
+    clips' worth: a group of n clips gets mean ``(n m_g + s m) / (n + s)`` and variance
+    ``(n v_g + s v) / (n + s)``, so a speaker heard in few clips or showing few emotions is centred
+    mostly on the corpus. ``[N, k]`` float32 (computed in float64)."""
+    x, pool = np.asarray(x, dtype=np.float64), np.asarray(pool, dtype=np.float64)
+    m, v = pool.mean(0), pool.var(0)
+    out = np.empty_like(x)
+    for g in np.unique(groups):
+        idx = np.flatnonzero(groups == g)
+        n, xs = len(idx), x[idx]
+        mu = (n * xs.mean(0) + shrink * m) / (n + shrink)
+        var = (n * xs.var(0) + shrink * v) / (n + shrink)
+        out[idx] = (xs - mu) / np.maximum(np.sqrt(var), EPS)
+    return out.astype(np.float32)
 
 
 def group_ids(table, column: str | None) -> np.ndarray | None:

@@ -505,7 +505,8 @@ class OnnxModel(ZeroShotModel):
         x = np.asarray(raw, dtype=np.float32)
         if not self.config.feature_norm_group:
             return x
-        return normalize_groups(x, groups, self.config.min_group_clips, self.arrays["norm_mean"], self.arrays["norm_std"])
+        return normalize_groups(x, groups, self.config.min_group_clips, self.arrays["norm_mean"], self.arrays["norm_std"],
+                                self.config.group_shrink)
 
     def _head(self, graph: str, x) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)

@@ -20,8 +20,8 @@ BENCHMARK_BASE = {"towers.audio": "whisper-tiny-en", "towers.text": "minilm-l6",
 #: The settings the recipe grids vary. A candidate whose name does not mention one has it at the
 #: run config's default, so it means what its name says on top of any ``--config`` (a recipe that
 #: removes directions or adds views does not leak them into the candidates that say "no").
-_VARIED = ("model.fallback_stats", "model.nuisance_dims", "model.whiten", "model.loudness", "train.augment_views",
-           "train.single_clip_rows", "towers.text", "inference.prompt_language")
+_VARIED = ("model.fallback_stats", "model.nuisance_dims", "model.whiten", "model.group_shrink", "model.loudness",
+           "train.augment_views", "train.single_clip_rows", "towers.text", "inference.prompt_language")
 
 
 def _candidate(*overrides: str) -> list[str]:
@@ -47,6 +47,7 @@ _AUG2, _SINGLE = "train.augment_views=2", "train.single_clip_rows=true"
 _E5, _NATIVE = "towers.text=e5-small", "inference.prompt_language=task"
 _NAP8, _NAP24 = "model.nuisance_dims=8", "model.nuisance_dims=24"
 _WCW = "model.whiten=within-class"
+_SN, _SHRINK16 = "model.feature_norm_group=speaker", "model.group_shrink=16"
 _REC = "whisper all layers, corpus-norm, shrunk fallback, 2 augmented views, 8 speaker directions removed"
 
 #: What :func:`validate` compares by default (``--grid recipe``): the recommended recipe against
@@ -93,6 +94,8 @@ EXPLORE_GRID: list[dict[str, list[str]]] = [
         _REC + ", within-class whitening": _candidate(_LA, _CN, _SF, _AUG2, _NAP8, _WCW),
         "whisper all layers, no norm, 2 augmented views, 8 speaker directions removed, within-class whitening":
             _candidate(_LA, _NN, _AUG2, _NAP8, _WCW),
+        "whisper all layers, speaker-norm shrunk toward the corpus (16 clips), shrunk fallback, 2 augmented views, "
+        "8 speaker directions removed": _candidate(_LA, _SN, _SHRINK16, _SF, _AUG2, _NAP8),
         "whisper all layers, corpus-norm, shrunk fallback, 8 speaker directions removed":
             _candidate(_LA, _CN, _SF, _NAP8),
         "whisper all layers mean+std, corpus-norm, shrunk fallback, 8 speaker directions removed":
